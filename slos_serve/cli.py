@@ -1,0 +1,54 @@
+"""The `slos-serve` command: one subcommand per role and tool.
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and
+`run(args) -> int`. Modules import heavy dependencies (vLLM, torch) inside
+`run`, so `slos-serve --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("slos_serve.up", "start a local cluster: coordinator + prefill + decode workers"),
+    "coordinator": ("coordinator.main", "run the client-facing coordinator"),
+    "prefill-worker": ("prefill_worker.main", "run a prefill worker (vLLM or simulated engine)"),
+    "decode-worker": ("decode_worker.main", "run a decode worker (vLLM or simulated engine)"),
+    "generate": ("slos_serve.generate_cli", "send one request to a coordinator and stream it"),
+    "demo": ("slos_serve.demo", "start a local cluster, serve a few requests, stop (make run)"),
+    "make-model": ("slos_serve.model", "build the tiny local LLaMA model and tokenizer"),
+    "kv-bench": ("kv_transfer.bench", "NIXL DRAM-to-DRAM bandwidth between two processes"),
+    "simulate": ("slos_serve.sim.cli", "cluster simulator: attainment, capacity, overhead"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slos-serve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # a partial install must not hide the other commands
+            p = sub.add_parser(name, help=f"{help_text} (unavailable: {exc})")
+            p.set_defaults(_unavailable=str(exc))
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "_unavailable", None):
+        print(f"slos-serve {args.command}: unavailable: {args._unavailable}", file=sys.stderr)
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
