@@ -10,25 +10,24 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_DIR = ROOT / "proto"
 
 
-def generate(out_dir: Path = PROTO_DIR) -> list[Path]:
-    """Runs protoc over every .proto file; returns the files written."""
+def generate(root: Path = ROOT) -> list[Path]:
+    """Runs protoc over `root`/proto/*.proto, writing stubs beside them."""
     from grpc_tools import protoc
 
-    protos = sorted(PROTO_DIR.glob("*.proto"))
+    protos = sorted((root / "proto").glob("*.proto"))
     args = [
         "protoc",
-        f"-I{ROOT}",
-        f"--python_out={out_dir.parent}",
-        f"--pyi_out={out_dir.parent}",
-        f"--grpc_python_out={out_dir.parent}",
-        *[str(p.relative_to(ROOT)) for p in protos],
+        f"-I{root}",
+        f"--python_out={root}",
+        f"--pyi_out={root}",
+        f"--grpc_python_out={root}",
+        *[str(p.relative_to(root)) for p in protos],
     ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed: {' '.join(args)}")
-    return sorted(out_dir.glob("*_pb2*.py*"))
+    return sorted((root / "proto").glob("*_pb2*.py*"))
 
 
 if __name__ == "__main__":

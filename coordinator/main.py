@@ -1,0 +1,79 @@
+"""`slos-serve coordinator`: the client-facing server process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from grpc_health.v1.health_pb2 import HealthCheckResponse
+
+from proto import slos_serve_pb2 as pb
+
+log = logging.getLogger("slos_serve.coordinator")
+
+
+def _addresses(value: str) -> list[str]:
+    return [a.strip() for a in value.split(",") if a.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=50051, help="gRPC port for clients")
+    parser.add_argument("--prefill", type=_addresses, required=True,
+                        help="prefill workers, comma-separated host:port")
+    parser.add_argument("--decode", type=_addresses, required=True,
+                        help="decode workers, comma-separated host:port")
+    parser.add_argument("--model", required=True, help="model directory (for its tokenizer)")
+    parser.add_argument("--tiers", default=None,
+                        help='SLO tier table JSON: {"default": N, "tiers": {N: {ttft_ms, tpot_ms}}}')
+    parser.add_argument("--on-reject", choices=("best_effort", "reject"), default="best_effort",
+                        help="what happens to requests that cannot be admitted, by default")
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from coordinator.pool import WorkerPool
+    from coordinator.server import CoordinatorService
+    from coordinator.slo import TierTable
+    from proto import slos_serve_pb2_grpc as pb_grpc
+    from slos_serve.grpc_util import bind, create_server, serve_until_signal
+    from slos_serve.tokenizer import load_tokenizer
+
+    tiers = TierTable.load(args.tiers) if args.tiers else TierTable.builtin()
+    pool = WorkerPool(args.prefill, args.decode)
+    service = CoordinatorService(
+        pool, tiers, load_tokenizer(args.model), args.model, args.on_reject
+    )
+    server, health = create_server([pb.DESCRIPTOR.services_by_name["SloServe"].full_name])
+    pb_grpc.add_SloServeServicer_to_server(service, server)
+    port = bind(server, args.host, args.port)
+    await server.start()
+    await health.set("", HealthCheckResponse.NOT_SERVING)
+    pool.start()
+
+    async def track_health() -> None:
+        while True:
+            await pool.changed.wait()
+            pool.changed.clear()
+            ready = pool.ready()
+            await health.set(
+                "", HealthCheckResponse.SERVING if ready else HealthCheckResponse.NOT_SERVING
+            )
+            log.info("cluster %s", "ready" if ready else "not ready")
+
+    tracker = asyncio.get_running_loop().create_task(track_health())
+    log.info("coordinator listening on %s:%d", args.host, port)
+
+    async def stop() -> None:
+        tracker.cancel()
+        await pool.close()
+
+    await serve_until_signal(server, health, on_stop=stop)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s coordinator[%(process)d] %(levelname)s %(message)s"
+    )
+    asyncio.run(serve(args))
+    return 0

@@ -1,0 +1,96 @@
+"""The coordinator's view of its workers: channels, health, load, round-robin picks."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+
+from proto import slos_serve_pb2 as pb
+from proto import slos_serve_pb2_grpc as pb_grpc
+from slos_serve.grpc_util import CHANNEL_OPTIONS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerHandle:
+    address: str
+    role: str
+    channel: grpc.aio.Channel
+    stub: pb_grpc.WorkerStub
+    healthy: bool = False
+    info: pb.WorkerInfo | None = None
+    load: pb.LoadReport = field(default_factory=pb.LoadReport)
+
+
+class WorkerPool:
+    """Polls every worker's load report; a worker is healthy while it answers."""
+
+    def __init__(self, prefill: list[str], decode: list[str], poll_interval_s: float = 0.25):
+        self.workers = [
+            self._connect(addr, role)
+            for role, addrs in (("prefill", prefill), ("decode", decode))
+            for addr in addrs
+        ]
+        self._next = {role: itertools.count() for role in ("prefill", "decode")}
+        self._interval = poll_interval_s
+        self._task: asyncio.Task | None = None
+        self.changed = asyncio.Event()
+
+    @staticmethod
+    def _connect(address: str, role: str) -> WorkerHandle:
+        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return WorkerHandle(address, role, channel, pb_grpc.WorkerStub(channel))
+
+    def of_role(self, role: str) -> list[WorkerHandle]:
+        return [w for w in self.workers if w.role == role]
+
+    def pick(self, role: str, exclude: set[str] = frozenset()) -> WorkerHandle | None:
+        """Round-robin over healthy workers of a role (the planner replaces this)."""
+        candidates = [w for w in self.of_role(role) if w.healthy and w.address not in exclude]
+        if not candidates:
+            return None
+        return candidates[next(self._next[role]) % len(candidates)]
+
+    def ready(self) -> bool:
+        return all(any(w.healthy for w in self.of_role(r)) for r in ("prefill", "decode"))
+
+    async def _poll(self, worker: WorkerHandle) -> None:
+        try:
+            if worker.info is None:
+                info = await worker.stub.GetInfo(pb.WorkerInfoRequest(), timeout=2.0)
+                if info.role not in (worker.role, "mixed"):
+                    raise RuntimeError(f"{worker.address} is a {info.role} worker")
+                worker.info = info
+            worker.load = await worker.stub.GetLoad(pb.LoadRequest(), timeout=2.0)
+            healthy = True
+        except grpc.RpcError:
+            healthy = False
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            healthy = False
+        if healthy != worker.healthy:
+            log.info("%s worker %s is %s", worker.role, worker.address,
+                     "healthy" if healthy else "unreachable")
+            worker.healthy = healthy
+            self.changed.set()
+
+    async def refresh(self) -> None:
+        await asyncio.gather(*(self._poll(w) for w in self.workers))
+
+    async def _run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await asyncio.gather(*(w.channel.close() for w in self.workers))

@@ -1,0 +1,46 @@
+"""The decode role: pull the prompt's KV and stream every token after the first."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from kv_transfer.metadata import KvHandoff
+from proto import slos_serve_pb2 as pb
+from slos_serve.engine import Engine
+from slos_serve.worker.convert import engine_request
+
+
+class FirstTokenMismatch(RuntimeError):
+    """The decode engine recomputed a different first token than the prefill produced."""
+
+
+async def decode(engine: Engine, request: pb.DecodeRequest) -> AsyncIterator[pb.DecodeResponse]:
+    """Streams the tokens after the first.
+
+    The decode engine recomputes the last prompt position, so its first output
+    token is the prefill's first token again: it is checked, never re-sent
+    (the client already has it), and the text is sent from after it.
+    """
+    handoff = KvHandoff.from_proto(request.handoff)
+    sent_tokens, sent_chars = 1, len(request.first_text)
+    async for out in engine.generate(
+        engine_request(
+            request.request_id,
+            list(request.prompt_token_ids),
+            request.sampling,
+            request.slo,
+            kv_transfer_params=handoff.to_vllm(),
+        )
+    ):
+        if out.token_ids and out.token_ids[0] != request.first_token_id:
+            raise FirstTokenMismatch(
+                f"decode recomputed token {out.token_ids[0]}, prefill produced "
+                f"{request.first_token_id} (sampling not seeded identically?)"
+            )
+        new_ids = out.token_ids[sent_tokens:]
+        new_text = out.text[sent_chars:]
+        if new_ids or out.finished:
+            yield pb.DecodeResponse(
+                token_ids=new_ids, text=new_text, finish_reason=out.finish_reason or ""
+            )
+            sent_tokens, sent_chars = len(out.token_ids), max(sent_chars, len(out.text))

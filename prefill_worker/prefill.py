@@ -1,0 +1,53 @@
+"""The prefill role: compute the prompt's KV and the first token, hand the KV off."""
+
+from __future__ import annotations
+
+import time
+
+from kv_transfer.metadata import KvHandoff, prefill_params
+from proto import slos_serve_pb2 as pb
+from slos_serve.engine import Engine
+from slos_serve.worker.convert import engine_request
+
+
+class HandoffMissing(RuntimeError):
+    """The engine finished a hand-off prefill without transfer metadata."""
+
+
+async def prefill(engine: Engine, request: pb.PrefillRequest) -> pb.PrefillResponse:
+    """Runs the prompt for exactly one token.
+
+    With `hand_off`, the engine keeps the prompt's KV blocks for a decode worker
+    to pull and returns where they are. A request that ends at its first token
+    (EOS, a stop string, or max_tokens == 1) needs no hand-off and frees them.
+    """
+    kv_params = prefill_params() if request.hand_off else None
+    started = time.perf_counter()
+    last = None
+    async for out in engine.generate(
+        engine_request(
+            request.request_id,
+            list(request.prompt_token_ids),
+            request.sampling,
+            request.slo,
+            max_tokens=1,
+            kv_transfer_params=kv_params,
+        )
+    ):
+        last = out
+    if last is None or not last.token_ids:
+        raise RuntimeError(f"engine produced no token for {request.request_id}")
+    response = pb.PrefillResponse(
+        first_token_id=last.token_ids[0],
+        first_text=last.text,
+        compute_ms=1000 * (time.perf_counter() - started),
+    )
+    # vLLM reports "length" when it stopped at our max_tokens=1: the request goes on.
+    ended = not request.hand_off or last.finish_reason not in (None, "length")
+    if ended:
+        response.finish_reason = last.finish_reason or "length"
+        return response
+    if not last.kv_transfer_params:
+        raise HandoffMissing(f"no kv_transfer_params for {request.request_id}")
+    response.handoff.CopyFrom(KvHandoff.from_vllm(last.kv_transfer_params).to_proto())
+    return response

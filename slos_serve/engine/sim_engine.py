@@ -1,0 +1,208 @@
+"""A SIMULATED engine: no model runs. Labelled as such wherever it is used.
+
+It exists for fast tests of the coordinator and for measuring the
+coordinator's own overhead. It batches like a continuous-batching engine
+(one step = every running request's next token plus prefill chunks under a
+token budget) and sleeps for a step time given by a simple linear model.
+Tokens are a deterministic function of (prompt, position, seed), so a
+prefill worker and a decode worker agree on every token without sharing
+state, as two real engines agree through the KV cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from slos_serve.engine.base import EngineInfo, EngineLoad, EngineOutput, EngineRequest
+
+
+@dataclass
+class SimTiming:
+    """Step time = base + per_prefill_token * prefill tokens + per_decode_seq * decodes."""
+
+    base_ms: float = 4.0
+    per_prefill_token_ms: float = 0.02
+    per_decode_seq_ms: float = 0.15
+    max_batch_tokens: int = 2048
+
+    def step_s(self, prefill_tokens: int, decode_seqs: int) -> float:
+        ms = (
+            self.base_ms
+            + self.per_prefill_token_ms * prefill_tokens
+            + self.per_decode_seq_ms * decode_seqs
+        )
+        return ms / 1000.0
+
+
+@dataclass
+class _SimRequest:
+    request: EngineRequest
+    queue: asyncio.Queue
+    prefilled: int = 0
+    tokens: list[int] = field(default_factory=list)
+    aborted: bool = False
+
+    @property
+    def remaining_prefill(self) -> int:
+        return len(self.request.prompt_token_ids) - self.prefilled
+
+
+def sim_token(prompt: list[int], position: int, seed: int | None, vocab: int) -> int:
+    """The simulated model: a token that depends only on its inputs."""
+    digest = hashlib.blake2b(
+        f"{seed}:{position}:{len(prompt)}:{prompt[-8:]}".encode(), digest_size=4
+    ).digest()
+    return int.from_bytes(digest, "little") % vocab
+
+
+class SimEngine:
+    def __init__(
+        self,
+        model: str = "sim",
+        *,
+        max_model_len: int = 2048,
+        vocab_size: int = 2048,
+        block_size: int = 16,
+        kv_blocks: int = 4096,
+        timing: SimTiming | None = None,
+        detokenize: Callable[[list[int]], str] | None = None,
+    ) -> None:
+        self.info = EngineInfo(
+            kind="sim",
+            model=model,
+            max_model_len=max_model_len,
+            block_size=block_size,
+            engine_id=f"sim-{uuid.uuid4().hex[:8]}",
+            vocab_size=vocab_size,
+        )
+        self._kv_blocks = kv_blocks
+        self._timing = timing or SimTiming()
+        self._detokenize = detokenize or (lambda ids: "".join(f"<{t}>" for t in ids))
+        self._waiting: list[_SimRequest] = []
+        self._running: list[_SimRequest] = []
+        self._by_id: dict[str, _SimRequest] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+        self._steps = 0
+        self._step_time_total = 0.0
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    def _blocks(self, r: _SimRequest) -> int:
+        return math.ceil((r.prefilled + len(r.tokens)) / self.info.block_size)
+
+    def load(self) -> EngineLoad:
+        used = sum(self._blocks(r) for r in self._running)
+        return EngineLoad(
+            running=len(self._running),
+            waiting=len(self._waiting),
+            kv_blocks_total=self._kv_blocks,
+            kv_blocks_used=used,
+            steps=self._steps,
+            mean_step_ms=1000 * self._step_time_total / self._steps if self._steps else 0.0,
+        )
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        if request.request_id in self._by_id:
+            raise ValueError(f"request {request.request_id!r} is already running")
+        sim = _SimRequest(request, asyncio.Queue())
+        params = request.kv_transfer_params or {}
+        if params.get("remote_num_tokens"):
+            # Decode side: the hand-off carries the prompt's KV, so only the last
+            # position is recomputed (as vLLM does after a NIXL pull).
+            sim.prefilled = len(request.prompt_token_ids) - 1
+        self._by_id[request.request_id] = sim
+        self._waiting.append(sim)
+        self._wake.set()
+        try:
+            while True:
+                out: EngineOutput = await sim.queue.get()
+                yield out
+                if out.finished:
+                    return
+        finally:
+            self._remove(sim)
+
+    def _remove(self, sim: _SimRequest) -> None:
+        sim.aborted = True
+        self._by_id.pop(sim.request.request_id, None)
+        for queue in (self._waiting, self._running):
+            if sim in queue:
+                queue.remove(sim)
+
+    async def abort(self, request_id: str) -> bool:
+        sim = self._by_id.get(request_id)
+        if sim is None:
+            return False
+        self._remove(sim)
+        sim.queue.put_nowait(EngineOutput(sim.tokens, "", True, "abort"))
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            if not self._waiting and not self._running:
+                self._wake.clear()
+                await self._wake.wait()
+            budget = self._timing.max_batch_tokens - len(self._running)
+            prefill_tokens = 0
+            for sim in list(self._waiting):
+                if budget <= 0:
+                    break
+                chunk = min(budget, sim.remaining_prefill)
+                sim.prefilled += chunk
+                prefill_tokens += chunk
+                budget -= chunk
+                if sim.remaining_prefill == 0:
+                    self._waiting.remove(sim)
+                    self._running.append(sim)
+            decodes = list(self._running)
+            step = self._timing.step_s(prefill_tokens, len(decodes))
+            started = time.perf_counter()
+            await asyncio.sleep(step)
+            self._steps += 1
+            self._step_time_total += time.perf_counter() - started
+            for sim in decodes:
+                if not sim.aborted:
+                    self._emit_token(sim)
+
+    def _emit_token(self, sim: _SimRequest) -> None:
+        req = sim.request
+        token = sim_token(req.prompt_token_ids, len(sim.tokens), req.seed, self.info.vocab_size)
+        sim.tokens.append(token)
+        finished = len(sim.tokens) >= req.max_tokens
+        params = None
+        if finished and (req.kv_transfer_params or {}).get("do_remote_decode"):
+            params = {
+                "do_remote_prefill": True,
+                "do_remote_decode": False,
+                "remote_engine_id": self.info.engine_id,
+                "remote_request_id": req.request_id,
+                "remote_host": "sim",
+                "remote_port": 0,
+                "remote_block_ids": [list(range(self._blocks(sim)))],
+                "remote_num_tokens": len(req.prompt_token_ids),
+                "tp_size": 1,
+                "transfer_mode": "sim",
+            }
+        out = EngineOutput(
+            token_ids=list(sim.tokens),
+            text=self._detokenize(sim.tokens),
+            finished=finished,
+            finish_reason="length" if finished else None,
+            kv_transfer_params=params,
+        )
+        if finished:
+            self._remove(sim)
+        sim.queue.put_nowait(out)
+
+    async def shutdown(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            self._loop_task = None

@@ -1,0 +1,250 @@
+"""`slos-serve up`: a local cluster of processes (coordinator + P prefill + D decode workers).
+
+Every process is started in its own session so that stopping it also stops
+whatever it spawned (vLLM's engine-core processes); stop() escalates from
+SIGTERM to SIGKILL, and nothing it started outlives it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slos_serve.grpc_util import check_health
+
+STOP_GRACE_S = 20.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ClusterSpec:
+    model: str | None
+    prefill: int = 1
+    decode: int = 1
+    engine: str = "vllm"
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    kv_cache_gib: float = 1.0
+    spec_tokens: int = 0
+    bind_cpus: bool = True
+    tiers: str | None = None
+    log_dir: str | None = None
+    extra_worker_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    address: str = ""
+
+
+class LocalCluster:
+    """Starts, watches and stops a local cluster. Use as a context manager."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+        self.procs: list[_Proc] = []
+        self.log_dir = Path(spec.log_dir or tempfile.mkdtemp(prefix="slos-cluster-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.target = ""
+
+    # ------------------------------------------------------------ start --
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> _Proc:
+        log_path = self.log_dir / f"{name}.log"
+        log = open(log_path, "w")  # noqa: SIM115 - the child owns it until it exits
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "slos_serve.cli", *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,
+        )
+        log.close()
+        proc = _Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def _worker_argv(self, role: str, port: int, kv_port: int, cpu: int | None) -> list[str]:
+        s = self.spec
+        argv = [f"{role}-worker", "--host", s.host, "--port", str(port), "--engine", s.engine,
+                "--kv-port", str(kv_port), "--kv-cache-gib", str(s.kv_cache_gib)]
+        if s.model:
+            argv += ["--model", s.model]
+        if s.spec_tokens:
+            argv += ["--spec-tokens", str(s.spec_tokens)]
+        if cpu is not None:
+            argv += ["--cpus", str(cpu)]
+        return argv + list(s.extra_worker_args)
+
+    def start(self, timeout_s: float = 600.0, progress: bool = True) -> str:
+        """Starts every process and waits until the coordinator reports SERVING."""
+        s = self.spec
+        ncpu = os.cpu_count() or 1
+        addresses: dict[str, list[str]] = {"prefill": [], "decode": []}
+        roles = ["prefill"] * s.prefill + ["decode"] * s.decode
+        for k, role in enumerate(roles):
+            port = free_port(s.host)
+            cpu = k % ncpu if (s.bind_cpus and s.engine == "vllm") else None
+            index = len(addresses[role])
+            proc = self._spawn(f"{role}-{index}", self._worker_argv(role, port, free_port(), cpu))
+            proc.address = f"{s.host}:{port}"
+            addresses[role].append(proc.address)
+        coord_port = s.port or free_port(s.host)
+        argv = ["coordinator", "--host", s.host, "--port", str(coord_port),
+                "--prefill", ",".join(addresses["prefill"]),
+                "--decode", ",".join(addresses["decode"])]
+        if s.model:
+            argv += ["--model", s.model]
+        if s.tiers:
+            argv += ["--tiers", s.tiers]
+        self._spawn("coordinator", argv).address = f"{s.host}:{coord_port}"
+        self.target = f"{s.host}:{coord_port}"
+        try:
+            asyncio.run(self._wait_ready(timeout_s, progress))
+        except BaseException:
+            self.stop()
+            raise
+        return self.target
+
+    async def _wait_ready(self, timeout_s: float, progress: bool) -> None:
+        started = time.monotonic()
+        last_print = 0.0
+        while True:
+            for proc in self.procs:
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(
+                        f"{proc.name} exited with code {proc.popen.returncode} during start; "
+                        f"its log ({proc.log_path}) ends with:\n{self.tail(proc)}"
+                    )
+            healthy = await asyncio.gather(*(check_health(p.address) for p in self.procs))
+            elapsed = time.monotonic() - started
+            if all(healthy):
+                if progress:
+                    print(f"cluster ready in {elapsed:.0f} s: coordinator at {self.target}",
+                          file=sys.stderr)
+                return
+            if elapsed > timeout_s:
+                waiting = [p.name for p, ok in zip(self.procs, healthy, strict=True) if not ok]
+                raise TimeoutError(f"not ready after {timeout_s:.0f} s: {', '.join(waiting)}")
+            if progress and elapsed - last_print >= 5:
+                last_print = elapsed
+                print(f"  starting: {sum(healthy)}/{len(healthy)} processes healthy "
+                      f"({elapsed:.0f} s; logs in {self.log_dir})", file=sys.stderr)
+            await asyncio.sleep(0.5)
+
+    @staticmethod
+    def tail(proc: _Proc, lines: int = 30) -> str:
+        try:
+            return "\n".join(proc.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # ------------------------------------------------------------- stop --
+    def pids(self) -> list[int]:
+        return [p.popen.pid for p in self.procs]
+
+    def stop(self) -> None:
+        """SIGTERM every process group, then SIGKILL what is left after a grace period."""
+        # The coordinator first, so no new work reaches the workers.
+        for proc in reversed(self.procs):
+            _signal_group(proc.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in self.procs:
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.procs:
+            _signal_group(proc.popen.pid, signal.SIGKILL)  # stragglers in the group, if any
+            if proc.popen.poll() is None:
+                proc.popen.wait(timeout=5)
+        self.procs.clear()
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="model directory (required for vllm)")
+    parser.add_argument("--prefill", type=int, default=1, help="prefill workers")
+    parser.add_argument("--decode", type=int, default=1, help="decode workers")
+    parser.add_argument("--engine", choices=("vllm", "sim"), default="vllm",
+                        help="worker engine: vllm, or sim (SIMULATED, for tests and overhead)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051, help="coordinator port")
+    parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache per engine")
+    parser.add_argument("--spec-tokens", type=int, default=0, help="ngram speculation (0 = off)")
+    parser.add_argument("--no-cpu-bind", action="store_true",
+                        help="do not pin each engine to its own core")
+    parser.add_argument("--tiers", default=None, help="SLO tier table JSON for the coordinator")
+    parser.add_argument("--log-dir", default=None, help="where process logs go")
+    parser.add_argument("--timeout", type=float, default=600, help="start-up timeout (s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.engine == "vllm" and not args.model:
+        print("slos-serve up: --model is required with --engine vllm", file=sys.stderr)
+        return 2
+    cluster = LocalCluster(ClusterSpec(
+        model=args.model, prefill=args.prefill, decode=args.decode, engine=args.engine,
+        host=args.host, port=args.port, kv_cache_gib=args.kv_cache_gib,
+        spec_tokens=args.spec_tokens, bind_cpus=not args.no_cpu_bind, tiers=args.tiers,
+        log_dir=args.log_dir,
+    ))
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        cluster.start(timeout_s=args.timeout)
+        print(f"serving at {cluster.target} (logs in {cluster.log_dir}); Ctrl-C to stop",
+              flush=True)
+        while True:
+            for proc in cluster.procs:
+                if proc.popen.poll() is not None:
+                    print(f"{proc.name} exited ({proc.popen.returncode}):\n{cluster.tail(proc)}",
+                          file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopping cluster", file=sys.stderr)
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"slos-serve up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish stopping undisturbed
+        cluster.stop()
