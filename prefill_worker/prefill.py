@@ -11,7 +11,7 @@ from slos_serve.worker.convert import engine_request
 
 
 class HandoffMissing(RuntimeError):
-    """The engine finished a hand-off prefill without transfer metadata."""
+    """The engine finished a hand-off prefill without usable transfer metadata."""
 
 
 async def prefill(engine: Engine, request: pb.PrefillRequest) -> pb.PrefillResponse:
@@ -49,5 +49,9 @@ async def prefill(engine: Engine, request: pb.PrefillRequest) -> pb.PrefillRespo
         return response
     if not last.kv_transfer_params:
         raise HandoffMissing(f"no kv_transfer_params for {request.request_id}")
-    response.handoff.CopyFrom(KvHandoff.from_vllm(last.kv_transfer_params).to_proto())
+    try:
+        handoff = KvHandoff.from_vllm(last.kv_transfer_params)
+    except ValueError as exc:
+        raise HandoffMissing(f"engine returned unusable transfer metadata: {exc}") from exc
+    response.handoff.CopyFrom(handoff.to_proto())
     return response

@@ -185,7 +185,7 @@ class SimEngine:
                 "remote_engine_id": self.info.engine_id,
                 "remote_request_id": req.request_id,
                 "remote_host": "sim",
-                "remote_port": 0,
+                "remote_port": 1,  # never contacted: the simulated decode pulls nothing
                 "remote_block_ids": [list(range(self._blocks(sim)))],
                 "remote_num_tokens": len(req.prompt_token_ids),
                 "tp_size": 1,

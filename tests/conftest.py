@@ -1,0 +1,54 @@
+"""Shared fixtures: the tiny model, clusters (simulated and vLLM), reference outputs.
+
+Engine starts cost ~30 s each here, so clusters are module-scoped and shared by
+every test of a module; the colocated reference engine runs once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    """The tiny local model (`make model` builds it; built here if missing)."""
+    path = Path(os.environ.get("SLOS_TEST_MODEL", ROOT / ".cache" / "tiny-llama"))
+    from slos_serve.model import build_model
+
+    build_model(path)  # returns at once when the cached build is current
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sim_cluster(model_dir: str):
+    """2 prefill + 2 decode workers on the SIMULATED engine (no model runs)."""
+    from slos_serve.up import ClusterSpec, LocalCluster
+
+    cluster = LocalCluster(ClusterSpec(model=model_dir, engine="sim", prefill=2, decode=2))
+    cluster.start(timeout_s=120, progress=False)
+    yield cluster
+    cluster.stop()
+
+
+def reference_outputs(model_dir: str, prompts: list[list[int]], sampling: dict) -> list[list[int]]:
+    """Token ids from ONE colocated vLLM engine (vLLM's defaults, no KV transfer)."""
+    script = ROOT / "tests" / "reference_engine.py"
+    result = subprocess.run(
+        [sys.executable, str(script), model_dir],
+        input=json.dumps({"prompts": prompts, "sampling": sampling}),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"reference engine failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
