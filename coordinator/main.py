@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode workers, comma-separated host:port")
     parser.add_argument("--model", required=True, help="model directory (for its tokenizer)")
     parser.add_argument("--tiers", default=None,
-                        help='SLO tier table JSON: {"default": N, "tiers": {N: {ttft_ms, tpot_ms}}}')
+                        help='SLO tier table JSON: '
+                             '{"default": N, "tiers": {N: {"ttft_ms": X, "tpot_ms": Y}}}')
     parser.add_argument("--on-reject", choices=("best_effort", "reject"), default="best_effort",
                         help="what happens to requests that cannot be admitted, by default")
 

@@ -70,7 +70,8 @@ async def check_health(target: str, timeout_s: float = 2.0, service: str = "") -
     async with grpc.aio.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+            request = health_pb2.HealthCheckRequest(service=service)
+            resp = await stub.Check(request, timeout=timeout_s)
         except grpc.RpcError:
             return False
         return resp.status == health_pb2.HealthCheckResponse.SERVING

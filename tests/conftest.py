@@ -38,11 +38,13 @@ def sim_cluster(model_dir: str):
     cluster.stop()
 
 
-def reference_outputs(model_dir: str, prompts: list[list[int]], sampling: dict) -> list[list[int]]:
+def reference_outputs(
+    model_dir: str, prompts: list[list[int]], sampling: list[dict], out_path: Path
+) -> list[list[int]]:
     """Token ids from ONE colocated vLLM engine (vLLM's defaults, no KV transfer)."""
     script = ROOT / "tests" / "reference_engine.py"
     result = subprocess.run(
-        [sys.executable, str(script), model_dir],
+        [sys.executable, str(script), model_dir, str(out_path)],
         input=json.dumps({"prompts": prompts, "sampling": sampling}),
         capture_output=True,
         text=True,
@@ -51,4 +53,35 @@ def reference_outputs(model_dir: str, prompts: list[list[int]], sampling: dict) 
     )
     if result.returncode != 0:
         raise RuntimeError(f"reference engine failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(out_path.read_text())
+
+
+# Varied prompt lengths, several longer than one KV block (16 tokens on CPU).
+PROMPT_LENGTHS = (1, 5, 16, 17, 40, 100, 257, 600)
+MAX_TOKENS = 24
+GREEDY = {"max_tokens": MAX_TOKENS, "temperature": 0.0, "ignore_eos": True}
+SEEDED = {"max_tokens": MAX_TOKENS, "temperature": 0.9, "top_p": 0.95, "seed": 1234,
+          "ignore_eos": True}
+
+
+@pytest.fixture(scope="session")
+def prompts(model_dir: str) -> list[list[int]]:
+    """Token-id prompts cut from real code, so the model continues code."""
+    import inspect
+    import json as json_module
+
+    from slos_serve.tokenizer import load_tokenizer
+
+    ids = load_tokenizer(model_dir).encode(inspect.getsource(json_module.decoder))
+    return [ids[i * 7 : i * 7 + n] for i, n in enumerate(PROMPT_LENGTHS)]
+
+
+@pytest.fixture(scope="session")
+def reference(
+    model_dir: str, prompts: list[list[int]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[list[int]]]:
+    """Greedy and seeded outputs of one colocated engine, computed once per session."""
+    out_path = tmp_path_factory.mktemp("reference") / "outputs.json"
+    outs = reference_outputs(model_dir, prompts, [GREEDY, SEEDED], out_path)
+    n = len(prompts)
+    return {"greedy": outs[:n], "seeded": outs[n:]}

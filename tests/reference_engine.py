@@ -1,7 +1,8 @@
 """A single colocated vLLM engine: the reference the cluster's outputs must equal.
 
-Reads {"prompts": [[ids]], "sampling": {...}} on stdin; prints a JSON list of
-output token-id lists as its last line. Run as a subprocess (vLLM spawns).
+Reads {"prompts": [[ids]], "sampling": [{...}, ...]} on stdin; writes a JSON list
+of output token-id lists (for each sampling, for each prompt) to the file named by
+argv[2]. Run as a subprocess (vLLM spawns processes and logs to stdout).
 """
 
 import json
@@ -14,11 +15,12 @@ def main() -> None:
     job = json.loads(sys.stdin.read())
     llm = LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=2048, seed=0)
     outs = []
-    for entry in job["sampling"] if isinstance(job["sampling"], list) else [job["sampling"]]:
+    for entry in job["sampling"]:
         params = SamplingParams(**entry)
         results = llm.generate([{"prompt_token_ids": p} for p in job["prompts"]], params)
         outs.extend(list(r.outputs[0].token_ids) for r in results)
-    print(json.dumps(outs))
+    with open(sys.argv[2], "w") as f:
+        json.dump(outs, f)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ class VllmEngine:
         self.info = EngineInfo("vllm", model, max_model_len, 16, "")
 
     def _engine_args(self) -> Any:
-        from kv_transfer.config import kv_transfer_config
         from vllm.engine.arg_utils import AsyncEngineArgs
+
+        from kv_transfer.config import kv_transfer_config
 
         kwargs: dict[str, Any] = dict(
             model=self._model,

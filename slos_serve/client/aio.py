@@ -1,0 +1,305 @@
+"""The asyncio client: `AsyncClient` (grpc.aio) and its `AsyncGenerateStream`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from proto import slos_serve_pb2 as pb
+from proto import slos_serve_pb2_grpc as pb_grpc
+from slos_serve.client._base import ClientBase
+from slos_serve.client.channel import ChannelOptions, TlsConfig
+from slos_serve.client.types import (
+    ClusterInfo,
+    Completion,
+    Event,
+    HealthStatus,
+    ModelInfo,
+    OnReject,
+    StageSpec,
+    Started,
+    StreamAssembler,
+    build_generate_request,
+)
+from slos_serve.errors import Cancelled, ProtocolError, from_rpc_error
+
+__all__ = ["AsyncClient", "AsyncGenerateStream"]
+
+T = TypeVar("T")
+
+
+def _task_is_cancelling() -> bool:
+    """True when the current task itself is being cancelled (Python >= 3.11 can tell)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if callable(cancelling) else False
+
+
+class AsyncGenerateStream:
+    """A running Generate call: `async for` it for `Started`, `Chunk`..., then `Completion`.
+
+    Same contract as the sync `GenerateStream`: leaving the `async for` early (break,
+    exception) cancels the RPC once the loop's iterator is released, `cancel()`, `aclose()`
+    and `async with` do so at once, and errors surface as `SloServeError` subclasses. A
+    cancellation this client made surfaces as `Cancelled`, not as `asyncio.CancelledError`,
+    unless the awaiting task itself is being cancelled.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call  # grpc.aio.UnaryStreamCall
+        self._asm = StreamAssembler()
+        self._done = False
+        self._cancelled_here = False
+        self._iterated = False
+
+    @property
+    def request_id(self) -> str:
+        """The coordinator's id for the request ("" until the first message arrives)."""
+        return self._asm.request_id
+
+    @property
+    def started(self) -> Started | None:
+        return self._asm.started
+
+    @property
+    def completion(self) -> Completion | None:
+        """The Completion, once the stream has ended successfully."""
+        return self._asm.completion
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    async def _read(self) -> Any:
+        try:
+            return await self._call.read()
+        except grpc.RpcError as err:
+            self._done = True
+            raise from_rpc_error(err) from err
+        except asyncio.CancelledError:
+            # grpc.aio raises CancelledError on reading a call cancelled locally; when that
+            # was our cancel() and not the task's own cancellation, report it as the SDK's
+            # typed error, as the sync client does.
+            if self._cancelled_here and not _task_is_cancelling():
+                raise Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client") from None
+            self.cancel()
+            raise
+
+    async def _next_event(self) -> Event | None:
+        """The next event, or None at the (successful) end of the stream."""
+        if self._done:
+            if self._cancelled_here and self._asm.completion is None:
+                raise Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client")
+            return None
+        msg = await self._read()
+        if msg is grpc.aio.EOF:
+            self._done = True
+            raise self._asm.end_without_final()
+        try:
+            event = self._asm.feed(msg)
+            if event is self._asm.completion:
+                # Read the status too: the Completion only counts if the RPC ended OK.
+                if await self._read() is not grpc.aio.EOF:
+                    raise ProtocolError("message after Final")
+                self._done = True
+        except ProtocolError:
+            self.cancel()
+            raise
+        return event
+
+    def __aiter__(self) -> _AsyncEventIterator:
+        if self._iterated:
+            raise RuntimeError("an AsyncGenerateStream can be iterated only once")
+        self._iterated = True
+        return _AsyncEventIterator(self)
+
+    async def collect(self) -> Completion:
+        """Read the stream to its end and return the Completion."""
+        try:
+            async for _ in self:
+                pass
+        finally:
+            self.cancel()  # e.g. the awaiting task was cancelled; no-op after the end
+        assert self._asm.completion is not None  # _next_event raises otherwise
+        return self._asm.completion
+
+    def cancel(self) -> bool:
+        """Cancel the RPC if it is still running; True if this call cancelled it."""
+        if self._done:
+            return False
+        self._done = True
+        self._cancelled_here = True
+        return bool(self._call.cancel())
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> AsyncGenerateStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            try:
+                self._call.cancel()
+            except Exception:  # noqa: BLE001 - loop already closed; nothing to do
+                pass
+
+
+class _AsyncEventIterator:
+    """The iterator `async for` holds. A class with `__del__`, not an async generator,
+    because an abandoned async generator is only finalised later by the event loop, while
+    this cancels the RPC as soon as the loop lets go of it."""
+
+    def __init__(self, stream: AsyncGenerateStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _AsyncEventIterator:
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self._stream._next_event()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        self._stream.cancel()
+
+    def __del__(self) -> None:
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.cancel()
+
+
+class AsyncClient(ClientBase):
+    """asyncio client of a slos-serve coordinator (grpc.aio); create it inside the loop.
+
+    >>> async with AsyncClient("localhost:50051", timeout=60) as c:
+    ...     async for ev in c.stream("def fib(n):", max_tokens=32, tier="interactive"):
+    ...         print(ev)
+
+    Arguments and results are those of `Client`; methods are coroutines except `stream`,
+    which returns an async-iterable `AsyncGenerateStream` at once.
+    """
+
+    _aio = True
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: TlsConfig | bool | None = None,
+        timeout: float | None = None,
+        options: ChannelOptions | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        wait_for_ready: bool | None = None,
+    ) -> None:
+        super().__init__(
+            target, tls=tls, timeout=timeout, options=options, metadata=metadata,
+            wait_for_ready=wait_for_ready,
+        )
+        self._stub = pb_grpc.SloServeStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def _unary(
+        self, fn: Callable[..., Awaitable[T]], request: Any, timeout: float | None
+    ) -> T:
+        try:
+            return await fn(request, **self._call_kwargs(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        ignore_eos: bool = False,
+        tier: str | None = None,
+        ttft_ms: float | None = None,
+        tpot_ms: float | None = None,
+        stages: Sequence[StageSpec] | None = None,
+        on_reject: OnReject | str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerateStream:
+        """Start a Generate call (see `Client.stream`); `async for` the result."""
+        req = build_generate_request(
+            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            stop=stop, ignore_eos=ignore_eos, tier=tier, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
+            stages=stages, on_reject=on_reject, request_id=request_id,
+        )
+        return AsyncGenerateStream(self._stub.Generate(req, **self._call_kwargs(timeout)))
+
+    async def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        ignore_eos: bool = False,
+        tier: str | None = None,
+        ttft_ms: float | None = None,
+        tpot_ms: float | None = None,
+        stages: Sequence[StageSpec] | None = None,
+        on_reject: OnReject | str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Completion:
+        """Generate and wait for the whole output (see `Client.stream` for the arguments)."""
+        return await self.stream(
+            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            stop=stop, ignore_eos=ignore_eos, tier=tier, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
+            stages=stages, on_reject=on_reject, request_id=request_id, timeout=timeout,
+        ).collect()
+
+    async def abort(self, request_id: str, *, timeout: float | None = None) -> bool:
+        """Abort a running request by id; True if it was found."""
+        resp = await self._unary(
+            self._stub.Abort, pb.AbortRequest(request_id=request_id), timeout
+        )
+        return resp.found
+
+    async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
+        """The served model and its SLO tier table."""
+        return ModelInfo.from_proto(
+            await self._unary(self._stub.ModelInfo, pb.ModelInfoRequest(), timeout)
+        )
+
+    async def cluster_info(self, *, timeout: float | None = None) -> ClusterInfo:
+        """The coordinator's workers, their health and load."""
+        return ClusterInfo.from_proto(
+            await self._unary(self._stub.ClusterInfo, pb.ClusterInfoRequest(), timeout)
+        )
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> HealthStatus:
+        """grpc.health.v1 Check ("" = the server as a whole); unknown service: `NotFound`."""
+        resp = await self._unary(
+            self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout
+        )
+        return HealthStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close the channel; running calls are cancelled (after `grace` seconds if given)."""
+        await self._channel.close(grace)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

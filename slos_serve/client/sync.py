@@ -1,0 +1,291 @@
+"""The blocking client: `Client` and its `GenerateStream`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from proto import slos_serve_pb2 as pb
+from proto import slos_serve_pb2_grpc as pb_grpc
+from slos_serve.client._base import ClientBase
+from slos_serve.client.channel import ChannelOptions, TlsConfig
+from slos_serve.client.types import (
+    ClusterInfo,
+    Completion,
+    Event,
+    HealthStatus,
+    ModelInfo,
+    OnReject,
+    StageSpec,
+    Started,
+    StreamAssembler,
+    build_generate_request,
+)
+from slos_serve.errors import Cancelled, ProtocolError, from_rpc_error
+
+__all__ = ["Client", "GenerateStream"]
+
+T = TypeVar("T")
+
+
+class GenerateStream:
+    """A running Generate call: iterate it for `Started`, `Chunk`..., then `Completion`.
+
+    Iterating gives a generator; when that generator is closed before the stream's end
+    (a `break` out of the `for` loop, an exception in its body, `close()` on it) the RPC
+    is cancelled, so the coordinator aborts the request on its workers and frees their KV
+    blocks instead of generating tokens nobody reads. `cancel()`/`close()` and the
+    context-manager exit do the same explicitly. A stream is read once.
+
+    Errors surface as `SloServeError` subclasses while iterating.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call  # grpc's _MultiThreadedRendezvous: an iterator and a grpc.Call
+        self._asm = StreamAssembler()
+        self._done = False
+        self._iterated = False
+        self._cancelled_here = False
+        self._lock = threading.Lock()
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def request_id(self) -> str:
+        """The coordinator's id for the request ("" until the first message arrives)."""
+        return self._asm.request_id
+
+    @property
+    def started(self) -> Started | None:
+        return self._asm.started
+
+    @property
+    def completion(self) -> Completion | None:
+        """The Completion, once the stream has ended successfully."""
+        return self._asm.completion
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _next_event(self) -> Event | None:
+        """The next event, or None at the (successful) end of the stream."""
+        if self._done:
+            if self._cancelled_here and self._asm.completion is None:
+                raise Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client")
+            return None
+        try:
+            msg = next(self._call)
+        except StopIteration:
+            self._done = True
+            raise self._asm.end_without_final() from None
+        except grpc.RpcError as err:
+            self._done = True
+            raise from_rpc_error(err) from err
+        try:
+            event = self._asm.feed(msg)
+            if event is self._asm.completion:
+                self._expect_end()
+        except ProtocolError:
+            self.cancel()
+            raise
+        return event
+
+    def _expect_end(self) -> None:
+        """After Final, read the status: the Completion only counts if the RPC ended OK.
+
+        Reading to the end (rather than stopping at Final) also keeps the server from seeing
+        a cancellation for a request that completed.
+        """
+        try:
+            next(self._call)
+        except StopIteration:
+            self._done = True
+            return
+        except grpc.RpcError as err:
+            self._done = True
+            raise from_rpc_error(err) from err
+        raise ProtocolError("message after Final")
+
+    def __iter__(self) -> Iterator[Event]:
+        with self._lock:
+            if self._iterated:
+                raise RuntimeError("a GenerateStream can be iterated only once")
+            self._iterated = True
+        return self._events()
+
+    def _events(self) -> Iterator[Event]:
+        try:
+            while (event := self._next_event()) is not None:
+                yield event
+        finally:
+            self.cancel()  # no-op when the stream has ended
+
+    def collect(self) -> Completion:
+        """Read the stream to its end and return the Completion."""
+        for _ in self:
+            pass
+        assert self._asm.completion is not None  # _next_event raises otherwise
+        return self._asm.completion
+
+    # -- cancelling --------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Cancel the RPC if it is still running; True if this call cancelled it."""
+        if self._done:
+            return False
+        self._done = True
+        self._cancelled_here = True
+        return bool(self._call.cancel())
+
+    close = cancel
+
+    def __enter__(self) -> GenerateStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        # Dropping an unread stream must not leave the request running on the cluster.
+        if not getattr(self, "_done", True):
+            try:
+                self._call.cancel()
+            except Exception:  # noqa: BLE001 - interpreter shutdown; nothing to do
+                pass
+
+
+class Client(ClientBase):
+    """Blocking client of a slos-serve coordinator.
+
+    >>> with Client("localhost:50051", timeout=60) as c:
+    ...     out = c.generate("def fib(n):", max_tokens=32, tier="interactive")
+    ...     print(out.text, out.ttft_ms, out.slo_met)
+
+    `timeout` is the default deadline of every call in seconds (None: no deadline); each
+    method's `timeout` overrides it for that call. `tls=True` uses the system roots; a
+    `TlsConfig` pins roots and/or enables mutual TLS. `metadata` is sent with every call
+    (e.g. an authorization header). Thread-safe: one Client can serve many threads.
+    """
+
+    _aio = False
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: TlsConfig | bool | None = None,
+        timeout: float | None = None,
+        options: ChannelOptions | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        wait_for_ready: bool | None = None,
+    ) -> None:
+        super().__init__(
+            target, tls=tls, timeout=timeout, options=options, metadata=metadata,
+            wait_for_ready=wait_for_ready,
+        )
+        self._stub = pb_grpc.SloServeStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def _unary(self, fn: Callable[..., T], request: Any, timeout: float | None) -> T:
+        try:
+            return fn(request, **self._call_kwargs(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        ignore_eos: bool = False,
+        tier: str | None = None,
+        ttft_ms: float | None = None,
+        tpot_ms: float | None = None,
+        stages: Sequence[StageSpec] | None = None,
+        on_reject: OnReject | str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> GenerateStream:
+        """Start a Generate call; iterate the returned stream for its events.
+
+        The SLO is a `tier` name, or explicit `ttft_ms`/`tpot_ms`, or both if they agree
+        (the coordinator checks). `on_reject` says what to do if the planner cannot admit
+        the request on time: serve it best-effort or fail with `Rejected`.
+        """
+        req = build_generate_request(
+            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            stop=stop, ignore_eos=ignore_eos, tier=tier, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
+            stages=stages, on_reject=on_reject, request_id=request_id,
+        )
+        return GenerateStream(self._stub.Generate(req, **self._call_kwargs(timeout)))
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        ignore_eos: bool = False,
+        tier: str | None = None,
+        ttft_ms: float | None = None,
+        tpot_ms: float | None = None,
+        stages: Sequence[StageSpec] | None = None,
+        on_reject: OnReject | str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Completion:
+        """Generate and wait for the whole output (see `stream` for the arguments)."""
+        return self.stream(
+            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            stop=stop, ignore_eos=ignore_eos, tier=tier, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
+            stages=stages, on_reject=on_reject, request_id=request_id, timeout=timeout,
+        ).collect()
+
+    def abort(self, request_id: str, *, timeout: float | None = None) -> bool:
+        """Abort a running request by id (e.g. from another process); True if it was found."""
+        resp = self._unary(self._stub.Abort, pb.AbortRequest(request_id=request_id), timeout)
+        return resp.found
+
+    def model_info(self, *, timeout: float | None = None) -> ModelInfo:
+        """The served model and its SLO tier table."""
+        return ModelInfo.from_proto(
+            self._unary(self._stub.ModelInfo, pb.ModelInfoRequest(), timeout)
+        )
+
+    def cluster_info(self, *, timeout: float | None = None) -> ClusterInfo:
+        """The coordinator's workers, their health and load."""
+        return ClusterInfo.from_proto(
+            self._unary(self._stub.ClusterInfo, pb.ClusterInfoRequest(), timeout)
+        )
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> HealthStatus:
+        """grpc.health.v1 Check ("" = the server as a whole). An unknown service raises
+        `NotFound`, per the health protocol."""
+        resp = self._unary(
+            self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout
+        )
+        return HealthStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+    def close(self) -> None:
+        """Close the channel; running calls are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

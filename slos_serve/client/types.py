@@ -1,0 +1,413 @@
+"""The SDK's public data types, and the translation to and from the protobuf contract.
+
+Results are plain dataclasses, not protobuf messages, so callers can compare, print,
+serialise (`to_dict`) and construct them in tests without knowing the wire format, and so a
+change in the proto's layout stays inside this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from proto import slos_serve_pb2 as pb
+from slos_serve.errors import ProtocolError
+
+__all__ = [
+    "Chunk",
+    "ClusterInfo",
+    "Completion",
+    "Decision",
+    "Event",
+    "HealthStatus",
+    "LoadReport",
+    "ModelInfo",
+    "OnReject",
+    "SloTier",
+    "StageResult",
+    "StageSpec",
+    "Started",
+    "WorkerStatus",
+]
+
+
+class Decision(str, Enum):
+    """What the coordinator's planner decided for a request."""
+
+    UNSPECIFIED = "unspecified"
+    ADMITTED = "admitted"  # served with its SLO as the target
+    BEST_EFFORT = "best_effort"  # served, but the SLO is not promised
+    REJECTED = "rejected"  # not served
+
+    @classmethod
+    def from_proto(cls, value: int) -> Decision:
+        return _DECISION_FROM_PB.get(value, cls.UNSPECIFIED)
+
+
+_DECISION_FROM_PB = {
+    pb.DECISION_UNSPECIFIED: Decision.UNSPECIFIED,
+    pb.ADMITTED: Decision.ADMITTED,
+    pb.BEST_EFFORT: Decision.BEST_EFFORT,
+    pb.REJECTED: Decision.REJECTED,
+}
+
+
+class OnReject(str, Enum):
+    """What the coordinator should do with a request it cannot admit on time."""
+
+    DEFAULT = "default"  # the coordinator's configured default
+    BEST_EFFORT = "best_effort"  # serve it anyway, without the SLO promise
+    REJECT = "reject"  # fail fast with RESOURCE_EXHAUSTED (`Rejected`)
+
+    def to_proto(self) -> int:
+        return {
+            OnReject.DEFAULT: pb.ON_REJECT_DEFAULT,
+            OnReject.BEST_EFFORT: pb.SERVE_BEST_EFFORT,
+            OnReject.REJECT: pb.REJECT,
+        }[self]
+
+
+class HealthStatus(str, Enum):
+    """grpc.health.v1 serving status, by name."""
+
+    UNKNOWN = "UNKNOWN"
+    SERVING = "SERVING"
+    NOT_SERVING = "NOT_SERVING"
+    SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
+
+
+# ------------------------------------------------------------------ request side --
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a multi-stage request (e.g. thinking, then answer), with its own SLO.
+
+    `max_tokens` 0 means "until `until`"; the SLO fields mean what `generate`'s do.
+    """
+
+    max_tokens: int = 0
+    until: str = ""
+    tier: str | None = None
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+
+
+def _slo(tier: str | None, ttft_ms: float | None, tpot_ms: float | None) -> pb.Slo:
+    slo = pb.Slo(tier=tier or "")
+    if ttft_ms is not None:
+        slo.ttft_ms = float(ttft_ms)
+    if tpot_ms is not None:
+        slo.tpot_ms = float(tpot_ms)
+    return slo
+
+
+def build_generate_request(
+    prompt: str | Sequence[int],
+    *,
+    max_tokens: int,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop: Sequence[str] | str | None = None,
+    ignore_eos: bool = False,
+    tier: str | None = None,
+    ttft_ms: float | None = None,
+    tpot_ms: float | None = None,
+    stages: Sequence[StageSpec] | None = None,
+    on_reject: OnReject | str | None = None,
+    request_id: str | None = None,
+) -> pb.GenerateRequest:
+    """Build the wire request.
+
+    Only types are checked here (a TypeError/ValueError is a programming error on the
+    caller's side). Values (empty prompt, max_tokens <= 0, unknown tier...) are left for the
+    coordinator to judge, because it alone knows the model's context and the tier table; it
+    answers INVALID_ARGUMENT, which surfaces as `InvalidRequest`.
+    """
+    req = pb.GenerateRequest(request_id=request_id or "")
+    if isinstance(prompt, str):
+        req.text = prompt
+    elif isinstance(prompt, (bytes, bytearray)):
+        raise TypeError("prompt must be str or a sequence of token ids, not bytes")
+    else:
+        try:
+            ids = [int(t) for t in prompt]
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"prompt must be str or a sequence of int token ids: {exc}") from exc
+        req.token_ids.CopyFrom(pb.TokenIds(ids=ids))
+
+    sampling = pb.SamplingParams(max_tokens=int(max_tokens), ignore_eos=bool(ignore_eos))
+    if temperature is not None:
+        sampling.temperature = float(temperature)
+    if top_p is not None:
+        sampling.top_p = float(top_p)
+    if seed is not None:
+        sampling.seed = int(seed)
+    if stop:
+        sampling.stop.extend([stop] if isinstance(stop, str) else list(stop))
+    req.sampling.CopyFrom(sampling)
+
+    req.slo.CopyFrom(_slo(tier, ttft_ms, tpot_ms))
+    for st in stages or ():
+        if not isinstance(st, StageSpec):
+            raise TypeError(f"stages must be StageSpec instances, got {type(st).__name__}")
+        req.stages.append(
+            pb.Stage(
+                slo=_slo(st.tier, st.ttft_ms, st.tpot_ms),
+                max_tokens=int(st.max_tokens),
+                until=st.until,
+            )
+        )
+    if on_reject is not None:
+        req.on_reject = OnReject(on_reject).to_proto()
+    return req
+
+
+# --------------------------------------------------------------- stream events --
+
+
+@dataclass(frozen=True)
+class Started:
+    """First stream event: the planner's decision and the SLO the request is held to."""
+
+    request_id: str
+    decision: Decision
+    tier: str
+    ttft_slo_ms: float
+    tpot_slo_ms: float
+    prefill_worker: str = ""
+    decode_worker: str = ""
+    prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Newly generated tokens and their text (the text may be empty mid-character)."""
+
+    token_ids: list[int]
+    text: str
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """Measured outcome of one stage of a multi-stage request."""
+
+    tokens: int
+    tpot_ms: float
+    tpot_slo_ms: float
+    slo_met: bool
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The last stream event and `generate`'s result: the whole output and its verdict.
+
+    Times are the coordinator's measurements. `tier`, `ttft_slo_ms`, `tpot_slo_ms` and the
+    workers come from the Started event, so a Completion alone says what it was held to.
+    """
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    tpot_ms: float
+    e2e_ms: float
+    ttft_met: bool
+    tpot_met: bool
+    slo_met: bool
+    decision: Decision
+    stages: list[StageResult] = field(default_factory=list)
+    tier: str = ""
+    ttft_slo_ms: float = 0.0
+    tpot_slo_ms: float = 0.0
+    prefill_worker: str = ""
+    decode_worker: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (enums as their string values)."""
+        d = dataclasses.asdict(self)
+        d["decision"] = self.decision.value
+        return d
+
+
+Event = Started | Chunk | Completion
+"""A stream event: one Started, then Chunks, then one Completion."""
+
+
+class StreamAssembler:
+    """Turns GenerateResponse messages into events and checks the stream contract.
+
+    Shared by the sync and async streams so both enforce the same rules: exactly one Started
+    first, Chunks, exactly one Final last. A violation raises `ProtocolError` rather than
+    being papered over, because a coordinator bug (a duplicated first token, say) is
+    something the caller must see.
+    """
+
+    def __init__(self) -> None:
+        self.request_id = ""
+        self.started: Started | None = None
+        self.completion: Completion | None = None
+        self._text: list[str] = []
+        self._ids: list[int] = []
+
+    def feed(self, msg: pb.GenerateResponse) -> Event:
+        if msg.request_id and not self.request_id:
+            self.request_id = msg.request_id
+        if self.completion is not None:
+            raise ProtocolError("message after Final")
+        kind = msg.WhichOneof("kind")
+        if kind == "started":
+            if self.started is not None:
+                raise ProtocolError("second Started message")
+            s = msg.started
+            self.started = Started(
+                request_id=self.request_id,
+                decision=Decision.from_proto(s.decision),
+                tier=s.tier,
+                ttft_slo_ms=s.ttft_slo_ms,
+                tpot_slo_ms=s.tpot_slo_ms,
+                prefill_worker=s.prefill_worker,
+                decode_worker=s.decode_worker,
+                prompt_tokens=s.prompt_tokens,
+            )
+            return self.started
+        if self.started is None:
+            raise ProtocolError(f"{kind or 'empty'} message before Started")
+        if kind == "chunk":
+            ids = list(msg.chunk.token_ids)
+            self._ids.extend(ids)
+            self._text.append(msg.chunk.text)
+            return Chunk(token_ids=ids, text=msg.chunk.text)
+        if kind == "final":
+            f = msg.final
+            decision = Decision.from_proto(f.decision)
+            if decision is Decision.UNSPECIFIED:
+                decision = self.started.decision
+            self.completion = Completion(
+                request_id=self.request_id,
+                text="".join(self._text),
+                token_ids=list(self._ids),
+                finish_reason=f.finish_reason,
+                prompt_tokens=f.prompt_tokens or self.started.prompt_tokens,
+                completion_tokens=f.completion_tokens,
+                ttft_ms=f.ttft_ms,
+                tpot_ms=f.tpot_ms,
+                e2e_ms=f.e2e_ms,
+                ttft_met=f.ttft_met,
+                tpot_met=f.tpot_met,
+                slo_met=f.slo_met,
+                decision=decision,
+                stages=[
+                    StageResult(
+                        tokens=s.tokens, tpot_ms=s.tpot_ms, tpot_slo_ms=s.tpot_slo_ms,
+                        slo_met=s.slo_met,
+                    )
+                    for s in f.stages
+                ],
+                tier=self.started.tier,
+                ttft_slo_ms=self.started.ttft_slo_ms,
+                tpot_slo_ms=self.started.tpot_slo_ms,
+                prefill_worker=self.started.prefill_worker,
+                decode_worker=self.started.decode_worker,
+            )
+            return self.completion
+        raise ProtocolError("message with no kind set")
+
+    def end_without_final(self) -> ProtocolError:
+        """The error for a stream that closed OK before its Final message."""
+        return ProtocolError(
+            "stream ended without a Final message"
+            + ("" if self.started else " (and without Started)")
+        )
+
+
+# ------------------------------------------------------------------ info calls --
+
+
+@dataclass(frozen=True)
+class SloTier:
+    """A named latency objective of the coordinator's tier table."""
+
+    name: str
+    ttft_ms: float
+    tpot_ms: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The served model and the SLO tiers requests may name."""
+
+    model: str
+    max_model_len: int
+    vocab_size: int
+    tiers: list[SloTier]
+    default_tier: str
+
+    @classmethod
+    def from_proto(cls, m: pb.ModelInfoResponse) -> ModelInfo:
+        return cls(
+            model=m.model,
+            max_model_len=m.max_model_len,
+            vocab_size=m.vocab_size,
+            tiers=[SloTier(t.name, t.ttft_ms, t.tpot_ms) for t in m.tiers],
+            default_tier=m.default_tier,
+        )
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """A worker's load, as last reported to the coordinator."""
+
+    role: str = ""
+    running: int = 0
+    waiting: int = 0
+    kv_blocks_total: int = 0
+    kv_blocks_used: int = 0
+    kv_usage: float = 0.0
+    steps: int = 0
+    mean_step_ms: float = 0.0
+    spec_acceptance: float = 0.0
+    active_requests: int = 0
+    draining: bool = False
+
+    @classmethod
+    def from_proto(cls, m: pb.LoadReport) -> LoadReport:
+        return cls(**{f.name: getattr(m, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One worker of the cluster, as the coordinator sees it."""
+
+    address: str
+    role: str
+    healthy: bool
+    load: LoadReport | None
+
+    @classmethod
+    def from_proto(cls, m: pb.WorkerStatus) -> WorkerStatus:
+        return cls(
+            address=m.address,
+            role=m.role,
+            healthy=m.healthy,
+            load=LoadReport.from_proto(m.load) if m.HasField("load") else None,
+        )
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """The coordinator's workers and the scheduler it runs."""
+
+    workers: list[WorkerStatus]
+    scheduler: str
+
+    @classmethod
+    def from_proto(cls, m: pb.ClusterInfoResponse) -> ClusterInfo:
+        return cls(workers=[WorkerStatus.from_proto(w) for w in m.workers], scheduler=m.scheduler)

@@ -1,0 +1,9 @@
+"""Cluster simulator and workloads.
+
+- workloads: the paper's six scenarios, SLO tiers, Poisson/gamma/trace arrivals (shared with
+  the live benchmark).
+- core: the discrete-event cluster (workers timed by coordinator.perf_model, KV transfer,
+  speculative acceptance); metrics: TTFT/TPOT/attainment as the project defines them.
+- fcfs, baselines: vllm, sarathi, distserve; slos_system: the planner (coordinator.planner)
+  driving the cluster; simulator: systems by name; capacity: the rate search; cli.
+"""

@@ -1,0 +1,457 @@
+"""The coordinator's serving path, fast: a real cluster of processes on the SIMULATED engine.
+
+Every process is real (coordinator, prefill and decode workers, gRPC on loopback); only the
+engines are simulated (slos_serve/engine/sim_engine.py), so tokens are known in advance:
+token k of a request is `sim_token(prompt_ids, k, seed, vocab)`. That lets these tests check
+the stream exactly (the first token sent once, nothing lost) without running a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from slos_serve.client import (
+    AsyncClient,
+    Chunk,
+    Client,
+    ClusterInfo,
+    Completion,
+    HealthStatus,
+    StageSpec,
+    Started,
+)
+from slos_serve.engine.sim_engine import SimEngine, sim_token
+from slos_serve.errors import InvalidRequest, Rejected, SloServeError
+
+pytestmark = pytest.mark.timeout(90)
+
+# The workers build their SimEngine without a vocab_size (slos_serve/worker/main.py), so the
+# engine's default is the vocabulary its tokens are drawn from.
+SIM_VOCAB: int = inspect.signature(SimEngine).parameters["vocab_size"].default
+MAX_MODEL_LEN = 2048  # the workers' --max-model-len default
+LONG = 1500  # max_tokens of a request that runs for seconds (>= 4 ms per simulated step)
+
+GREEDY = {"temperature": 0.0}
+SEEDED = {"temperature": 0.8, "top_p": 0.9, "seed": 1234}
+
+
+def prompt_ids(n: int, offset: int = 0) -> list[int]:
+    """A deterministic prompt of n token ids, all inside the vocabulary."""
+    return [3 + (offset * 131 + 7 * i) % 1900 for i in range(n)]
+
+
+def sim_tokens(prompt: list[int], n: int, seed: int | None) -> list[int]:
+    return [sim_token(prompt, k, seed, SIM_VOCAB) for k in range(n)]
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def all_idle(info: ClusterInfo) -> bool:
+    return all(
+        w.load is not None
+        and w.load.active_requests == 0
+        and w.load.running == 0
+        and w.load.waiting == 0
+        and w.load.kv_blocks_used == 0
+        for w in info.workers
+    )
+
+
+def all_healthy(info: ClusterInfo, n: int) -> bool:
+    return len(info.workers) == n and all(w.healthy for w in info.workers)
+
+
+def busy_decode_workers(info: ClusterInfo) -> int:
+    return sum(
+        1 for w in info.workers
+        if w.role == "decode" and w.load is not None and w.load.active_requests > 0
+        and w.load.running > 0
+    )
+
+
+@pytest.fixture(scope="module")
+def client(sim_cluster) -> Iterator[Client]:
+    with Client(sim_cluster.target, timeout=30) as c:
+        yield c
+
+
+def assert_serves(client: Client, offset: int = 99) -> None:
+    """The cluster still serves a valid request, correctly."""
+    prompt = prompt_ids(9, offset)
+    out = client.generate(prompt, max_tokens=3, **GREEDY)
+    assert out.finish_reason == "length"
+    assert out.token_ids == sim_tokens(prompt, 3, None)
+
+
+# ------------------------------------------------------------------- streaming --
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 20])
+@pytest.mark.parametrize("mode", ["greedy", "seeded"])
+def test_stream_is_started_chunks_completion_with_exact_tokens(
+    client: Client, max_tokens: int, mode: str
+) -> None:
+    sampling = GREEDY if mode == "greedy" else SEEDED
+    prompt = prompt_ids(37, offset=max_tokens)
+    expected = sim_tokens(prompt, max_tokens, sampling.get("seed"))
+
+    events = list(client.stream(prompt, max_tokens=max_tokens, **sampling))
+
+    assert isinstance(events[0], Started)
+    assert isinstance(events[-1], Completion)
+    middle = events[1:-1]
+    assert middle and all(isinstance(e, Chunk) for e in middle)
+    started, done = events[0], events[-1]
+    assert started.prompt_tokens == len(prompt)
+    assert started.tier == "loose"  # the built-in default tier
+    assert started.decode_worker
+
+    streamed = [t for e in middle for t in e.token_ids]
+    assert streamed == expected  # the first token is sent once, nothing lost or reordered
+    assert done.token_ids == expected
+    assert done.completion_tokens == max_tokens
+    assert done.prompt_tokens == len(prompt)
+    assert done.finish_reason == "length"
+    assert done.request_id and done.request_id == started.request_id
+
+
+def test_text_prompt_and_unseeded_sampling(client: Client) -> None:
+    """A text prompt is tokenized by the coordinator; sampling without a seed still works
+    (prefill and decode must draw the first token alike, so the coordinator seeds it)."""
+    out = client.generate("def fib(n):\n    return", max_tokens=12, temperature=1.0)
+    assert out.prompt_tokens > 0
+    assert out.completion_tokens == len(out.token_ids) == 12
+    assert all(0 <= t < SIM_VOCAB for t in out.token_ids)
+    assert out.finish_reason == "length"
+
+
+# --------------------------------------------------------------------- metrics --
+
+
+def test_latency_measurements_are_consistent_and_slo_met_at_zero_load(client: Client) -> None:
+    n = 20
+    t0 = time.perf_counter()
+    out = client.generate(prompt_ids(50), max_tokens=n, tier="loose", **GREEDY)
+    client_ms = 1000 * (time.perf_counter() - t0)
+
+    assert out.completion_tokens == n
+    assert 0 < out.ttft_ms <= out.e2e_ms <= client_ms
+    assert out.tpot_ms > 0
+    assert math.isclose(out.tpot_ms, (out.e2e_ms - out.ttft_ms) / (n - 1), rel_tol=1e-3,
+                        abs_tol=1e-3)
+    assert (out.tier, out.ttft_slo_ms, out.tpot_slo_ms) == ("loose", 4000.0, 200.0)
+    assert out.ttft_met and out.tpot_met and out.slo_met
+
+
+def test_single_token_request_has_zero_tpot(client: Client) -> None:
+    out = client.generate(prompt_ids(10), max_tokens=1, tier="loose", **GREEDY)
+    assert out.completion_tokens == 1
+    assert out.tpot_ms == 0.0
+    assert 0 < out.ttft_ms <= out.e2e_ms
+    assert out.slo_met
+
+
+def test_impossible_ttft_is_reported_missed(client: Client) -> None:
+    out = client.generate(prompt_ids(10), max_tokens=5, ttft_ms=0.001, **GREEDY)
+    assert out.completion_tokens == 5  # still served, best effort by default
+    assert out.ttft_slo_ms == pytest.approx(0.001)
+    assert out.ttft_ms > 0.001
+    assert not out.ttft_met
+    assert not out.slo_met
+
+
+# ---------------------------------------------------------- abort and cancel --
+
+
+def test_abort_rpc_ends_the_stream_with_abort(client: Client) -> None:
+    rid = "abort-me-1"
+    prompt = prompt_ids(20, offset=5)
+    stream = client.stream(prompt, max_tokens=LONG, request_id=rid, **GREEDY)
+    it = iter(stream)
+    assert isinstance(next(it), Started)
+    assert isinstance(next(it), Chunk)
+    assert isinstance(next(it), Chunk)  # in decode now
+
+    assert client.abort(rid) is True
+    rest = list(it)
+    done = rest[-1]
+    assert isinstance(done, Completion)
+    assert done.finish_reason == "abort"
+    assert 2 <= done.completion_tokens < LONG
+    assert done.completion_tokens == len(done.token_ids)
+    assert done.token_ids == sim_tokens(prompt, len(done.token_ids), None)
+    assert not done.slo_met
+
+    assert client.abort(rid) is False  # no longer in flight
+    wait_for(lambda: all_idle(client.cluster_info()), 10, "workers idle after the abort")
+    assert_serves(client)
+
+
+def test_abort_of_unknown_id_returns_false(client: Client) -> None:
+    assert client.abort("no-such-request") is False
+
+
+def test_client_cancel_frees_the_workers(client: Client) -> None:
+    prompt = prompt_ids(64, offset=7)
+    stream = client.stream(prompt, max_tokens=LONG, **GREEDY)
+    got: list[int] = []
+    for event in stream:
+        if isinstance(event, Chunk):
+            got.extend(event.token_ids)
+            if len(got) >= 3:
+                break  # leaving the loop cancels the RPC
+    assert got == sim_tokens(prompt, len(got), None)
+    assert stream.done and stream.completion is None  # cancelled: no Completion
+
+    wait_for(lambda: all_idle(client.cluster_info()), 10,
+             "active_requests/running/kv_blocks_used back to 0 on every worker")
+    assert_serves(client)
+
+
+def test_load_report_sees_a_running_request(client: Client) -> None:
+    """The load report does see a running request (so the idle checks above can fail)."""
+    with client.stream(prompt_ids(30, offset=3), max_tokens=LONG, **GREEDY) as stream:
+        it = iter(stream)
+        assert isinstance(next(it), Started)
+        wait_for(lambda: busy_decode_workers(client.cluster_info()) == 1, 10,
+                 "a decode worker reporting the request")
+    wait_for(lambda: all_idle(client.cluster_info()), 10, "workers idle after the cancel")
+
+
+def test_duplicate_request_id_in_flight_is_already_exists(client: Client) -> None:
+    rid = "dup-1"
+    prompt = prompt_ids(16, offset=11)
+    n = 150
+    stream = client.stream(prompt, max_tokens=n, request_id=rid, **GREEDY)
+    it = iter(stream)
+    assert isinstance(next(it), Started)  # the first request is in flight now
+
+    with pytest.raises(SloServeError) as info:
+        client.generate(prompt_ids(4), max_tokens=2, request_id=rid)
+    assert info.value.code_name == "ALREADY_EXISTS"
+    assert "request_id" in info.value.details
+
+    rest = list(it)  # the first request is undisturbed
+    done = rest[-1]
+    assert isinstance(done, Completion)
+    assert done.request_id == rid
+    assert done.token_ids == sim_tokens(prompt, n, None)
+
+    again = client.generate(prompt, max_tokens=2, request_id=rid, **GREEDY)  # free again
+    assert again.request_id == rid and again.completion_tokens == 2
+
+
+# ------------------------------------------------------------------ bad input --
+
+BAD_REQUESTS: dict[str, tuple[dict, str]] = {
+    # case: (generate kwargs, the field the error must name)
+    "empty text": ({"prompt": "", "max_tokens": 4}, "prompt"),
+    "blank text": ({"prompt": "  \n\t ", "max_tokens": 4}, "prompt"),
+    "empty token ids": ({"prompt": [], "max_tokens": 4}, "prompt"),
+    "prompt longer than context": (
+        {"prompt": prompt_ids(MAX_MODEL_LEN + 10), "max_tokens": 4}, "prompt"),
+    "prompt exactly the context": ({"prompt": prompt_ids(MAX_MODEL_LEN), "max_tokens": 1},
+                                   "prompt"),
+    "prompt + max_tokens over context": (
+        {"prompt": prompt_ids(MAX_MODEL_LEN - 10), "max_tokens": 20}, "max_tokens"),
+    "token id outside vocab": ({"prompt": [5, 10**6], "max_tokens": 4}, "token_ids"),
+    "negative token id": ({"prompt": [5, -1], "max_tokens": 4}, "token_ids"),
+    "max_tokens zero": ({"prompt": prompt_ids(5), "max_tokens": 0}, "max_tokens"),
+    "max_tokens negative": ({"prompt": prompt_ids(5), "max_tokens": -3}, "max_tokens"),
+    "unknown tier": ({"prompt": prompt_ids(5), "max_tokens": 4, "tier": "platinum"},
+                     "slo.tier"),
+    "zero ttft": ({"prompt": prompt_ids(5), "max_tokens": 4, "ttft_ms": 0.0}, "slo.ttft_ms"),
+    "negative ttft": ({"prompt": prompt_ids(5), "max_tokens": 4, "ttft_ms": -100.0},
+                      "slo.ttft_ms"),
+    "nan ttft": ({"prompt": prompt_ids(5), "max_tokens": 4, "ttft_ms": float("nan")},
+                 "slo.ttft_ms"),
+    "zero tpot": ({"prompt": prompt_ids(5), "max_tokens": 4, "tpot_ms": 0.0}, "slo.tpot_ms"),
+    "negative tpot": ({"prompt": prompt_ids(5), "max_tokens": 4, "tpot_ms": -1.0},
+                      "slo.tpot_ms"),
+    "tier contradicts ttft": (
+        {"prompt": prompt_ids(5), "max_tokens": 4, "tier": "tight", "ttft_ms": 5.0},
+        "slo.ttft_ms"),
+    "tier contradicts tpot": (
+        {"prompt": prompt_ids(5), "max_tokens": 4, "tier": "loose", "tpot_ms": 1.0},
+        "slo.tpot_ms"),
+    "negative temperature": (
+        {"prompt": prompt_ids(5), "max_tokens": 4, "temperature": -0.5}, "temperature"),
+    "top_p zero": ({"prompt": prompt_ids(5), "max_tokens": 4, "top_p": 0.0}, "top_p"),
+    "top_p above one": ({"prompt": prompt_ids(5), "max_tokens": 4, "top_p": 1.5}, "top_p"),
+    "request_id too long": (
+        {"prompt": prompt_ids(5), "max_tokens": 4, "request_id": "x" * 1000}, "request_id"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_is_invalid_argument_naming_the_field(client: Client, case: str) -> None:
+    kwargs, field = BAD_REQUESTS[case]
+    with pytest.raises(InvalidRequest) as info:
+        client.generate(**kwargs)
+    assert info.value.code_name == "INVALID_ARGUMENT"
+    assert field in info.value.details, info.value.details
+    assert_serves(client)
+
+
+def test_tier_with_agreeing_explicit_values_is_accepted(client: Client) -> None:
+    out = client.generate(prompt_ids(5), max_tokens=2, tier="tight", ttft_ms=1000.0,
+                          tpot_ms=60.0)
+    assert (out.tier, out.ttft_slo_ms, out.tpot_slo_ms) == ("tight", 1000.0, 60.0)
+
+
+def test_oversize_message_is_resource_exhausted(client: Client) -> None:
+    with pytest.raises(Rejected) as info:
+        client.generate("a" * (5 * 1024 * 1024), max_tokens=4)  # > the 4 MiB server limit
+    assert info.value.code_name == "RESOURCE_EXHAUSTED"
+    assert_serves(client)
+
+
+def test_multi_stage_is_unimplemented(client: Client) -> None:
+    stages = [StageSpec(max_tokens=8, tier="loose"), StageSpec(max_tokens=4, tier="tight")]
+    with pytest.raises(SloServeError) as info:
+        client.generate(prompt_ids(5), max_tokens=12, stages=stages)
+    assert info.value.code_name == "UNIMPLEMENTED"
+    assert "stages" in info.value.details
+    assert_serves(client)
+
+
+# --------------------------------------------------------- info, health, reflection --
+
+
+def test_model_info_lists_the_tiers(client: Client) -> None:
+    info = client.model_info()
+    tiers = {t.name: (t.ttft_ms, t.tpot_ms) for t in info.tiers}
+    assert tiers == {"tight": (1000.0, 60.0), "loose": (4000.0, 200.0)}
+    assert info.default_tier == "loose"
+    assert info.max_model_len == MAX_MODEL_LEN
+    assert info.vocab_size > 0
+    assert info.model
+
+
+def test_cluster_info_lists_four_healthy_workers(client: Client, sim_cluster) -> None:
+    # Not at once after start: see fragile_cluster for why a worker may join late.
+    wait_for(lambda: all_healthy(client.cluster_info(), 4), 20, "4 healthy workers")
+    info = client.cluster_info()
+    assert len(info.workers) == 4
+    assert sorted(w.role for w in info.workers) == ["decode", "decode", "prefill", "prefill"]
+    assert all(w.healthy for w in info.workers)
+    assert all(w.load is not None and w.load.role == w.role for w in info.workers)
+    worker_addresses = {p.address for p in sim_cluster.procs if p.name != "coordinator"}
+    assert {w.address for w in info.workers} == worker_addresses
+    assert info.scheduler
+
+
+def test_health_check_is_serving(client: Client) -> None:
+    assert client.health() is HealthStatus.SERVING
+
+
+def test_server_reflection_lists_the_service(client: Client) -> None:
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    db = ProtoReflectionDescriptorDatabase(client.channel)
+    services = set(db.get_services())
+    assert "slos_serve.v1.SloServe" in services
+    assert "grpc.health.v1.Health" in services
+    service = DescriptorPool(db).FindServiceByName("slos_serve.v1.SloServe")
+    assert {m.name for m in service.methods} == {"Generate", "Abort", "ModelInfo", "ClusterInfo"}
+    generate = service.methods_by_name["Generate"]
+    assert generate.server_streaming and not generate.client_streaming
+
+
+# ----------------------------------------------------------------- concurrency --
+
+
+def test_64_concurrent_requests_all_complete(sim_cluster) -> None:
+    n = 64
+
+    async def main() -> list[Completion]:
+        async with AsyncClient(sim_cluster.target, timeout=60) as c:
+            return await asyncio.gather(*(
+                c.generate(prompt_ids(10 + i, offset=i), max_tokens=4 + i % 13,
+                           request_id=f"conc-{i}", **(GREEDY if i % 2 else SEEDED))
+                for i in range(n)
+            ))
+
+    outs = asyncio.run(main())
+    assert len(outs) == n
+    assert len({o.request_id for o in outs}) == n
+    for i, out in enumerate(outs):
+        seed = None if i % 2 else SEEDED["seed"]
+        assert out.request_id == f"conc-{i}"
+        assert out.finish_reason == "length"
+        assert out.token_ids == sim_tokens(prompt_ids(10 + i, offset=i), 4 + i % 13, seed)
+    # Round-robin spread them over both decode workers.
+    assert len({o.decode_worker for o in outs}) == 2
+
+
+# --------------------------------------------------------- a prefill worker dies --
+
+
+@pytest.fixture
+def fragile_cluster(model_dir: str):
+    """A cluster of its own (2 prefill + 1 decode) for the test that kills a worker."""
+    from slos_serve.up import ClusterSpec, LocalCluster
+
+    cluster = LocalCluster(ClusterSpec(model=model_dir, engine="sim", prefill=2, decode=1))
+    cluster.start(timeout_s=120, progress=False)
+    try:
+        # start() returns once the coordinator is SERVING, which needs only ONE healthy
+        # worker per role; a worker the coordinator's first poll missed joins only after
+        # gRPC's reconnect backoff. This test needs both prefill workers in rotation.
+        with Client(cluster.target, timeout=10) as c:
+            wait_for(lambda: all_healthy(c.cluster_info(), 3), 20,
+                     "the coordinator to see every worker healthy")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_requests_survive_a_killed_prefill_worker(fragile_cluster) -> None:
+    victim = next(p for p in fragile_cluster.procs if p.name == "prefill-0")
+    survivor = next(p for p in fragile_cluster.procs if p.name == "prefill-1")
+
+    def one(i: int) -> Completion:
+        prompt = prompt_ids(300, offset=i)  # a longer prefill: more of them are in flight
+        with Client(fragile_cluster.target, timeout=30) as c:
+            out = c.generate(prompt, max_tokens=4, **GREEDY)
+        assert out.token_ids == sim_tokens(prompt, 4, None), f"request {i}"
+        return out
+
+    with ThreadPoolExecutor(4) as pool:
+        first = [pool.submit(one, i) for i in range(8)]
+        first[2].result(timeout=30)  # requests are flowing through both prefill workers
+        os.killpg(victim.popen.pid, signal.SIGKILL)
+        victim.popen.wait(timeout=10)
+        later = [pool.submit(one, i) for i in range(8, 40)]
+        results = [f.result(timeout=60) for f in first + later]
+
+    assert len(results) == 40
+    assert all(out.finish_reason == "length" for out in results)
+
+    with Client(fragile_cluster.target, timeout=30) as c:
+        def victim_marked_down() -> bool:
+            by_address = {w.address: w for w in c.cluster_info().workers}
+            return not by_address[victim.address].healthy and by_address[survivor.address].healthy
+
+        wait_for(victim_marked_down, 10, "the coordinator to mark the killed worker unhealthy")
+        assert c.health() is HealthStatus.SERVING
+        prompt = prompt_ids(12, offset=77)
+        assert c.generate(prompt, max_tokens=6, **GREEDY).token_ids == sim_tokens(prompt, 6, None)

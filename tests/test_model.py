@@ -1,0 +1,173 @@
+"""Tests for `slos-serve make-model` (slos_serve/model.py).
+
+Builds use `train_steps=2`: the recipe (tokenizer, config, seeding, caching, atomic
+install) is the same as the real build, only the training is shorter. No vLLM engine
+is started here; the engine tests load the real model built by `make model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from slos_serve import model as mm
+
+STEPS = 2
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two independent builds of the same recipe in two fresh directories."""
+    root = tmp_path_factory.mktemp("models")
+    a = mm.build_model(root / "a", train_steps=STEPS, seed=0, log=None)
+    b = mm.build_model(root / "b", train_steps=STEPS, seed=0, log=None)
+    return a, b
+
+
+def test_build_is_deterministic(builds: tuple[Path, Path]) -> None:
+    a, b = builds
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert _sha(a / name) == _sha(b / name), name
+    stamp_a, stamp_b = mm.read_stamp(a), mm.read_stamp(b)
+    assert stamp_a is not None and stamp_b is not None
+    assert stamp_a["files_sha256"] == stamp_b["files_sha256"]
+    assert stamp_a["recipe_hash"] == stamp_b["recipe_hash"]
+
+
+def test_layout_and_config(builds: tuple[Path, Path]) -> None:
+    from safetensors import safe_open
+
+    a, _ = builds
+    names = {p.name for p in a.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "generation_config.json", mm.STAMP_NAME} <= names
+    config = json.loads((a / "config.json").read_text())
+    assert config["model_type"] == "llama"
+    assert config["vocab_size"] == 2048
+    assert config["max_position_embeddings"] == 2048
+    assert config["num_key_value_heads"] == 2
+    assert config["dtype"] == "float32"
+    with safe_open(str(a / "model.safetensors"), framework="pt") as f:
+        slices = [f.get_slice(name) for name in f.keys()]
+        dtypes = {str(s.get_dtype()) for s in slices}
+        n_params = sum(math.prod(s.get_shape()) for s in slices)
+    assert dtypes == {"F32"}
+    assert 3_000_000 < n_params < 4_000_000
+    # Engines may run as another user: the build must be world-readable.
+    assert os.stat(a).st_mode & 0o005 == 0o005
+    assert os.stat(a / "model.safetensors").st_mode & 0o004
+    # No temporary directories left next to the build.
+    assert [p.name for p in a.parent.iterdir() if p.name.startswith(".")] == []
+
+
+TEXTS = [
+    "def add(x: int, y: int) -> int:\n    return x + y\n",
+    "class Foo(Bar):\n\tpass\n\n\n# trailing spaces   \n",
+    "unicode: naïve café ✓ 日本語 🚀, punctuation ( , . ) !",
+    "",
+    "   leading spaces and a very_long_identifier_name_that_is_not_in_the_vocab = 1",
+]
+
+
+def test_tokenizer_round_trips(builds: tuple[Path, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    a, _ = builds
+    tok = AutoTokenizer.from_pretrained(a)
+    assert len(tok) == 2048
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<s>", "</s>", "<pad>")
+    assert (tok.bos_token_id, tok.eos_token_id) == (0, 1)
+    assert tok.chat_template is None
+    assert tok.model_max_length == 2048
+    for text in TEXTS:
+        ids = tok(text).input_ids
+        assert ids[0] == tok.bos_token_id  # like LLaMA, and like the training windows
+        assert tok.decode(ids, skip_special_tokens=True) == text
+    # Code compresses well enough that a prompt of several hundred tokens is ordinary text.
+    code = Path(mm.corpus_paths()[0]).read_text()[:4000]
+    n = len(tok(code).input_ids)
+    assert 300 < n < 2048
+
+
+def test_cached_build_returns_quickly(builds: tuple[Path, Path]) -> None:
+    a, _ = builds
+    before = {p.name: os.stat(p).st_ino for p in a.iterdir()}
+    stamp_mtime = (a / mm.STAMP_NAME).stat().st_mtime_ns
+    messages: list[str] = []
+    start = time.monotonic()
+    assert mm.build_model(a, train_steps=STEPS, seed=0, log=messages.append) == a.resolve()
+    assert time.monotonic() - start < 2.0
+    assert any("cached" in m for m in messages)
+    assert {p.name: os.stat(p).st_ino for p in a.iterdir()} == before
+    assert (a / mm.STAMP_NAME).stat().st_mtime_ns == stamp_mtime
+
+
+def test_cli_reports_cached(builds: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    a, _ = builds
+    parser = argparse.ArgumentParser()
+    mm.add_arguments(parser)
+    args = parser.parse_args([str(a), "--train-steps", str(STEPS)])
+    assert mm.run(args) == 0
+    assert "cached" in capsys.readouterr().out
+
+
+def test_force_rebuilds_in_place(builds: tuple[Path, Path]) -> None:
+    _, b = builds
+    weights = _sha(b / "model.safetensors")
+    old_inode = os.stat(b / "model.safetensors").st_ino
+    messages: list[str] = []
+    mm.build_model(b, train_steps=STEPS, seed=0, force=True, log=messages.append)
+    assert not any("cached" in m for m in messages)
+    assert os.stat(b / "model.safetensors").st_ino != old_inode  # really rewritten
+    assert _sha(b / "model.safetensors") == weights
+    assert [p.name for p in b.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_recipe_hash_tracks_the_recipe() -> None:
+    base = mm.recipe_hash(mm.recipe(STEPS, 0))
+    assert base == mm.recipe_hash(mm.recipe(STEPS, 0))
+    assert base != mm.recipe_hash(mm.recipe(STEPS + 1, 0))
+    assert base != mm.recipe_hash(mm.recipe(STEPS, 1))
+
+
+def test_stale_build_is_not_cached(builds: tuple[Path, Path]) -> None:
+    a, _ = builds
+    other = mm.recipe_hash(mm.recipe(STEPS + 1, 0))
+    assert not mm._is_complete(a, other)
+
+
+def test_refuses_to_replace_foreign_directory(tmp_path: Path) -> None:
+    target = tmp_path / "not-a-model"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        mm.build_model(target, train_steps=STEPS, force=True, log=None)
+    assert (target / "notes.txt").read_text() == "keep me"
+
+
+def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(mm, "train_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mm.build_model(tmp_path / "m", train_steps=STEPS, log=None)
+    assert list(tmp_path.iterdir()) == []
+    # The build's global torch settings are restored for the rest of the process.
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+    assert torch.get_num_threads() == threads
