@@ -116,8 +116,10 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.GenerateResponse]:
         decode_worker = self.pool.pick("decode")
-        if decode_worker is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no healthy decode worker")
+        prefill_worker = self.pool.pick("prefill")
+        if decode_worker is None or prefill_worker is None:
+            role = "decode" if decode_worker is None else "prefill"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no healthy {role} worker")
         slo = self._worker_slo(spec, received_unix)
         sampling = spec.sampling
         yield pb.GenerateResponse(
@@ -127,6 +129,7 @@ class CoordinatorService(pb_grpc.SloServeServicer):
                 tier=spec.tier.name,
                 ttft_slo_ms=spec.tier.ttft_ms,
                 tpot_slo_ms=spec.tier.tpot_ms,
+                prefill_worker=prefill_worker.address,
                 decode_worker=decode_worker.address,
                 prompt_tokens=len(spec.prompt_token_ids),
             ),
@@ -135,7 +138,7 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         finish_reason = "error"
         first_at = None
         try:
-            first, prefill_worker = await self._prefill(rid, spec, slo, live, context)
+            first = await self._prefill(rid, spec, slo, live, prefill_worker, context)
             first_at = time.perf_counter()
             n_tokens = 1
             yield pb.GenerateResponse(
@@ -145,19 +148,16 @@ class CoordinatorService(pb_grpc.SloServeServicer):
             if first.finish_reason:
                 finish_reason = first.finish_reason
             else:
-                call = decode_worker.stub.Decode(
-                    pb.DecodeRequest(
-                        request_id=rid,
-                        prompt_token_ids=spec.prompt_token_ids,
-                        sampling=sampling,
-                        slo=slo,
-                        handoff=first.handoff,
-                        first_token_id=first.first_token_id,
-                        first_text=first.first_text,
-                    )
+                decode_request = pb.DecodeRequest(
+                    request_id=rid,
+                    prompt_token_ids=spec.prompt_token_ids,
+                    sampling=sampling,
+                    slo=slo,
+                    handoff=first.handoff,
+                    first_token_id=first.first_token_id,
+                    first_text=first.first_text,
                 )
-                live.calls.append(call)
-                async for out in self._read_stream(call, live):
+                async for out in self._decode(decode_request, decode_worker, live):
                     n_tokens += len(out.token_ids)
                     if out.token_ids or out.text:
                         yield pb.GenerateResponse(
@@ -184,9 +184,10 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         spec: RequestSpec,
         slo: pb.WorkerSlo,
         live: _Live,
+        worker: WorkerHandle | None,
         context: grpc.aio.ServicerContext,
-    ) -> tuple[pb.PrefillResponse, WorkerHandle]:
-        """Prefill on one worker; an unreachable worker is skipped for the next."""
+    ) -> pb.PrefillResponse:
+        """Prefill on `worker`; if it is unreachable, on the next healthy one."""
         tried: set[str] = set()
         request = pb.PrefillRequest(
             request_id=rid,
@@ -197,14 +198,13 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         )
         last_error: grpc.RpcError | None = None
         for _ in range(PREFILL_ATTEMPTS):
-            worker = self.pool.pick("prefill", exclude=tried)
             if worker is None:
                 break
             tried.add(worker.address)
             call = worker.stub.Prefill(request)
             live.calls.append(call)
             try:
-                return await call, worker
+                return await call
             except asyncio.CancelledError:
                 if live.aborted and not _task_cancelling():
                     raise _Aborted() from None
@@ -217,9 +217,38 @@ class CoordinatorService(pb_grpc.SloServeServicer):
                 worker.healthy = False
                 last_error = err
                 log.warning("prefill worker %s unavailable; trying another", worker.address)
+                worker = self.pool.pick("prefill", exclude=tried)
         detail = last_error.details() if last_error else "none is healthy"
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"no prefill worker could serve: {detail}")
         raise AssertionError("unreachable")
+
+    async def _decode(
+        self, request: pb.DecodeRequest, worker: WorkerHandle, live: _Live
+    ) -> AsyncIterator[pb.DecodeResponse]:
+        """Streams from `worker`; if it is unreachable before its first token, from another.
+
+        Failing over is safe only before any decode output: the prefill worker
+        still holds the KV until a decoder has read it.
+        """
+        tried = {worker.address}
+        while True:
+            call = worker.stub.Decode(request)
+            live.calls.append(call)
+            received = False
+            try:
+                async for out in self._read_stream(call, live):
+                    received = True
+                    yield out
+                return
+            except grpc.RpcError as err:
+                spare = self.pool.pick("decode", exclude=tried)
+                if received or err.code() not in _RETRYABLE or spare is None:
+                    raise
+                worker.healthy = False
+                log.warning("decode worker %s unavailable; trying %s", worker.address,
+                            spare.address)
+                worker = spare
+                tried.add(worker.address)
 
     @staticmethod
     async def _read_stream(call, live: _Live) -> AsyncIterator[pb.DecodeResponse]:
