@@ -34,9 +34,12 @@ async def _send_all(target: str, max_tokens: int) -> list:
     from slos_serve.client import AsyncClient
 
     async with AsyncClient(target, timeout=300) as client:
+        # Seeded sampling: the prefill and decode engines must draw the first token alike.
         jobs = [
-            client.generate(prompt, max_tokens=max_tokens, tier=tier, temperature=0.0)
-            for tier, prompt in PROMPTS
+            client.generate(
+                prompt, max_tokens=max_tokens, tier=tier, temperature=0.7, seed=i, ignore_eos=True
+            )
+            for i, (tier, prompt) in enumerate(PROMPTS)
         ]
         return await asyncio.gather(*jobs, return_exceptions=True)
 
