@@ -9,6 +9,7 @@ import logging
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from proto import slos_serve_pb2 as pb
+from slos_serve.metrics import metrics_port_arg
 
 log = logging.getLogger("slos_serve.coordinator")
 
@@ -30,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              '{"default": N, "tiers": {N: {"ttft_ms": X, "tpot_ms": Y}}}')
     parser.add_argument("--on-reject", choices=("best_effort", "reject"), default="best_effort",
                         help="what happens to requests that cannot be admitted, by default")
+    parser.add_argument("--metrics-port", type=metrics_port_arg, default=None,
+                        help="Prometheus /metrics HTTP port (default: --port + 1000; 0 = off)")
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -38,16 +41,19 @@ async def serve(args: argparse.Namespace) -> None:
     from coordinator.slo import TierTable
     from proto import slos_serve_pb2_grpc as pb_grpc
     from slos_serve.grpc_util import bind, create_server, serve_until_signal
+    from slos_serve.metrics import REGISTRY, CoordinatorMetrics, serve_metrics
     from slos_serve.tokenizer import load_tokenizer
 
     tiers = TierTable.load(args.tiers) if args.tiers else TierTable.builtin()
     pool = WorkerPool(args.prefill, args.decode)
     service = CoordinatorService(
-        pool, tiers, load_tokenizer(args.model), args.model, args.on_reject
+        pool, tiers, load_tokenizer(args.model), args.model, args.on_reject,
+        metrics=CoordinatorMetrics(tiers.tiers, registry=REGISTRY),
     )
     server, health = create_server([pb.DESCRIPTOR.services_by_name["SloServe"].full_name])
     pb_grpc.add_SloServeServicer_to_server(service, server)
     port = bind(server, args.host, args.port)
+    serve_metrics(args.host, args.metrics_port, port, "coordinator")
     await server.start()
     await health.set("", HealthCheckResponse.NOT_SERVING)
     pool.start()

@@ -23,6 +23,7 @@ from coordinator.slo import TierTable
 from coordinator.validate import InvalidRequest, ModelFacts, RequestSpec, validate
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
+from slos_serve.metrics import CoordinatorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class _Live:
 
     calls: list = field(default_factory=list)
     aborted: bool = False
+    tier: str | None = None  # set once Started is sent (metrics: in flight until done)
+    final: pb.Final | None = None  # the Final sent, if any
 
     def abort(self) -> None:
         self.aborted = True
@@ -56,6 +59,7 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         tokenizer,
         model_name: str,
         default_on_reject: str = "best_effort",
+        metrics: CoordinatorMetrics | None = None,
     ) -> None:
         self.pool = pool
         self.tiers = tiers
@@ -63,6 +67,7 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         self.model_name = model_name
         self.default_on_reject = default_on_reject
         self.live: dict[str, _Live] = {}
+        self.metrics = metrics if metrics is not None else CoordinatorMetrics(tiers.tiers)
 
     # ------------------------------------------------------------ helpers --
     def facts(self) -> ModelFacts:
@@ -88,13 +93,16 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         try:
             spec = validate(request, facts, self.tiers, self._tokenize, self.default_on_reject)
         except InvalidRequest as exc:
+            self.metrics.request_invalid(str(exc))
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         rid = request.request_id or uuid.uuid4().hex
         if rid in self.live:
+            self.metrics.request_invalid("request_id: already in flight")
             await context.abort(
                 grpc.StatusCode.ALREADY_EXISTS, f"request_id: {rid!r} is already in flight"
             )
         live = self.live[rid] = _Live()
+        failed = False
         try:
             # aclosing: a client that goes away closes the inner stream at once,
             # which cancels the worker calls instead of leaving them to the GC.
@@ -103,8 +111,13 @@ class CoordinatorService(pb_grpc.SloServeServicer):
             ) as responses:
                 async for response in responses:
                     yield response
+        except Exception:  # a status for the client (cancellation is a BaseException)
+            failed = True
+            raise
         finally:
             del self.live[rid]
+            if live.tier is not None:
+                self.metrics.request_done(live.tier, live.final, failed)
 
     async def _serve(
         self,
@@ -122,6 +135,8 @@ class CoordinatorService(pb_grpc.SloServeServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no healthy {role} worker")
         slo = self._worker_slo(spec, received_unix)
         sampling = spec.sampling
+        live.tier = spec.tier.name
+        self.metrics.request_started(live.tier, pb.Decision.Name(pb.ADMITTED).lower())
         yield pb.GenerateResponse(
             request_id=rid,
             started=pb.Started(
@@ -174,9 +189,8 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         finally:
             for call in live.calls:
                 call.cancel()  # no-op once done; frees worker resources if we were cancelled
-        yield pb.GenerateResponse(
-            request_id=rid, final=self._final(spec, received, first_at, n_tokens, finish_reason)
-        )
+        live.final = self._final(spec, received, first_at, n_tokens, finish_reason)
+        yield pb.GenerateResponse(request_id=rid, final=live.final)
 
     async def _prefill(
         self,

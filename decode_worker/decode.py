@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from kv_transfer.metadata import KvHandoff
 from proto import slos_serve_pb2 as pb
 from slos_serve.engine import Engine
+from slos_serve.metrics import WorkerMetrics
 from slos_serve.worker.convert import engine_request
 
 
@@ -14,13 +16,16 @@ class FirstTokenMismatch(RuntimeError):
     """The decode engine recomputed a different first token than the prefill produced."""
 
 
-async def decode(engine: Engine, request: pb.DecodeRequest) -> AsyncIterator[pb.DecodeResponse]:
+async def decode(
+    engine: Engine, request: pb.DecodeRequest, metrics: WorkerMetrics | None = None
+) -> AsyncIterator[pb.DecodeResponse]:
     """Streams the tokens after the first.
 
     The decode engine recomputes the last prompt position, so its first output
     token is the prefill's first token again: it is checked, never re-sent
     (the client already has it), and the text is sent from after it.
     """
+    called, pulled = time.perf_counter(), False
     handoff = KvHandoff.from_proto(request.handoff)
     sent_tokens, sent_chars = 1, len(request.first_text)
     async for out in engine.generate(
@@ -32,6 +37,12 @@ async def decode(engine: Engine, request: pb.DecodeRequest) -> AsyncIterator[pb.
             kv_transfer_params=handoff.to_vllm(),
         )
     ):
+        if out.token_ids and not pulled and metrics is not None:
+            # The first token needed the prompt's KV: the hand-off is done.
+            pulled = True
+            metrics.handoff(
+                handoff.num_blocks, engine.info.block_size, time.perf_counter() - called
+            )
         if out.token_ids and out.token_ids[0] != request.first_token_id:
             raise FirstTokenMismatch(
                 f"decode recomputed token {out.token_ids[0]}, prefill produced "

@@ -6,6 +6,7 @@ they match a fresh generation.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,20 +14,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def generate(root: Path = ROOT) -> list[Path]:
-    """Runs protoc over `root`/proto/*.proto, writing stubs beside them."""
-    from grpc_tools import protoc
+    """Runs protoc over `root`/proto/*.proto, writing stubs beside them.
 
+    protoc runs in its own interpreter: grpc_tools' bundled protobuf clashes
+    with torch's when both are loaded in one process (a segfault).
+    """
     protos = sorted((root / "proto").glob("*.proto"))
     args = [
-        "protoc",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
         f"-I{root}",
         f"--python_out={root}",
         f"--pyi_out={root}",
         f"--grpc_python_out={root}",
         *[str(p.relative_to(root)) for p in protos],
     ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed: {' '.join(args)}")
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"protoc failed: {' '.join(args)}\n{result.stderr}")
     return sorted((root / "proto").glob("*_pb2*.py*"))
 
 

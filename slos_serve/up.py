@@ -52,6 +52,7 @@ class _Proc:
     popen: subprocess.Popen
     log_path: Path
     address: str = ""
+    metrics_port: int = 0
 
 
 class LocalCluster:
@@ -83,10 +84,13 @@ class LocalCluster:
         self.procs.append(proc)
         return proc
 
-    def _worker_argv(self, role: str, port: int, kv_port: int, cpu: int | None) -> list[str]:
+    def _worker_argv(
+        self, role: str, port: int, kv_port: int, cpu: int | None, metrics_port: int
+    ) -> list[str]:
         s = self.spec
         argv = [f"{role}-worker", "--host", s.host, "--port", str(port), "--engine", s.engine,
-                "--kv-port", str(kv_port), "--kv-cache-gib", str(s.kv_cache_gib)]
+                "--kv-port", str(kv_port), "--kv-cache-gib", str(s.kv_cache_gib),
+                "--metrics-port", str(metrics_port)]
         if s.model:
             argv += ["--model", s.model]
         if s.spec_tokens:
@@ -105,18 +109,25 @@ class LocalCluster:
             port = free_port(s.host)
             cpu = k % ncpu if (s.bind_cpus and s.engine == "vllm") else None
             index = len(addresses[role])
-            proc = self._spawn(f"{role}-{index}", self._worker_argv(role, port, free_port(), cpu))
-            proc.address = f"{s.host}:{port}"
+            metrics_port = free_port(s.host)
+            proc = self._spawn(
+                f"{role}-{index}", self._worker_argv(role, port, free_port(), cpu, metrics_port)
+            )
+            proc.address, proc.metrics_port = f"{s.host}:{port}", metrics_port
             addresses[role].append(proc.address)
         coord_port = s.port or free_port(s.host)
+        coord_metrics_port = free_port(s.host)
         argv = ["coordinator", "--host", s.host, "--port", str(coord_port),
+                "--metrics-port", str(coord_metrics_port),
                 "--prefill", ",".join(addresses["prefill"]),
                 "--decode", ",".join(addresses["decode"])]
         if s.model:
             argv += ["--model", s.model]
         if s.tiers:
             argv += ["--tiers", s.tiers]
-        self._spawn("coordinator", argv).address = f"{s.host}:{coord_port}"
+        coordinator = self._spawn("coordinator", argv)
+        coordinator.address = f"{s.host}:{coord_port}"
+        coordinator.metrics_port = coord_metrics_port
         self.target = f"{s.host}:{coord_port}"
         try:
             asyncio.run(self._wait_ready(timeout_s, progress))
@@ -137,7 +148,7 @@ class LocalCluster:
                     )
             healthy = await asyncio.gather(*(check_health(p.address) for p in self.procs))
             elapsed = time.monotonic() - started
-            if all(healthy):
+            if all(healthy) and await self._coordinator_sees_all_workers():
                 if progress:
                     print(f"cluster ready in {elapsed:.0f} s: coordinator at {self.target}",
                           file=sys.stderr)
@@ -150,6 +161,27 @@ class LocalCluster:
                 print(f"  starting: {sum(healthy)}/{len(healthy)} processes healthy "
                       f"({elapsed:.0f} s; logs in {self.log_dir})", file=sys.stderr)
             await asyncio.sleep(0.5)
+
+    async def _coordinator_sees_all_workers(self) -> bool:
+        """Ready means routable: the coordinator itself reports every worker healthy."""
+        import grpc
+
+        from proto import slos_serve_pb2 as pb
+        from proto import slos_serve_pb2_grpc as pb_grpc
+
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            try:
+                info = await pb_grpc.SloServeStub(channel).ClusterInfo(
+                    pb.ClusterInfoRequest(), timeout=2.0
+                )
+            except grpc.RpcError:
+                return False
+        expected = self.spec.prefill + self.spec.decode
+        return sum(w.healthy for w in info.workers) == expected
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Each process's Prometheus endpoint, by process name (coordinator, prefill-0, ...)."""
+        return {p.name: f"http://{self.spec.host}:{p.metrics_port}/metrics" for p in self.procs}
 
     @staticmethod
     def tail(proc: _Proc, lines: int = 30) -> str:
@@ -241,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cluster.start(timeout_s=args.timeout)
         print(f"serving at {cluster.target} (logs in {cluster.log_dir}); Ctrl-C to stop",
+              flush=True)
+        print("metrics: " + " ".join(f"{n}={u}" for n, u in cluster.metrics_urls().items()),
               flush=True)
         while True:
             for proc in cluster.procs:

@@ -15,7 +15,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -119,7 +118,7 @@ def test_stream_is_started_chunks_completion_with_exact_tokens(
     started, done = events[0], events[-1]
     assert started.prompt_tokens == len(prompt)
     assert started.tier == "loose"  # the built-in default tier
-    assert started.decode_worker
+    assert started.prefill_worker and started.decode_worker
 
     streamed = [t for e in middle for t in e.token_ids]
     assert streamed == expected  # the first token is sent once, nothing lost or reordered
@@ -236,7 +235,7 @@ def test_load_report_sees_a_running_request(client: Client) -> None:
 def test_duplicate_request_id_in_flight_is_already_exists(client: Client) -> None:
     rid = "dup-1"
     prompt = prompt_ids(16, offset=11)
-    n = 150
+    n = 400  # >= 1.6 s of simulated steps: still running when the duplicate arrives
     stream = client.stream(prompt, max_tokens=n, request_id=rid, **GREEDY)
     it = iter(stream)
     assert isinstance(next(it), Started)  # the first request is in flight now
@@ -379,8 +378,9 @@ def test_server_reflection_lists_the_service(client: Client) -> None:
 # ----------------------------------------------------------------- concurrency --
 
 
-def test_64_concurrent_requests_all_complete(sim_cluster) -> None:
+def test_64_concurrent_requests_all_complete(client: Client, sim_cluster) -> None:
     n = 64
+    wait_for(lambda: all_healthy(client.cluster_info(), 4), 20, "4 healthy workers")
 
     async def main() -> list[Completion]:
         async with AsyncClient(sim_cluster.target, timeout=60) as c:
@@ -398,7 +398,8 @@ def test_64_concurrent_requests_all_complete(sim_cluster) -> None:
         assert out.request_id == f"conc-{i}"
         assert out.finish_reason == "length"
         assert out.token_ids == sim_tokens(prompt_ids(10 + i, offset=i), 4 + i % 13, seed)
-    # Round-robin spread them over both decode workers.
+    # Round-robin spread them over both workers of each role.
+    assert len({o.prefill_worker for o in outs}) == 2
     assert len({o.decode_worker for o in outs}) == 2
 
 
@@ -425,28 +426,57 @@ def fragile_cluster(model_dir: str):
 
 
 def test_requests_survive_a_killed_prefill_worker(fragile_cluster) -> None:
+    """Requests in flight on a prefill worker that dies, and every request after, complete.
+
+    The victim is first stopped (SIGSTOP), so that the coordinator still counts it healthy
+    (its load poll waits for a 2 s timeout) while new requests are routed to it; then it is
+    killed (SIGKILL) with those requests waiting on it: they must be retried elsewhere.
+    """
     victim = next(p for p in fragile_cluster.procs if p.name == "prefill-0")
     survivor = next(p for p in fragile_cluster.procs if p.name == "prefill-1")
+    target = fragile_cluster.target
 
-    def one(i: int) -> Completion:
-        prompt = prompt_ids(300, offset=i)  # a longer prefill: more of them are in flight
-        with Client(fragile_cluster.target, timeout=30) as c:
-            out = c.generate(prompt, max_tokens=4, **GREEDY)
-        assert out.token_ids == sim_tokens(prompt, 4, None), f"request {i}"
-        return out
+    def check(out: Completion, prompt: list[int], n: int) -> None:
+        assert out.finish_reason == "length"
+        assert out.token_ids == sim_tokens(prompt, n, None)
 
-    with ThreadPoolExecutor(4) as pool:
-        first = [pool.submit(one, i) for i in range(8)]
-        first[2].result(timeout=30)  # requests are flowing through both prefill workers
-        os.killpg(victim.popen.pid, signal.SIGKILL)
-        victim.popen.wait(timeout=10)
-        later = [pool.submit(one, i) for i in range(8, 40)]
-        results = [f.result(timeout=60) for f in first + later]
+    async def main() -> list[str]:
+        async with AsyncClient(target, timeout=30) as c:
+            warm = await asyncio.gather(*(
+                c.generate(prompt_ids(20, offset=i), max_tokens=3, **GREEDY) for i in range(4)))
+            assert {o.prefill_worker for o in warm} == {victim.address, survivor.address}
 
-    assert len(results) == 40
-    assert all(out.finish_reason == "length" for out in results)
+            os.killpg(victim.popen.pid, signal.SIGSTOP)
+            try:
+                prompts = [prompt_ids(300, offset=100 + i) for i in range(8)]
+                streams = [c.stream(p, max_tokens=5, **GREEDY) for p in prompts]
+                iters = [s.__aiter__() for s in streams]
+                firsts = await asyncio.gather(*(it.__anext__() for it in iters))
+                assert all(isinstance(e, Started) for e in firsts)
+            finally:
+                os.killpg(victim.popen.pid, signal.SIGKILL)
+                victim.popen.wait(timeout=10)
 
-    with Client(fragile_cluster.target, timeout=30) as c:
+            async def finish(it) -> None:
+                async for _ in it:
+                    pass
+
+            await asyncio.gather(*(finish(it) for it in iters))
+            for s, p in zip(streams, prompts, strict=True):
+                assert s.completion is not None
+                check(s.completion, p, 5)
+
+            later = [prompt_ids(200, offset=200 + i) for i in range(24)]
+            outs = await asyncio.gather(*(c.generate(p, max_tokens=4, **GREEDY) for p in later))
+            for out, p in zip(outs, later, strict=True):
+                check(out, p, 4)
+            return [e.prefill_worker for e in firsts]
+
+    first_picks = asyncio.run(main())
+    # The scenario did happen: requests were routed to the victim, then served elsewhere.
+    assert victim.address in first_picks, first_picks
+
+    with Client(target, timeout=30) as c:
         def victim_marked_down() -> bool:
             by_address = {w.address: w for w in c.cluster_info().workers}
             return not by_address[victim.address].healthy and by_address[survivor.address].healthy

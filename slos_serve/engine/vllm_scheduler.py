@@ -6,6 +6,10 @@ times) to a file the worker reads, because vLLM emits scheduler statistics
 only with outputs: once a request is aborted and the engine falls idle, the
 freed KV blocks would otherwise never be reported.
 
+Optional (off unless SLOS_PROFILE_PATH is set): a sample recorder that appends one
+JSON line per executed step, the batch's composition and its seconds, for
+`slos-serve profile` to fit the performance model on.
+
 Keep everything that touches vLLM's scheduler internals here, small.
 """
 
@@ -19,7 +23,53 @@ from typing import Any
 from vllm.v1.core.sched.scheduler import Scheduler
 
 STATS_PATH_ENV = "SLOS_ENGINE_STATS_PATH"
+PROFILE_PATH_ENV = "SLOS_PROFILE_PATH"
 _PUBLISH_INTERVAL_S = 0.05
+
+
+def batch_composition(output: Any, requests: Any) -> dict[str, int]:
+    """A step's batch, read from a SchedulerOutput (token counts as before the step):
+    prefill (prompt or recomputed tokens), decode (one per plain decode request), verify
+    (draft + 1 per request with scheduled_spec_decode_tokens), KV context tokens (sum of
+    the scheduled requests' num_computed_tokens) and spec_steps (longest draft)."""
+    done = {r.req_id: r.num_computed_tokens for r in output.scheduled_new_reqs}
+    cached = output.scheduled_cached_reqs
+    done.update(zip(cached.req_ids, cached.num_computed_tokens, strict=False))
+    keys = ("prefill_tokens", "decode_tokens", "verify_tokens", "context_tokens", "spec_steps")
+    shape = dict.fromkeys(keys, 0)
+    for req_id, n in output.num_scheduled_tokens.items():
+        computed = done.get(req_id, 0)
+        spec = len(output.scheduled_spec_decode_tokens.get(req_id, ()))
+        req = requests.get(req_id)
+        if req is not None and computed < req.num_prompt_tokens:
+            shape["prefill_tokens"] += n
+        else:
+            shape["verify_tokens" if spec else "decode_tokens"] += n
+        shape["context_tokens"] += computed
+        shape["spec_steps"] = max(shape["spec_steps"], spec)
+    shape["num_requests"] = len(output.num_scheduled_tokens)
+    return shape
+
+
+class _StepRecorder:
+    """Times each executed step from the end of schedule() to update_from_output()."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._pending: dict[int, tuple[Any, dict[str, int], float]] = {}  # by id(output)
+
+    def started(self, output: Any, requests: Any) -> None:
+        if len(self._pending) > 64:  # steps that never completed: forget them
+            self._pending.clear()
+        shape = batch_composition(output, requests)
+        self._pending[id(output)] = (output, shape, time.perf_counter())
+
+    def finished(self, output: Any) -> None:
+        entry = self._pending.pop(id(output), None)
+        if entry is not None and entry[0] is output:
+            sample = {**entry[1], "seconds": time.perf_counter() - entry[2]}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(sample) + "\n")
 
 
 class SloScheduler(Scheduler):
@@ -30,15 +80,21 @@ class SloScheduler(Scheduler):
         self._step_time_total = 0.0
         self._step_started: float | None = None
         self._last_publish = 0.0
+        path = os.environ.get(PROFILE_PATH_ENV)
+        self._recorder = _StepRecorder(path) if path else None
         self._publish(force=True)
 
     def schedule(self, *args: Any, **kwargs: Any):
         output = super().schedule(*args, **kwargs)
         if output.total_num_scheduled_tokens > 0:
             self._step_started = time.perf_counter()
+            if self._recorder is not None:
+                self._recorder.started(output, self.requests)
         return output
 
     def update_from_output(self, *args: Any, **kwargs: Any):
+        if self._recorder is not None:
+            self._recorder.finished(args[0] if args else kwargs.get("scheduler_output"))
         if self._step_started is not None:
             self._steps += 1
             self._step_time_total += time.perf_counter() - self._step_started

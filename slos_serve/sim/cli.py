@@ -47,6 +47,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="draft-token acceptance rate (systems with speculative decoding)")
     p.add_argument("--max-spec-len", type=int, default=8)
     p.add_argument("--kv-bandwidth", type=float, default=100.0, help="GB/s prefill->decode")
+    p.add_argument("--on-decline", choices=("best_effort", "reject"), default="best_effort",
+                   help="planner systems: serve declined requests best effort, or reject them")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +87,7 @@ def _cfg(args: argparse.Namespace):
         ratio = (p, d)
     return SimConfig(workers=args.workers, pd_ratio=ratio, seed=args.seed,
                      spec_alpha=args.spec_alpha, max_spec_len=args.max_spec_len,
-                     kv_bandwidth=args.kv_bandwidth * 1e9)
+                     kv_bandwidth=args.kv_bandwidth * 1e9, on_decline=args.on_decline)
 
 
 def _spec(args: argparse.Namespace, scenario: str, rate: float, n: int) -> WorkloadSpec:

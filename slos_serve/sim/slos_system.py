@@ -29,7 +29,8 @@ Knobs (module constants): KV_OVERCOMMIT scales the KV capacity the planner may r
 none; the planner reserves each request's peak); PREFILL_BATCH_TOKENS is a prefill worker's
 batch size as the planner sees it (its prefill-only model quantises time into batches of this
 size, so 2048 declines short prompts whose TTFT is shorter than one 2048-token batch);
-ON_DECLINE is what a declined request asks for ("best_effort" or "reject").
+ON_DECLINE is what a declined request asks for by default ("best_effort" or "reject";
+SimConfig.on_decline and `--on-decline` override it).
 """
 
 from __future__ import annotations
@@ -85,10 +86,10 @@ class _Exec:
 
 
 class SlosSystem:
-    def __init__(self, colocated: bool = False, on_decline: str = ON_DECLINE) -> None:
+    def __init__(self, colocated: bool = False, on_decline: str | None = None) -> None:
         self.name = "slos-colocated" if colocated else "slos"
         self.colocated = colocated
-        self.on_decline = on_decline
+        self.on_decline = on_decline  # None: SimConfig.on_decline
         self.undecided: dict[int, SimRequest] = {}
         self.last_plan = -1.0
         self.dirty = False
@@ -99,6 +100,7 @@ class SlosSystem:
 
     def setup(self, cluster: Cluster) -> None:
         self.c = cluster
+        self.on_decline = self.on_decline or cluster.cfg.on_decline or ON_DECLINE
         self.ex = [_Exec(w) for w in cluster.workers]
         cap = int(cluster.workers[0].kv_capacity * KV_OVERCOMMIT) // BLOCK
         self.pworkers = [
@@ -246,7 +248,12 @@ class SlosSystem:
         now = c.now
         for pw, w in zip(self.pworkers, c.workers, strict=True):
             pw.busy_until = w.busy_until if w.batch is not None else 0.0
-        live = [r for r in self.live.values() if r.phase not in ("done", "gap")]
+        # best-effort requests still queued for prefill reserve nothing and the executor fills
+        # leftover room with them: leaving them out keeps a long best-effort backlog from
+        # making every plan slower (admission decisions do not depend on them)
+        live = [r for r in self.live.values() if r.phase not in ("done", "gap") and not (
+            r.decision == "best_effort" and r.phase == "prefill" and r.context == 0
+            and r.id not in self.undecided)]
         prompts = [r.cur.prompt_tokens for r in live if r.phase == "prefill"] or [0]
         snap = Snapshot(
             now=now,

@@ -11,6 +11,7 @@ from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from proto import slos_serve_pb2 as pb
 from slos_serve.grpc_util import bind, create_server, serve_until_signal
+from slos_serve.metrics import metrics_port_arg
 
 log = logging.getLogger("slos_serve.worker")
 SERVING = HealthCheckResponse.SERVING
@@ -35,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="max ngram speculative tokens per step (0 = off)")
     parser.add_argument("--sim-kv-blocks", type=int, default=4096,
                         help="simulated engine: KV blocks")
+    parser.add_argument("--metrics-port", type=metrics_port_arg, default=None,
+                        help="Prometheus /metrics HTTP port (default: --port + 1000; 0 = off)")
 
 
 def configure_environment(args: argparse.Namespace) -> None:
@@ -60,10 +63,9 @@ def build_engine(args: argparse.Namespace):
         )
     detokenize = None
     if args.model:
-        from slos_serve.tokenizer import load_tokenizer
+        from slos_serve.tokenizer import load_detokenizer
 
-        tok = load_tokenizer(args.model)
-        detokenize = tok.decode
+        detokenize = load_detokenizer(args.model)
     return create_engine(
         "sim",
         model=args.model or "sim",
@@ -75,13 +77,20 @@ def build_engine(args: argparse.Namespace):
 
 async def serve(role: str, args: argparse.Namespace) -> None:
     from proto import slos_serve_pb2_grpc as pb_grpc
+    from slos_serve.metrics import REGISTRY, WorkerMetrics, kv_bytes_per_token, serve_metrics
     from slos_serve.worker.service import WorkerService
 
     engine = build_engine(args)
-    service = WorkerService(role, engine)
     server, health = create_server([pb.DESCRIPTOR.services_by_name["Worker"].full_name])
-    pb_grpc.add_WorkerServicer_to_server(service, server)
     port = bind(server, args.host, args.port)
+    # The simulated engine moves no KV: its hand-offs are measured in blocks only.
+    # vLLM's KV cache has the engine's dtype, float32 here (VllmEngine's default).
+    bytes_per_token = kv_bytes_per_token(args.model, 4) if args.engine == "vllm" else None
+    metrics = WorkerMetrics(role, f"{args.host}:{port}", registry=REGISTRY, load=engine.load,
+                            kv_bytes_per_token=bytes_per_token)
+    service = WorkerService(role, engine, metrics)
+    pb_grpc.add_WorkerServicer_to_server(service, server)
+    serve_metrics(args.host, args.metrics_port, port, f"{role} worker")
     await server.start()
     await health.set("", NOT_SERVING)
     log.info("%s worker: starting %s engine", role, args.engine)

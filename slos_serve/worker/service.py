@@ -18,6 +18,7 @@ from prefill_worker.prefill import prefill
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.engine import Engine
+from slos_serve.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,12 @@ ROLES = ("prefill", "decode", "mixed")
 
 
 class WorkerService(pb_grpc.WorkerServicer):
-    def __init__(self, role: str, engine: Engine) -> None:
+    def __init__(self, role: str, engine: Engine, metrics: WorkerMetrics | None = None) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
         self.role = role
         self.engine = engine
+        self.metrics = metrics if metrics is not None else WorkerMetrics(role, "")
         self.active: set[str] = set()
         self.draining = False
         self.ready = False  # set once the engine has started
@@ -54,26 +56,35 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def Prefill(self, request, context):
         await self._admit(context, "prefill", request.request_id)
         self.active.add(request.request_id)
+        outcome = "cancelled"
         try:
-            return await prefill(self.engine, request)
+            response = await prefill(self.engine, request)
+            outcome = "ok"
+            return response
         except Exception as exc:  # every failure reaches the caller as a status
+            outcome = "error"
             await _abort_from(context, exc, request.request_id)
         finally:
             self.active.discard(request.request_id)
+            self.metrics.request_served("prefill", outcome)
 
     async def Decode(self, request, context) -> AsyncIterator[pb.DecodeResponse]:
         await self._admit(context, "decode", request.request_id)
         self.active.add(request.request_id)
+        outcome = "cancelled"
         try:
-            async for response in decode(self.engine, request):
+            async for response in decode(self.engine, request, self.metrics):
                 yield response
+            outcome = "ok"
         except asyncio.CancelledError:
             log.info("decode %s cancelled by the caller", request.request_id)
             raise
         except Exception as exc:
+            outcome = "error"
             await _abort_from(context, exc, request.request_id)
         finally:
             self.active.discard(request.request_id)
+            self.metrics.request_served("decode", outcome)
 
     async def Abort(self, request, context):
         found = request.request_id in self.active
