@@ -4,14 +4,20 @@ With `--engine vllm` one offline vLLM engine (`vllm.LLM`; vLLM runs its engine c
 model worker in processes of its own, the worker bound to one core) runs our scheduler
 subclass with its sample recorder on (`SLOS_PROFILE_PATH`): every executed step appends
 its batch composition (prefill, decode and speculative-verify tokens, requests, KV
-context tokens, longest draft) and its seconds. A grid of workloads makes
-the steps vary: prefill-only batches of one or several prompts, decode batches of 1..N
-running requests at several context lengths (ngram speculation on, so verify tokens
-appear), and mixed batches (a prompt joining running decodes). The samples are fitted
-with `coordinator.perf_model.fit`, scored on held-out samples, and saved as JSON that
-names the machine, engine and model they were measured on. On a shared machine a few
-steps are stretched many times over by other processes holding the core; samples more
-than `--outlier-factor` times off a first fit are set aside (counted in the report).
+context tokens, longest draft), its wall seconds, and the model worker's CPU seconds and
+seconds spent waiting for its core. A grid of workloads makes the steps vary:
+prefill-only batches of one or several prompts, decode batches of 1..64 running requests
+at several context lengths (ngram speculation on, so verify tokens appear), and mixed
+batches (a prompt joining running decodes). The samples are fitted with
+`coordinator.perf_model.fit`, scored on held-out samples, and saved as JSON whose name,
+source and meta say on which machine, engine and model they were measured.
+
+Which step time is fitted (`--clock`): by default "ready", the wall time less the time
+the worker sat runnable while other processes held its core. On a machine shared with
+other work those waits stretch steps at random (x2 for one step in ten was seen here);
+"ready" is the step on a core of its own, and the report gives the held-out R^2 of the
+same fit on plain wall time and on CPU time too, and how much steps were stretched.
+Samples more than `--outlier-factor` times off a first fit are set aside and counted.
 
 With `--engine sim` the SIMULATED engine's timing model (`SimTiming`) is evaluated over
 the same kinds of batches instead: no model runs, and the profile says so.
@@ -43,6 +49,14 @@ from coordinator.perf_model import BatchShape, FitReport, PerfModel, fit
 
 SHAPE_FIELDS = tuple(f.name for f in fields(BatchShape))
 DEFAULT_OUT = Path(".cache/profile-cpu.json")
+CLOCKS = ("wall", "ready", "cpu")
+CLOCK_HELP = {
+    "wall": "wall seconds from the end of schedule() to update_from_output()",
+    "ready": "wall seconds less the time the model worker waited for its core "
+             "(runnable while other processes held it): the step on a core of its own",
+    "cpu": "the model worker's CPU seconds",
+}
+MIN_PHASES = 9  # of the interleaved grid: 3 prefill, 3 decode, 3 mixed
 
 
 def _log(msg: str) -> None:
@@ -52,15 +66,27 @@ def _log(msg: str) -> None:
 # ---------------------------------------------------------------- samples
 
 
-def to_sample(record: dict) -> tuple[BatchShape, float]:
-    """A recorder record (dict) -> (BatchShape, seconds)."""
+def step_seconds(record: dict, clock: str = "wall") -> float:
+    """A step's time by `clock`: "wall" seconds; "ready": wall seconds less the time the
+    model worker waited for its core while other processes held it; "cpu": the worker's
+    CPU seconds. Records without the worker's figures give wall seconds for all three."""
+    wall = float(record["seconds"])
+    if clock == "ready" and "wait_seconds" in record:
+        return max(wall - float(record["wait_seconds"]), 1e-6)
+    if clock == "cpu" and "cpu_seconds" in record:
+        return max(float(record["cpu_seconds"]), 1e-6)
+    return wall
+
+
+def to_sample(record: dict, clock: str = "wall") -> tuple[BatchShape, float]:
+    """A recorder record (dict) -> (BatchShape, seconds by `clock`)."""
     shape = BatchShape(**{k: int(record.get(k, 0)) for k in SHAPE_FIELDS})
-    return shape, float(record["seconds"])
+    return shape, step_seconds(record, clock)
 
 
-def parse_sample(line: str) -> tuple[BatchShape, float]:
+def parse_sample(line: str, clock: str = "wall") -> tuple[BatchShape, float]:
     """One JSON line of the scheduler's sample recorder -> (BatchShape, seconds)."""
-    return to_sample(json.loads(line))
+    return to_sample(json.loads(line), clock)
 
 
 def read_records(path: str | Path, skip: int = 0) -> list[dict]:
@@ -72,9 +98,11 @@ def read_records(path: str | Path, skip: int = 0) -> list[dict]:
     return [json.loads(line) for line in lines[skip:] if line.strip()]
 
 
-def read_samples(path: str | Path, skip: int = 0) -> list[tuple[BatchShape, float]]:
+def read_samples(
+    path: str | Path, skip: int = 0, clock: str = "wall"
+) -> list[tuple[BatchShape, float]]:
     """(BatchShape, seconds) samples of a recorder file, after its first `skip` lines."""
-    return [to_sample(r) for r in read_records(path, skip)]
+    return [to_sample(r, clock) for r in read_records(path, skip)]
 
 
 def _count_lines(path: Path) -> int:
@@ -320,7 +348,8 @@ def measure_vllm(args: argparse.Namespace, deadline: float) -> tuple[list[dict],
         t_grid = time.monotonic()
         done = 0
         for i, phase in enumerate(phases):
-            if time.monotonic() > deadline:
+            # past the deadline, stop; but always run a few of each kind (interleaved)
+            if time.monotonic() > deadline and i >= MIN_PHASES:
                 _log(f"time limit reached: {len(phases) - i} of {len(phases)} phases skipped")
                 break
             run_phase(phase)
@@ -351,7 +380,7 @@ def measure_vllm(args: argparse.Namespace, deadline: float) -> tuple[list[dict],
         "engine_start_s": round(started, 1),
         "phases_run": done,
         "phases_planned": len(phases),
-        "step_timing": "SloScheduler: end of schedule() to update_from_output()",
+        "step_timing": "SloScheduler recorder: end of schedule() to update_from_output()",
     }
     return records, meta
 
@@ -417,7 +446,7 @@ def _table(report: FitReport, samples: list[tuple[BatchShape, float]]) -> list[s
     pick(lambda k: k[0] == 0 and k[3] >= 16)  # a large decode batch
     pick(lambda k: 0 < k[0] <= 256 and k[1] + k[2] == 0)  # small prefill
     pick(lambda k: k[0] >= 1024 and k[1] + k[2] == 0)  # large prefill
-    pick(lambda k: k[0] > 0 and k[1] + k[2] > 0)  # mixed
+    pick(lambda k: k[0] >= 128 and k[1] + k[2] > 0)  # mixed
     out = [f"{'prefill':>7} {'decode':>6} {'verify':>6} {'reqs':>4} {'context':>7} "
            f"{'n':>3} {'measured ms':>11} {'predicted ms':>12} {'err':>6}"]
     model = report.model
@@ -484,18 +513,35 @@ def profile(args: argparse.Namespace, t0: float | None = None) -> ProfileResult:
     """Measures (or, for the simulated engine, evaluates) and fits; the model's name,
     source and meta say what was measured where."""
     t0 = time.monotonic() if t0 is None else t0
-    limit = args.time_limit_s or (58.0 if args.quick else 175.0)
+    limit = args.time_limit_s or (55.0 if args.quick else 175.0)
     if args.engine == "sim":
         records, meta = measure_sim(args)
     else:
         # leave time for vLLM's shutdown (up to ~6 s) and the fit
         records, meta = measure_vllm(args, deadline=t0 + limit - 9.0)
-    every = [to_sample(r) for r in records]
+    every = [to_sample(r, args.clock) for r in records]
     if len(every) < 10:
         raise SystemExit(f"profile: only {len(every)} samples were recorded")
     samples, outliers = split_outliers(every, args.outlier_factor, args.pieces)
     _log(f"fitting on {len(samples)} samples ({len(outliers)} outliers set aside)")
     report = fit(samples, pieces=args.pieces, seed=args.seed, name=_profile_name(args, meta))
+    # The same fit on every clock the recorder measured, for comparison.
+    r2_by_clock = {args.clock: round(report.r2, 4)}
+    if "wait_seconds" in records[0]:
+        for clock in CLOCKS:
+            if clock != args.clock:
+                kept, _ = split_outliers([to_sample(r, clock) for r in records],
+                                         args.outlier_factor, args.pieces)
+                r2_by_clock[clock] = round(fit(kept, pieces=args.pieces, seed=args.seed).r2, 4)
+        stretch = sorted(step_seconds(r) / step_seconds(r, "ready") for r in records)
+        meta["wall_over_ready"] = {
+            "median": round(stretch[len(stretch) // 2], 3),
+            "p90": round(stretch[int(len(stretch) * 0.9)], 3),
+            "note": "how much other processes stretched step times while measuring",
+        }
+    meta["clock"] = args.clock
+    meta["clock_meaning"] = CLOCK_HELP[args.clock]
+    meta["r2_by_clock"] = r2_by_clock
     model = report.model
     machine = _machine()
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -560,7 +606,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pieces", type=int, default=2, help="max-of-linear pieces to fit")
     parser.add_argument("--time-limit-s", type=float, default=None,
                         help="stop measuring in time to finish within this many seconds "
-                             "(default 58 with --quick, else 175)")
+                             "(default 55 with --quick, else 175)")
+    parser.add_argument("--clock", choices=CLOCKS, default="ready",
+                        help="the step time to fit: " + "; ".join(
+                            f"{k}: {v}" for k, v in CLOCK_HELP.items()) + " (default ready)")
     parser.add_argument("--outlier-factor", type=float, default=3.0,
                         help="set aside samples this many times off a first fit "
                              "(0 = keep all)")
@@ -588,9 +637,17 @@ def run(args: argparse.Namespace) -> int:
               f"{meta['duration_s']:.0f} s")
     print(f"{meta['samples']} step samples {meta['kinds']}; {len(result.outliers)} outliers "
           f"set aside (> {args.outlier_factor:g}x off a first fit)")
+    print(f"clock {args.clock}: {CLOCK_HELP[args.clock]}")
     print(f"held-out R^2 = {report.r2:.3f}, max relative error = {report.max_rel_err:.1%} "
           f"({report.test_samples} held out, {report.train_samples} fitted); "
           f"R^2 over all samples incl. outliers = {result.r2_all:.3f}")
+    if len(meta.get("r2_by_clock", {})) > 1:
+        print("held-out R^2 of the same fit by clock: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in meta["r2_by_clock"].items()))
+    if "wall_over_ready" in meta:
+        w = meta["wall_over_ready"]
+        print(f"other processes stretched steps by x{w['median']:.2f} (median), "
+              f"x{w['p90']:.2f} (p90) while measuring")
     for p in model.pieces:
         terms = " + ".join(f"{w:.3g}*{n}" for w, n in zip(p.weights, SHAPE_FIELDS, strict=True)
                            if w)
@@ -600,22 +657,42 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def ensure_profile(model_dir: str | Path, path: str | Path = DEFAULT_OUT) -> Path:
-    """The cached profile at `path` if it was measured for this model build, else a new
-    one measured with the vLLM engine (in a subprocess: vLLM spawns and binds cores)."""
+def profile_matches(path: str | Path, model_dir: str | Path) -> bool:
+    """True if `path` holds a vLLM profile measured for this model build on a machine
+    like this one (same CPU model and core count)."""
+    try:
+        meta = PerfModel.load(path).meta
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    here, there = _machine(), meta.get("machine") or {}
+    return (
+        meta.get("engine") == "vllm"
+        and not meta.get("simulated")
+        and meta.get("model_fingerprint") == model_fingerprint(model_dir)
+        and (there.get("cpu"), there.get("cores")) == (here["cpu"], here["cores"])
+    )
+
+
+def ensure_profile(
+    model_dir: str | Path,
+    path: str | Path = DEFAULT_OUT,
+    *,
+    quick: bool = False,
+    timeout_s: float = 600.0,
+) -> Path:
+    """The cached profile at `path` if it was measured for this model build on this kind
+    of machine, else a new one measured with the vLLM engine in a subprocess (vLLM
+    spawns processes and binds cores; the caller's process stays as it is)."""
     path = Path(path)
-    want = model_fingerprint(model_dir)
     if path.exists():
-        try:
-            meta = PerfModel.load(path).meta
-            if meta.get("model_fingerprint") == want and not meta.get("simulated"):
-                return path
-        except (OSError, ValueError, KeyError):
-            pass
-        _log(f"{path} is stale or unreadable: measuring again")
+        if profile_matches(path, model_dir):
+            return path
+        _log(f"{path} was measured for another model or machine: measuring again")
     cmd = [sys.executable, "-m", "slos_serve.cli", "profile", "--engine", "vllm",
            "--model", str(model_dir), "--out", str(path)]
-    subprocess.run(cmd, check=True)
+    if quick:
+        cmd.append("--quick")
+    subprocess.run(cmd, check=True, timeout=timeout_s)
     return path
 
 

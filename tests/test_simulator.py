@@ -20,7 +20,7 @@ def _run(reqs, system, **cfg):
 @pytest.mark.parametrize("system", sorted(SYSTEMS))
 @pytest.mark.parametrize("scenario", ["mixed", "tool", "reasoning"])
 def test_every_request_ends_with_a_result(system: str, scenario: str) -> None:
-    n = 12 if scenario == "reasoning" else 30
+    n = 8 if scenario == "reasoning" else 24
     reqs = build_workload(WorkloadSpec(scenario, 6.0, n, seed=1, max_context=1200))
     res = _run(reqs, system)
     assert [r.id for r in res.results] == [r.id for r in reqs]

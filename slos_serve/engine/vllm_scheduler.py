@@ -51,25 +51,62 @@ def batch_composition(output: Any, requests: Any) -> dict[str, int]:
     return shape
 
 
+def _child_pids() -> list[int]:
+    """This process's children: vLLM's model workers (its CPU build always runs them in
+    processes of their own). Empty where /proc does not tell."""
+    pids: list[int] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+    return pids
+
+
+def _sched_ns(pids: list[int]) -> tuple[int, int]:
+    """(on-CPU ns, runnable-but-waiting ns) of the pids' main threads (/proc schedstat)."""
+    run = wait = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                fields = f.read().split()
+            run, wait = run + int(fields[0]), wait + int(fields[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return run, wait
+
+
 class _StepRecorder:
-    """Times each executed step from the end of schedule() to update_from_output()."""
+    """Times each executed step from the end of schedule() to update_from_output():
+    wall seconds, and the model workers' CPU seconds and seconds spent waiting for a
+    core (other processes holding it), which stretch wall time on a shared machine."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._pending: dict[int, tuple[Any, dict[str, int], float]] = {}  # by id(output)
+        self._workers: list[int] | None = None
+        self._pending: dict[int, tuple[Any, dict[str, int], float, tuple[int, int]]] = {}
 
     def started(self, output: Any, requests: Any) -> None:
         if len(self._pending) > 64:  # steps that never completed: forget them
             self._pending.clear()
+        if self._workers is None:
+            self._workers = _child_pids()
         shape = batch_composition(output, requests)
-        self._pending[id(output)] = (output, shape, time.perf_counter())
+        ns = _sched_ns(self._workers)
+        self._pending[id(output)] = (output, shape, time.perf_counter(), ns)
 
     def finished(self, output: Any) -> None:
         entry = self._pending.pop(id(output), None)
-        if entry is not None and entry[0] is output:
-            sample = {**entry[1], "seconds": time.perf_counter() - entry[2]}
-            with open(self.path, "a") as f:
-                f.write(json.dumps(sample) + "\n")
+        if entry is None or entry[0] is not output:
+            return
+        sample: dict[str, Any] = {**entry[1], "seconds": time.perf_counter() - entry[2]}
+        if self._workers:
+            run, wait = _sched_ns(self._workers)
+            sample["cpu_seconds"] = (run - entry[3][0]) / 1e9
+            sample["wait_seconds"] = (wait - entry[3][1]) / 1e9
+        with open(self.path, "a") as f:
+            f.write(json.dumps(sample) + "\n")
 
 
 class SloScheduler(Scheduler):

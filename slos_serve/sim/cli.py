@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: 60 s of arrivals (at least 200)")
     parser.add_argument("--json", default=None, help="write the summaries to this file")
     sub = parser.add_subparsers(dest="action", metavar="{capacity,overhead}")
-    cap = sub.add_parser("capacity", help="largest rate with attainment >= 90 % (and 98 %)")
+    cap = sub.add_parser("capacity", help="largest rate with attainment >= 90 %% (and 98 %%)")
     _common(cap)
     cap.add_argument("--scenarios", default="all", help="comma-separated or 'all'")
     cap.add_argument("--systems", default="slos,vllm,sarathi,distserve")
