@@ -45,6 +45,7 @@ Where it departs from the paper, and why:
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,10 +53,10 @@ from coordinator.perf_model import BatchShape, PerfModel
 from coordinator.spec import (
     DecodeConfig,
     TierLoad,
-    batches_within,
     choose_config,
     decode_shape,
     prefill_only,
+    prefill_within,
 )
 
 Stage = Literal["prefill", "decode"]
@@ -112,6 +113,9 @@ class Snapshot:
     route_start: int = 0  # routing offset: new request i first tries worker (start+i) mod R
     kv_transfer_time: float = 0.0  # informational: not on the TTFT path, unused by plan()
     decode_horizon: int = 4  # decode batches to emit per worker (0: cadence only, cheaper)
+    # fraction of each request's expected remaining output reserved in KV (1: its peak;
+    # 0.5: its average over a linear growth, an overcommit the workers' eviction covers)
+    kv_output_reserve: float = 1.0
 
 
 @dataclass
@@ -227,6 +231,7 @@ class _Ctx:
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
         self.now = snap.now
+        self.kv_frac = min(max(snap.kv_output_reserve, 0.0), 1.0)
         tpots = sorted({r.tpot for r in snap.requests})
         self.tpots = tpots
         self.tier_of = {t: i for i, t in enumerate(tpots)}
@@ -278,18 +283,21 @@ def _blocks(tokens: int, block_size: int) -> int:
     return -(-max(tokens, 0) // max(block_size, 1))
 
 
-def _peak_blocks(r: PlanRequest, w: PlanWorker) -> int:
+def _kv_blocks(r: PlanRequest, w: PlanWorker, frac: float) -> int:
+    """KV blocks reserved for r on its decode side: its context now plus `frac` of the
+    output still expected (frac = 1: its peak; r.kv_blocks overrides)."""
     if r.kv_blocks is not None:
         return r.kv_blocks
-    return _blocks(r.prompt_tokens + r.generated + r.expected_output, w.block_size)
+    rest = math.ceil(r.expected_output * frac)
+    return _blocks(r.prompt_tokens + r.generated + rest, w.block_size)
 
 
 def _remaining(r: PlanRequest) -> int:
     return r.prompt_tokens if r.remaining_prefill is None else r.remaining_prefill
 
 
-def _item(r: PlanRequest, w: PlanWorker, tier: int, forced: bool) -> _Item:
-    kv = _peak_blocks(r, w) if w.role == "mixed" else _blocks(r.prompt_tokens, w.block_size)
+def _item(r: PlanRequest, w: PlanWorker, tier: int, forced: bool, frac: float) -> _Item:
+    kv = _kv_blocks(r, w, frac) if w.role == "mixed" else _blocks(r.prompt_tokens, w.block_size)
     return _Item(r, r.ttft_deadline, _remaining(r), kv, tier, forced)
 
 
@@ -325,13 +333,13 @@ def _load_state(ctx: _Ctx, loads: dict[str, _Load]) -> tuple[list[PlanRequest], 
                 dw.be_decoders.append(r)
             continue
         if r.stage == "prefill" and pw is not None:
-            it = _item(r, pw.worker, k, True)
+            it = _item(r, pw.worker, k, True, ctx.kv_frac)
             pw.queue.append(it)
             if pw is not dw:
                 pw.kv_used += it.kv
         if dw is not None:
             dw.counts[k] += 1
-            dw.kv_used += _peak_blocks(r, dw.worker)
+            dw.kv_used += _kv_blocks(r, dw.worker, ctx.kv_frac)
             if r.stage == "decode":
                 dw.decoders.append(r)
     return new, notes
@@ -349,21 +357,23 @@ def _dp(ctx: _Ctx, load: _Load, cands: list[_Item]) -> list[_Item]:
     ntiers = len(base)
     if ctx.config(w, base) is None:
         return []
-    budgets: dict[tuple, tuple[float, int]] = {}
+    budgets: dict[tuple, DecodeConfig | None] = {}
+    model = w.model
 
     def budget(d: float, key: tuple) -> int:
         """Prefill tokens the worker can finish by time d with `key` more decoders."""
         k = key if mixed else ()
-        pc = budgets.get(k)
-        if pc is None:
+        if k in budgets:
+            cfg = budgets[k]
+        else:
             counts = tuple(b + x for b, x in zip(base, k, strict=True)) if mixed else base
             cfg = ctx.config(w, counts)
-            ok = cfg is not None and cfg.prefill_tokens > 0
-            pc = (cfg.period, cfg.prefill_tokens) if ok else (0.0, -1)
-            budgets[k] = pc
-        if pc[1] < 0:
+            if cfg is not None and cfg.prefill_tokens <= 0:
+                cfg = None
+            budgets[k] = cfg
+        if cfg is None:
             return -1
-        return batches_within(d - t0, pc[0]) * pc[1]
+        return prefill_within(model, cfg, d - t0)
 
     items = sorted(load.queue + cands, key=lambda it: (it.deadline, not it.forced))
     zero = (0,) * ntiers if mixed else (0,)
@@ -422,7 +432,7 @@ def _pareto_add(lst: list, s: tuple) -> None:
 
 def _decode_fits(ctx: _Ctx, load: _Load, r: PlanRequest) -> bool:
     k = ctx.tier_of[r.tpot]
-    if load.kv_used + _peak_blocks(r, load.worker) > load.worker.kv_capacity_blocks:
+    if load.kv_used + _kv_blocks(r, load.worker, ctx.kv_frac) > load.worker.kv_capacity_blocks:
         return False
     return ctx.config(load.worker, _add(load.counts, k)) is not None
 
@@ -488,8 +498,8 @@ def _emit(
         work_prefill = prefills and (qi < len(queue) or bi < len(be_queue))
         if not work_prefill and not (heap and len(batches) < horizon):
             break
-        if len(batches) >= (PREFILL_HORIZON if work_prefill else horizon):
-            break
+        if len(batches) >= (PREFILL_HORIZON if prefills and qi < len(queue) else horizon):
+            break  # committed prompts are followed to the end; best effort only briefly
         claim = INF
         dec: list[tuple[str, int]] = []
         dtok = ver = nreq = ctxt = steps = 0
@@ -526,9 +536,22 @@ def _emit(
         pre: list[tuple[str, int]] = []
         finished: list[_Item] = []
         ptok = 0
+        limit = INF  # the batch must end by the deadline of each prompt it finishes
         while room > 0 and qi < len(queue):
             q = queue[qi]
             n = min(room, q[1])
+            fin = n == q[1] and q[0].req.id not in load.unprotected
+            lim = min(limit, q[0].deadline) if fin else limit
+            if lim < INF:  # the most prefill tokens that still end by lim
+                shape = BatchShape(0, dtok, ver, nreq + 1, ctxt + q[2], steps)
+                cap = model.prefill_capacity(lim - s, shape) - ptok
+                if cap >= n:
+                    limit = lim
+                    room = min(room, cap)
+                elif limit < INF:  # would make an earlier finisher late: a smaller chunk
+                    n = cap
+                    if n <= 0:
+                        break
             pre.append((q[0].req.id, n))
             ctxt += q[2]
             q[1] -= n
@@ -569,7 +592,9 @@ def _emit(
             s = max(s + u, heap[0][0] - u) if heap else s + u  # idle until a token is due
             continue
         batches.append(PlannedBatch(s, end, pre, dec, claim, reserved))
-        s = max(end, s + u) if heap else end  # decoders pace batches at the period
+        # decoders pace batches at the period; waiting prefill runs back to back
+        paced = heap and not (prefills and (qi < len(queue) or bi < len(be_queue)))
+        s = max(end, s + u) if paced else end
     return batches, cadences, late
 
 
@@ -607,7 +632,7 @@ def plan(snap: Snapshot) -> Plan:
         nxt: dict[str, list[PlanRequest]] = {}
         for wid, reqs in pending.items():
             load = loads[wid]
-            cands = [_item(r, load.worker, ctx.tier_of[r.tpot], False) for r in reqs]
+            cands = [_item(r, load.worker, ctx.tier_of[r.tpot], False, ctx.kv_frac) for r in reqs]
             chosen = {id(it) for it in _dp(ctx, load, cands)}
             for it in cands:
                 r = it.req
@@ -638,12 +663,12 @@ def plan(snap: Snapshot) -> Plan:
                   None)
         if dl is None:
             if p is not None:
-                _unplace(loads, p, r, ctx.tier_of[r.tpot])
+                _unplace(loads, p, r, ctx.tier_of[r.tpot], ctx.kv_frac)
                 del placed[r.id]
             why[r.id] = "no decode worker can sustain its TPOT"
             continue
         dl.counts[ctx.tier_of[r.tpot]] += 1
-        dl.kv_used += _peak_blocks(r, dl.worker)
+        dl.kv_used += _kv_blocks(r, dl.worker, ctx.kv_frac)
         if r.stage == "decode":
             dl.decoders.append(r)
             dl.new_ids.add(r.id)
@@ -683,7 +708,7 @@ def plan(snap: Snapshot) -> Plan:
                 load.unprotected.update(it.req.id for it in late)
                 continue
             r = victim.req
-            _unplace(loads, placed.pop(r.id), r, ctx.tier_of[r.tpot])
+            _unplace(loads, placed.pop(r.id), r, ctx.tier_of[r.tpot], ctx.kv_frac)
             why[r.id] = "predicted to miss its TTFT"
             if r.on_decline == "reject":
                 out.append(Decision(r.id, "reject", None, None, why[r.id]))
@@ -720,7 +745,9 @@ def _victim(load: _Load, late: list[_Item]) -> _Item | None:
     return max(new, key=lambda it: it.tokens) if new else None
 
 
-def _unplace(loads: dict[str, _Load], p: tuple, r: PlanRequest, tier: int) -> None:
+def _unplace(
+    loads: dict[str, _Load], p: tuple, r: PlanRequest, tier: int, frac: float
+) -> None:
     """Undo a placement made by this plan (prefill queue, KV and decode reservations)."""
     pl, dl, it = p
     if pl is not None and it is not None:
@@ -730,6 +757,6 @@ def _unplace(loads: dict[str, _Load], p: tuple, r: PlanRequest, tier: int) -> No
     if dl is not None:
         dl.counts[tier] -= 1
         if dl is not pl:
-            dl.kv_used -= _peak_blocks(r, dl.worker)
+            dl.kv_used -= _kv_blocks(r, dl.worker, frac)
         if r in dl.decoders:
             dl.decoders.remove(r)

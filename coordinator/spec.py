@@ -47,6 +47,7 @@ class DecodeConfig:
     decode_tokens: int  # worst batch: sum_k ceil(n_k / every_k) * (1 + spec_k)
     step_tokens: int  # all tokens a batch of `period` holds
     prefill_tokens: int  # step_tokens - decode_tokens
+    base: BatchShape = BatchShape()  # decode part of the worst batch (no prefill)
 
     @property
     def prefill_rate(self) -> float:
@@ -74,7 +75,7 @@ def decode_shape(
 
 def prefill_only(model: PerfModel, max_batch_tokens: int) -> DecodeConfig:
     u = model.predict(BatchShape(prefill_tokens=max_batch_tokens, num_requests=1))
-    return DecodeConfig(u, (), (), (), 0, max_batch_tokens, max_batch_tokens)
+    return DecodeConfig(u, (), (), (), 0, max_batch_tokens, max_batch_tokens, BatchShape())
 
 
 def choose_config(
@@ -130,7 +131,7 @@ def _config_at(
     if room < 0:
         return None
     room = min(room, max_tokens - dec)
-    return DecodeConfig(u, spec_t, every_t, tuple(exp), dec, dec + room, room)
+    return DecodeConfig(u, spec_t, every_t, tuple(exp), dec, dec + room, room, base)
 
 
 def spec_lengths(
@@ -145,3 +146,17 @@ def spec_lengths(
 
 def batches_within(seconds: float, period: float) -> int:
     return max(0, math.floor(seconds / period + 1e-9))
+
+
+def prefill_within(model: PerfModel, cfg: DecodeConfig, seconds: float) -> int:
+    """Prefill tokens the worker can finish within `seconds` under `cfg`: k whole batches of
+    the period (p tokens each) and then one partial batch -- the worst-case decode part plus
+    the most prefill tokens the model says end in the time left. A deadline shorter than
+    one period thus still gets the tokens of a smaller, faster batch."""
+    p = cfg.prefill_tokens
+    if seconds <= 0 or p <= 0:
+        return 0
+    k = batches_within(seconds, cfg.period)
+    rest = seconds - k * cfg.period
+    part = model.prefill_capacity(rest, cfg.base) if rest > 1e-9 else 0
+    return k * p + min(max(part, 0), p)

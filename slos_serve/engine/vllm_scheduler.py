@@ -7,8 +7,9 @@ only with outputs: once a request is aborted and the engine falls idle, the
 freed KV blocks would otherwise never be reported.
 
 Optional (off unless SLOS_PROFILE_PATH is set): a sample recorder that appends one
-JSON line per executed step, the batch's composition and its seconds, for
-`slos-serve profile` to fit the performance model on.
+JSON line per executed step, the batch's composition and its seconds (wall; the
+model worker's CPU and core-wait seconds), for `slos-serve profile` to fit the
+performance model on.
 
 Keep everything that touches vLLM's scheduler internals here, small.
 """
@@ -64,17 +65,17 @@ def _child_pids() -> list[int]:
     return pids
 
 
-def _sched_ns(pids: list[int]) -> tuple[int, int]:
-    """(on-CPU ns, runnable-but-waiting ns) of the pids' main threads (/proc schedstat)."""
-    run = wait = 0
+def _sched_ns(pids: list[int]) -> list[tuple[int, int]]:
+    """(on-CPU ns, runnable-but-waiting ns) of each pid's main thread (/proc schedstat)."""
+    out = []
     for pid in pids:
         try:
             with open(f"/proc/{pid}/schedstat") as f:
                 fields = f.read().split()
-            run, wait = run + int(fields[0]), wait + int(fields[1])
+            out.append((int(fields[0]), int(fields[1])))
         except (OSError, ValueError, IndexError):
-            pass
-    return run, wait
+            out.append((0, 0))
+    return out
 
 
 class _StepRecorder:
@@ -85,7 +86,7 @@ class _StepRecorder:
     def __init__(self, path: str) -> None:
         self.path = path
         self._workers: list[int] | None = None
-        self._pending: dict[int, tuple[Any, dict[str, int], float, tuple[int, int]]] = {}
+        self._pending: dict[int, tuple[Any, dict[str, int], float, list]] = {}  # id(output)
 
     def started(self, output: Any, requests: Any) -> None:
         if len(self._pending) > 64:  # steps that never completed: forget them
@@ -101,10 +102,11 @@ class _StepRecorder:
         if entry is None or entry[0] is not output:
             return
         sample: dict[str, Any] = {**entry[1], "seconds": time.perf_counter() - entry[2]}
-        if self._workers:
-            run, wait = _sched_ns(self._workers)
-            sample["cpu_seconds"] = (run - entry[3][0]) / 1e9
-            sample["wait_seconds"] = (wait - entry[3][1]) / 1e9
+        if self._workers:  # the slowest worker bounds the step
+            deltas = [(max(0, r1 - r0), max(0, w1 - w0)) for (r0, w0), (r1, w1)
+                      in zip(entry[3], _sched_ns(self._workers), strict=True)]
+            sample["cpu_seconds"] = max(d[0] for d in deltas) / 1e9
+            sample["wait_seconds"] = max(d[1] for d in deltas) / 1e9
         with open(self.path, "a") as f:
             f.write(json.dumps(sample) + "\n")
 

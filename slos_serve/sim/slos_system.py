@@ -35,11 +35,14 @@ SimConfig.on_decline and `--on-decline` override it).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from coordinator.planner import Plan, PlanRequest, PlanWorker, Snapshot, plan
 from slos_serve.sim.core import Batch, Cluster, SimRequest, Worker
 
 BLOCK = 16  # KV block size the planner counts in
 KV_OVERCOMMIT = 1.0
+KV_OUTPUT_RESERVE = 0.5  # planner reserves context + this fraction of the remaining output
 MAX_BATCH_TOKENS = 2048  # vLLM's default chunked-prefill budget, as the baselines
 PREFILL_BATCH_TOKENS = 1024
 ON_DECLINE = "best_effort"
@@ -263,6 +266,7 @@ class SlosSystem:
             default_alpha=c.cfg.spec_alpha,
             max_spec_len=c.cfg.max_spec_len,
             route_start=self.route,
+            kv_output_reserve=KV_OUTPUT_RESERVE,
             kv_transfer_time=0.0 if self.colocated else c.transfer_time(
                 sum(prompts) // len(prompts)),
         )
@@ -383,12 +387,28 @@ class SlosSystem:
             e.prefill.values(),
             key=lambda r: (r.decision != "admit", r.stage_start[r.stage] + (r.cur.ttft_slo or 1e9)),
         )
+        now, model = self.c.now, self.c.model
+        limit = float("inf")  # the batch ends by the TTFT deadline of each prompt it finishes
         for r in todo:
             if room <= 0:
                 break
             if r.todo_prefill <= 0:
                 continue
             n = min(room, r.todo_prefill)
+            due = r.stage_start[r.stage] + (r.cur.ttft_slo or 1e9)
+            lim = min(limit, due) if n == r.todo_prefill and r.decision == "admit" else limit
+            if lim < limit or (limit < float("inf") and n > 0):
+                sh = b.shape()
+                sh = replace(sh, prefill_tokens=0, num_requests=sh.num_requests + 1,
+                             context_tokens=sh.context_tokens + r.context)
+                cap = model.prefill_capacity(lim - now, sh) - sum(k for _, k in b.prefill)
+                if cap >= n:
+                    limit = lim
+                    room = min(room, cap)
+                elif limit < float("inf"):  # keep an earlier finisher on time
+                    n = cap
+                    if n <= 0:
+                        break
             if e.w.role != "prefill" and not self._alloc(r, e, r.context + n):
                 continue
             b.prefill.append((r, n))
