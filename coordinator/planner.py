@@ -14,10 +14,16 @@ declined ones become best effort (leftover budget only) or are rejected, by thei
 DP, per prefill-capable worker (as the paper): candidates and already-admitted prompts sorted
 by deadline; states keyed by admitted counts per TPOT tier, each a Pareto set of (prefill
 tokens so far, KV blocks). Admitting request n needs tokens <= budget(deadline_n | counts),
-where budget = floor((deadline - start) / u) * p and (u, p) is the batch period and prefill
-tokens per batch of the decode configuration for those counts. On a prefill worker the budget
-does not depend on decoding (u = time of a max_batch_tokens batch, p = max_batch_tokens), so
-states collapse to the admitted count. Mixed workers (colocated mode) keep the tier vector.
+where, with (u, p) the batch period and prefill tokens per batch of the decode configuration
+for those counts and b <= u the predicted time of such a batch (shorter than u when the
+batch token limit binds; batches run back to back while prefill waits), budget = k * p +
+(the most prefill tokens that one more batch carrying the worst-case decode part ends within
+the time left), k = floor((deadline - start) / b): a deadline shorter than a batch still
+gets a smaller, faster batch (coordinator/spec.py, prefill_within). On a prefill worker the
+budget does not depend on decoding (u = b = time of a max_batch_tokens batch, p =
+max_batch_tokens), so states collapse to the admitted count. Mixed workers (colocated mode)
+keep the tier vector. KV: each request reserves its context plus a fraction
+(Snapshot.kv_output_reserve; 1 = its peak) of the output it still expects.
 
 Where it departs from the paper, and why:
 - Disaggregation: a request needs a prefill (or mixed) worker and a decode (or mixed) worker.
@@ -28,16 +34,23 @@ Where it departs from the paper, and why:
   per request and try, each worker runs one DP over all requests routed to it this round;
   requests it declines move on to their next worker; earlier rounds' admissions stay fixed.
   At most R rounds; the DP still chooses the best subset on each worker.
-- Budgets count whole batches of period u only and assume every admitted request on a mixed
-  worker decodes from now on: conservative, and consistent with the emitted schedule.
+- Budgets assume every admitted request on a mixed worker decodes from now on, in every
+  batch at its worst (conservative). To match the partial batch of the budget, the emitted
+  schedule caps a batch that finishes a committed prompt so it is predicted to end by that
+  prompt's deadline, and runs batches back to back while prefill waits (decoders pace batches
+  at u only when none does). The budget ignores the cost of such cuts before the last one
+  (one batch's fixed cost each); the repair below catches the rare resulting misses.
+- KV: reserving less than the peak (kv_output_reserve < 1) is an overcommit, not a guarantee:
+  the workers evict best-effort requests first when memory runs out.
 - Admitted prompts already predicted late are kept, their lateness is not charged to new
   requests (the DP allows them the excess they already had) and no batch claims them.
 - The emitted schedule is checked: if a newly admitted prompt is predicted late (the model's
   per-batch features differ from the DP's budget), the largest new admission due no later is
   declined (Moore-Hodgson) and the schedule emitted again.
 - Decode cadence: EDF with token-bucket pacing: a request's next verify step is due one
-  interval (E(spec) * TPOT) after its previous due time; batches are paced at the period u;
-  a request is served when it cannot wait for the next batch, so loose tiers skip batches.
+  interval (E(spec) * TPOT) after its previous due time; batches are paced at the period u
+  (back to back while prefill waits); a request is served when it cannot wait for the next
+  batch, so loose tiers skip batches.
 - Best-effort requests are not re-considered for admission in later plans.
 - KV transfer time is not on the TTFT path (the prefill worker emits the first token).
 """
@@ -91,7 +104,8 @@ class PlanRequest:
 @dataclass
 class PlanWorker:
     """One engine. kv_capacity_blocks is what planned requests may reserve in total:
-    the planner reserves each assigned admitted request's peak blocks against it."""
+    the planner reserves each assigned admitted request's blocks against it (its peak, or
+    less: Snapshot.kv_output_reserve)."""
 
     id: str
     role: Role

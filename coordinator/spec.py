@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from coordinator.perf_model import BatchShape, PerfModel
 
@@ -48,6 +48,7 @@ class DecodeConfig:
     step_tokens: int  # all tokens a batch of `period` holds
     prefill_tokens: int  # step_tokens - decode_tokens
     base: BatchShape = BatchShape()  # decode part of the worst batch (no prefill)
+    batch_time: float = 0.0  # predicted time of that batch with its prefill (<= period; 0: =)
 
     @property
     def prefill_rate(self) -> float:
@@ -75,7 +76,7 @@ def decode_shape(
 
 def prefill_only(model: PerfModel, max_batch_tokens: int) -> DecodeConfig:
     u = model.predict(BatchShape(prefill_tokens=max_batch_tokens, num_requests=1))
-    return DecodeConfig(u, (), (), (), 0, max_batch_tokens, max_batch_tokens, BatchShape())
+    return DecodeConfig(u, (), (), (), 0, max_batch_tokens, max_batch_tokens, BatchShape(), u)
 
 
 def choose_config(
@@ -131,7 +132,9 @@ def _config_at(
     if room < 0:
         return None
     room = min(room, max_tokens - dec)
-    return DecodeConfig(u, spec_t, every_t, tuple(exp), dec, dec + room, room, base)
+    full = replace(base, prefill_tokens=room, num_requests=base.num_requests + 1)
+    t = min(u, model.predict(full))
+    return DecodeConfig(u, spec_t, every_t, tuple(exp), dec, dec + room, room, base, t)
 
 
 def spec_lengths(
@@ -149,14 +152,16 @@ def batches_within(seconds: float, period: float) -> int:
 
 
 def prefill_within(model: PerfModel, cfg: DecodeConfig, seconds: float) -> int:
-    """Prefill tokens the worker can finish within `seconds` under `cfg`: k whole batches of
-    the period (p tokens each) and then one partial batch -- the worst-case decode part plus
-    the most prefill tokens the model says end in the time left. A deadline shorter than
-    one period thus still gets the tokens of a smaller, faster batch."""
+    """Prefill tokens the worker can finish within `seconds` under `cfg`: k whole batches
+    (p tokens each, back to back: a batch whose tokens are capped ends before the period) and
+    then one partial batch -- the worst-case decode part plus the most prefill tokens the
+    model says end in the time left. A deadline shorter than one batch thus still gets the
+    tokens of a smaller, faster batch."""
     p = cfg.prefill_tokens
     if seconds <= 0 or p <= 0:
         return 0
-    k = batches_within(seconds, cfg.period)
-    rest = seconds - k * cfg.period
+    step = cfg.batch_time if cfg.batch_time > 0 else cfg.period
+    k = batches_within(seconds, step)
+    rest = seconds - k * step
     part = model.prefill_capacity(rest, cfg.base) if rest > 1e-9 else 0
     return k * p + min(max(part, 0), p)

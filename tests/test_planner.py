@@ -211,3 +211,21 @@ def test_admitted_requests_are_never_dropped_and_batches_meet_their_claims(data)
         dt = draw(st.floats(0.0, 0.3))
         snap = advance(snap, p, dt, arrivals(draw, snap.now + dt, draw(st.integers(0, 6)),
                                              f"s{step}_"))
+
+
+def test_a_ttft_shorter_than_one_batch_period_gets_a_smaller_faster_batch() -> None:
+    # a full 100-token batch takes 0.11 s; a 20-token prompt due at 0.05 s still fits in a
+    # partial batch (0.01 + 0.02 s), and the emitted batch is cut to end by its deadline
+    reqs = [prefill_req("short", 20, 0.05), prefill_req("long", 150, 1.0)]
+    p = plan(Snapshot(0.0, reqs, disagg()))
+    assert actions(p) == {"short": "admit", "long": "admit"}
+    first = p.prefill["p0"].batches[0]
+    assert first.prefill[0] == ("short", 20) and first.end <= 0.05 + 1e-9
+    check_batches(p)
+    # on a mixed worker whose decode period is longer than the TTFT window, likewise
+    olds = [decoder(f"d{i}", 0.2, "m0") for i in range(4)]
+    p = plan(Snapshot(0.0, olds + [prefill_req("n", 10, 0.06, tpot=0.2)],
+                      [PlanWorker("m0", "mixed", TOY, 1000)]))
+    assert p.decode["m0"].step_time > 0.06
+    assert actions(p) == {"n": "admit"}
+    check_batches(p)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from coordinator.perf_model import BatchShape, PerfModel, Piece, load_profile
-from coordinator.spec import TierLoad, choose_config, decode_shape, expected_tokens
+from coordinator.spec import (
+    TierLoad,
+    choose_config,
+    decode_shape,
+    expected_tokens,
+    prefill_only,
+    prefill_within,
+)
 
 
 def test_expected_tokens_counts_the_bonus_token() -> None:
@@ -80,3 +87,14 @@ def test_overload_is_infeasible() -> None:
     m = PerfModel([Piece((1e-3, 1e-3, 1e-3, 0, 0, 0), 0.01)])
     assert choose_config(m, [TierLoad(0.05, 39)], 0, 1000) is not None  # 0.049 s
     assert choose_config(m, [TierLoad(0.05, 41)], 0, 1000) is None  # 0.051 s > 50 ms
+
+
+def test_prefill_within_counts_a_partial_batch() -> None:
+    toy = PerfModel([Piece((1e-3, 1e-3, 1e-3, 0, 0, 0), 0.01)], name="toy")
+    cfg = prefill_only(toy, 100)  # 0.11 s per 100-token batch
+    assert prefill_within(toy, cfg, 0.0) == 0
+    assert prefill_within(toy, cfg, 0.005) == 0  # less than the fixed cost of a batch
+    # (0.05 - 0.01) s / 1 ms per token, rounded down (floating point may take one off)
+    assert prefill_within(toy, cfg, 0.05) in (39, 40)
+    assert prefill_within(toy, cfg, 0.15) in (129, 130)  # one full batch + a partial one
+    assert prefill_within(toy, cfg, 0.3) in (269, 270)

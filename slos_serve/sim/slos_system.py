@@ -10,9 +10,11 @@ do between plans:
   after the decodes);
 - decodes by earliest next-token deadline (the stage's first token + k * TPOT) with the
   speculative length the plan chose for the request's TPOT tier. On a mixed worker with prefill
-  waiting, a decoder is held back until its token is due within two periods (the paper's EDF
-  cadence, which frees room for prefill); otherwise every decoder runs every batch, since
-  running ahead of the TPOT pace costs nothing and frees KV memory sooner;
+  waiting and KV memory not short (use below HOLD_KV_FRACTION), a decoder is held back until
+  its token is due within two periods (the paper's EDF cadence, which frees room for
+  prefill); otherwise every decoder runs every batch, since running ahead of the TPOT pace
+  costs nothing and frees KV memory sooner (when memory is short this trades some of the
+  prefill room a loose tier's skipped batches would leave for memory freed sooner);
 - best-effort decodes and prefills fill what is left. KV is reserved as tokens are computed
   (as the baselines do); when memory runs out, best-effort requests are evicted first, then,
   for a decode step only, requests of the same class that arrived later (vLLM's order); an
@@ -25,10 +27,16 @@ anything changed (decode cadences and speculative lengths). The planner is told 
 remaining output length of each request (it sizes KV reservations with it) -- an oracle the
 baselines do not need.
 
+A batch that finishes an admitted prompt is capped so that it is predicted to end by that
+prompt's TTFT deadline (as the plan's own schedule is): smaller, faster batches rather than a
+full period when a deadline is near.
+
 Knobs (module constants): KV_OVERCOMMIT scales the KV capacity the planner may reserve (1.0:
-none; the planner reserves each request's peak); PREFILL_BATCH_TOKENS is a prefill worker's
-batch size as the planner sees it (its prefill-only model quantises time into batches of this
-size, so 2048 declines short prompts whose TTFT is shorter than one 2048-token batch);
+none); KV_OUTPUT_RESERVE is the fraction of each request's remaining output the planner
+reserves in KV on top of its current context (1.0: its peak; 0.5: its average over a linear
+growth -- an overcommit that the eviction above covers); PREFILL_BATCH_TOKENS is a prefill
+worker's batch size as the planner sees it (the planner's budgets count partial batches, so
+short prompts with a TTFT shorter than one full batch are no longer declined for it);
 ON_DECLINE is what a declined request asks for by default ("best_effort" or "reject";
 SimConfig.on_decline and `--on-decline` override it).
 """
@@ -44,8 +52,9 @@ BLOCK = 16  # KV block size the planner counts in
 KV_OVERCOMMIT = 1.0
 KV_OUTPUT_RESERVE = 0.5  # planner reserves context + this fraction of the remaining output
 MAX_BATCH_TOKENS = 2048  # vLLM's default chunked-prefill budget, as the baselines
-PREFILL_BATCH_TOKENS = 1024
+PREFILL_BATCH_TOKENS = 2048
 ON_DECLINE = "best_effort"
+HOLD_KV_FRACTION = 0.7  # mixed workers hold decoders back only below this KV use
 NEW_GAP = 0.02  # s between plans while new requests wait for a decision
 PERIOD = 0.5  # s between plans otherwise (if anything changed): decode cadences
 
@@ -345,7 +354,9 @@ class SlosSystem:
         within two periods) when prefill work on this worker could use the room: serving
         ahead of the TPOT pace is free otherwise and frees KV memory sooner."""
         now, u = self.c.now, e.period
-        hold = e.w.role == "mixed" and bool(e.prefill)
+        # holding decoders back keeps their KV longer: not when memory is short
+        kv_short = e.w.kv_used > HOLD_KV_FRACTION * e.w.kv_capacity
+        hold = e.w.role == "mixed" and bool(e.prefill) and not kv_short
         horizon = now + 2 * u if hold else float("inf")
         adm, be = [], []
         for r in e.decoders.values():
