@@ -45,9 +45,13 @@ async def serve(args: argparse.Namespace) -> None:
     from slos_serve.tokenizer import load_tokenizer
 
     tiers = TierTable.load(args.tiers) if args.tiers else TierTable.builtin()
+    # Before any gRPC object exists: loading the tokenizer imports libraries that
+    # start subprocesses, and a fork after gRPC has started its pollers can kill
+    # the process (epoll_wait: Bad file descriptor, seen once in CI).
+    tokenizer = load_tokenizer(args.model)
     pool = WorkerPool(args.prefill, args.decode)
     service = CoordinatorService(
-        pool, tiers, load_tokenizer(args.model), args.model, args.on_reject,
+        pool, tiers, tokenizer, args.model, args.on_reject,
         metrics=CoordinatorMetrics(tiers.tiers, registry=REGISTRY),
     )
     server, health = create_server([pb.DESCRIPTOR.services_by_name["SloServe"].full_name])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,10 +25,28 @@ from slos_serve.grpc_util import check_health
 STOP_GRACE_S = 20.0
 
 
+# Ports for the cluster come from below Linux's default ephemeral range
+# (32768-60999): vLLM binds its own internal ZMQ ports there at random, and a
+# NIXL side-channel port chosen there could be taken before the engine binds it.
+_PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port that is free now, outside the ephemeral range, not handed out before."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError(f"no free port in {_PORT_RANGE} on {host}")
 
 
 @dataclass

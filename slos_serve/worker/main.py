@@ -15,7 +15,6 @@ from slos_serve.metrics import metrics_port_arg
 
 log = logging.getLogger("slos_serve.worker")
 SERVING = HealthCheckResponse.SERVING
-NOT_SERVING = HealthCheckResponse.NOT_SERVING
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +80,11 @@ async def serve(role: str, args: argparse.Namespace) -> None:
     from slos_serve.worker.service import WorkerService
 
     engine = build_engine(args)
+    # The engine starts first: vLLM spawns its engine-core process, and a fork
+    # after gRPC has started its pollers can kill this process. Until the port
+    # is open, the launcher's health checks simply see "not yet".
+    log.info("%s worker: starting %s engine", role, args.engine)
+    await engine.start()
     server, health = create_server([pb.DESCRIPTOR.services_by_name["Worker"].full_name])
     port = bind(server, args.host, args.port)
     # The simulated engine moves no KV: its hand-offs are measured in blocks only.
@@ -92,9 +96,6 @@ async def serve(role: str, args: argparse.Namespace) -> None:
     pb_grpc.add_WorkerServicer_to_server(service, server)
     serve_metrics(args.host, args.metrics_port, port, f"{role} worker")
     await server.start()
-    await health.set("", NOT_SERVING)
-    log.info("%s worker: starting %s engine", role, args.engine)
-    await engine.start()
     service.ready = True
     await health.set("", SERVING)
     log.info("%s worker ready on %s:%d (engine %s)", role, args.host, port, args.engine)
