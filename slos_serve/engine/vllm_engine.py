@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import tempfile
@@ -137,4 +136,3 @@ class VllmEngine:
             self._llm.shutdown()
             self._llm = None
         self._stats_path.unlink(missing_ok=True)
-        await asyncio.sleep(0)

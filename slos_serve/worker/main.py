@@ -96,7 +96,6 @@ async def serve(role: str, args: argparse.Namespace) -> None:
     pb_grpc.add_WorkerServicer_to_server(service, server)
     serve_metrics(args.host, args.metrics_port, port, f"{role} worker")
     await server.start()
-    service.ready = True
     await health.set("", SERVING)
     log.info("%s worker ready on %s:%d (engine %s)", role, args.host, port, args.engine)
     await serve_until_signal(server, health, on_stop=engine.shutdown)

@@ -34,7 +34,6 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.metrics = metrics if metrics is not None else WorkerMetrics(role, "")
         self.active: set[str] = set()
         self.draining = False
-        self.ready = False  # set once the engine has started
 
     async def _admit(self, context: grpc.aio.ServicerContext, stage: str, request_id: str) -> None:
         if self.role not in (stage, "mixed"):
@@ -42,8 +41,6 @@ class WorkerService(pb_grpc.WorkerServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this is a {self.role} worker; it does not serve {stage}",
             )
-        if not self.ready:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "engine is starting")
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is draining")
         if not request_id:
