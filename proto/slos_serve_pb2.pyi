@@ -88,7 +88,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., slo: _Optional[_Union[Slo, _Mapping]] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., on_reject: _Optional[_Union[OnReject, str]] = ...) -> None: ...
 
 class Started(_message.Message):
-    __slots__ = ("decision", "tier", "ttft_slo_ms", "tpot_slo_ms", "prefill_worker", "decode_worker", "prompt_tokens")
+    __slots__ = ("decision", "tier", "ttft_slo_ms", "tpot_slo_ms", "prefill_worker", "decode_worker", "prompt_tokens", "reason")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     TTFT_SLO_MS_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class Started(_message.Message):
     PREFILL_WORKER_FIELD_NUMBER: _ClassVar[int]
     DECODE_WORKER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     tier: str
     ttft_slo_ms: float
@@ -103,7 +104,8 @@ class Started(_message.Message):
     prefill_worker: str
     decode_worker: str
     prompt_tokens: int
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., tier: _Optional[str] = ..., ttft_slo_ms: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., prefill_worker: _Optional[str] = ..., decode_worker: _Optional[str] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
+    reason: str
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., tier: _Optional[str] = ..., ttft_slo_ms: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., prefill_worker: _Optional[str] = ..., decode_worker: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("token_ids", "text")
@@ -114,16 +116,22 @@ class TokenChunk(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class StageResult(_message.Message):
-    __slots__ = ("tokens", "tpot_ms", "tpot_slo_ms", "slo_met")
+    __slots__ = ("tokens", "tpot_ms", "tpot_slo_ms", "slo_met", "tier", "first_token_ms", "ttft_slo_ms")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     TPOT_MS_FIELD_NUMBER: _ClassVar[int]
     TPOT_SLO_MS_FIELD_NUMBER: _ClassVar[int]
     SLO_MET_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_SLO_MS_FIELD_NUMBER: _ClassVar[int]
     tokens: int
     tpot_ms: float
     tpot_slo_ms: float
     slo_met: bool
-    def __init__(self, tokens: _Optional[int] = ..., tpot_ms: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., slo_met: _Optional[bool] = ...) -> None: ...
+    tier: str
+    first_token_ms: float
+    ttft_slo_ms: float
+    def __init__(self, tokens: _Optional[int] = ..., tpot_ms: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., slo_met: _Optional[bool] = ..., tier: _Optional[str] = ..., first_token_ms: _Optional[float] = ..., ttft_slo_ms: _Optional[float] = ...) -> None: ...
 
 class Final(_message.Message):
     __slots__ = ("finish_reason", "prompt_tokens", "completion_tokens", "ttft_ms", "tpot_ms", "e2e_ms", "ttft_met", "tpot_met", "slo_met", "decision", "stages")
@@ -227,17 +235,75 @@ class WorkerStatus(_message.Message):
     load: LoadReport
     def __init__(self, address: _Optional[str] = ..., role: _Optional[str] = ..., healthy: _Optional[bool] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ...) -> None: ...
 
+class StageSlo(_message.Message):
+    __slots__ = ("tpot_ms", "max_tokens", "until")
+    TPOT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    tpot_ms: float
+    max_tokens: int
+    until: str
+    def __init__(self, tpot_ms: _Optional[float] = ..., max_tokens: _Optional[int] = ..., until: _Optional[str] = ...) -> None: ...
+
 class WorkerSlo(_message.Message):
-    __slots__ = ("ttft_deadline_unix", "tpot_ms", "best_effort", "spec_tokens")
+    __slots__ = ("ttft_deadline_unix", "tpot_ms", "best_effort", "spec_tokens", "stages", "tier")
     TTFT_DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     TPOT_MS_FIELD_NUMBER: _ClassVar[int]
     BEST_EFFORT_FIELD_NUMBER: _ClassVar[int]
     SPEC_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
     ttft_deadline_unix: float
     tpot_ms: float
     best_effort: bool
     spec_tokens: int
-    def __init__(self, ttft_deadline_unix: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., best_effort: _Optional[bool] = ..., spec_tokens: _Optional[int] = ...) -> None: ...
+    stages: _containers.RepeatedCompositeFieldContainer[StageSlo]
+    tier: str
+    def __init__(self, ttft_deadline_unix: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., best_effort: _Optional[bool] = ..., spec_tokens: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageSlo, _Mapping]]] = ..., tier: _Optional[str] = ...) -> None: ...
+
+class TierSpec(_message.Message):
+    __slots__ = ("tpot_ms", "spec_tokens", "interval_ms")
+    TPOT_MS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    tpot_ms: float
+    spec_tokens: int
+    interval_ms: float
+    def __init__(self, tpot_ms: _Optional[float] = ..., spec_tokens: _Optional[int] = ..., interval_ms: _Optional[float] = ...) -> None: ...
+
+class WorkerPlan(_message.Message):
+    __slots__ = ("plan_time_unix", "step_token_budget", "tiers", "pace")
+    PLAN_TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    STEP_TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    PACE_FIELD_NUMBER: _ClassVar[int]
+    plan_time_unix: float
+    step_token_budget: int
+    tiers: _containers.RepeatedCompositeFieldContainer[TierSpec]
+    pace: bool
+    def __init__(self, plan_time_unix: _Optional[float] = ..., step_token_budget: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., pace: _Optional[bool] = ...) -> None: ...
+
+class WorkerPlanAck(_message.Message):
+    __slots__ = ("applied",)
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    def __init__(self, applied: _Optional[bool] = ...) -> None: ...
+
+class TierSpecStats(_message.Message):
+    __slots__ = ("tpot_ms", "tier", "steps", "drafted", "accepted", "spec_tokens")
+    TPOT_MS_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    SPEC_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tpot_ms: float
+    tier: str
+    steps: int
+    drafted: int
+    accepted: int
+    spec_tokens: int
+    def __init__(self, tpot_ms: _Optional[float] = ..., tier: _Optional[str] = ..., steps: _Optional[int] = ..., drafted: _Optional[int] = ..., accepted: _Optional[int] = ..., spec_tokens: _Optional[int] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "sampling", "slo", "hand_off")
@@ -346,7 +412,7 @@ class LoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("role", "running", "waiting", "kv_blocks_total", "kv_blocks_used", "kv_usage", "steps", "mean_step_ms", "spec_acceptance", "active_requests", "draining")
+    __slots__ = ("role", "running", "waiting", "kv_blocks_total", "kv_blocks_used", "kv_usage", "steps", "mean_step_ms", "spec_acceptance", "active_requests", "draining", "spec", "scheduler", "last_step_ms")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -358,6 +424,9 @@ class LoadReport(_message.Message):
     SPEC_ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    LAST_STEP_MS_FIELD_NUMBER: _ClassVar[int]
     role: str
     running: int
     waiting: int
@@ -369,7 +438,10 @@ class LoadReport(_message.Message):
     spec_acceptance: float
     active_requests: int
     draining: bool
-    def __init__(self, role: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_usage: _Optional[float] = ..., steps: _Optional[int] = ..., mean_step_ms: _Optional[float] = ..., spec_acceptance: _Optional[float] = ..., active_requests: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    spec: _containers.RepeatedCompositeFieldContainer[TierSpecStats]
+    scheduler: str
+    last_step_ms: float
+    def __init__(self, role: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_usage: _Optional[float] = ..., steps: _Optional[int] = ..., mean_step_ms: _Optional[float] = ..., spec_acceptance: _Optional[float] = ..., active_requests: _Optional[int] = ..., draining: _Optional[bool] = ..., spec: _Optional[_Iterable[_Union[TierSpecStats, _Mapping]]] = ..., scheduler: _Optional[str] = ..., last_step_ms: _Optional[float] = ...) -> None: ...
 
 class WorkerInfoRequest(_message.Message):
     __slots__ = ()

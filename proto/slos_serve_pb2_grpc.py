@@ -274,6 +274,11 @@ class WorkerStub:
                 request_serializer=proto_dot_slos__serve__pb2.DrainRequest.SerializeToString,
                 response_deserializer=proto_dot_slos__serve__pb2.DrainResponse.FromString,
                 _registered_method=True)
+        self.SetPlan = channel.unary_unary(
+                '/slos_serve.v1.Worker/SetPlan',
+                request_serializer=proto_dot_slos__serve__pb2.WorkerPlan.SerializeToString,
+                response_deserializer=proto_dot_slos__serve__pb2.WorkerPlanAck.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -320,6 +325,14 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPlan(self, request, context):
+        """The coordinator's latest plan for this engine (step budget, speculation per tier);
+        the engine's scheduler picks it up at its next step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -352,6 +365,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=proto_dot_slos__serve__pb2.DrainRequest.FromString,
                     response_serializer=proto_dot_slos__serve__pb2.DrainResponse.SerializeToString,
+            ),
+            'SetPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPlan,
+                    request_deserializer=proto_dot_slos__serve__pb2.WorkerPlan.FromString,
+                    response_serializer=proto_dot_slos__serve__pb2.WorkerPlanAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +536,33 @@ class Worker:
             '/slos_serve.v1.Worker/Drain',
             proto_dot_slos__serve__pb2.DrainRequest.SerializeToString,
             proto_dot_slos__serve__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slos_serve.v1.Worker/SetPlan',
+            proto_dot_slos__serve__pb2.WorkerPlan.SerializeToString,
+            proto_dot_slos__serve__pb2.WorkerPlanAck.FromString,
             options,
             channel_credentials,
             insecure,
