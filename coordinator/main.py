@@ -33,6 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what happens to requests that cannot be admitted, by default")
     parser.add_argument("--metrics-port", type=metrics_port_arg, default=None,
                         help="Prometheus /metrics HTTP port (default: --port + 1000; 0 = off)")
+    parser.add_argument("--scheduler", choices=("slos", "vllm"), default="slos",
+                        help="slos: the planner admits and routes (default); vllm: the "
+                             "baseline, round-robin routing and everything admitted")
+    parser.add_argument("--profile", default=None,
+                        help="performance model JSON of the workers' engine (from `slos-serve "
+                             "profile`), or a shipped profile name; default: the simulated "
+                             "engine's for --engine sim workers, else required with slos")
+    parser.add_argument("--kv-output-reserve", type=float, default=0.5,
+                        help="fraction of each request's remaining max_tokens the planner "
+                             "reserves in KV (1 = its peak; below 1 overcommits)")
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -49,10 +59,21 @@ async def serve(args: argparse.Namespace) -> None:
     # start subprocesses, and a fork after gRPC has started its pollers can kill
     # the process (epoll_wait: Bad file descriptor, seen once in CI).
     tokenizer = load_tokenizer(args.model)
+    admission = None
+    if args.scheduler == "slos":
+        from coordinator.admission import Admission
+        from coordinator.perf_model import load_profile
+
+        if not args.profile:
+            raise SystemExit("--profile is required with --scheduler slos")
+        model = load_profile(args.profile)
+        log.info("planner on: performance model %s (R^2 %s)", model.name, model.r2)
+        admission = Admission(model, kv_output_reserve=args.kv_output_reserve)
     pool = WorkerPool(args.prefill, args.decode)
     service = CoordinatorService(
         pool, tiers, tokenizer, args.model, args.on_reject,
         metrics=CoordinatorMetrics(tiers.tiers, registry=REGISTRY),
+        admission=admission,
     )
     server, health = create_server([pb.DESCRIPTOR.services_by_name["SloServe"].full_name])
     pb_grpc.add_SloServeServicer_to_server(service, server)
@@ -61,6 +82,7 @@ async def serve(args: argparse.Namespace) -> None:
     await server.start()
     await health.set("", HealthCheckResponse.NOT_SERVING)
     pool.start()
+    service.start()
 
     async def track_health() -> None:
         while True:
@@ -77,6 +99,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     async def stop() -> None:
         tracker.cancel()
+        await service.stop()
         await pool.close()
 
     await serve_until_signal(server, health, on_stop=stop)

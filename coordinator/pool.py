@@ -46,11 +46,15 @@ class WorkerPool:
         channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         return WorkerHandle(address, role, channel, pb_grpc.WorkerStub(channel))
 
+    def get(self, address: str) -> WorkerHandle | None:
+        return next((w for w in self.workers if w.address == address), None)
+
     def of_role(self, role: str) -> list[WorkerHandle]:
         return [w for w in self.workers if w.role == role]
 
     def pick(self, role: str, exclude: set[str] = frozenset()) -> WorkerHandle | None:
-        """Round-robin over healthy workers of a role (the planner replaces this)."""
+        """Round-robin over healthy workers of a role (the "vllm" scheduler's routing,
+        and the fallback when the planner names no worker)."""
         candidates = [w for w in self.of_role(role) if w.healthy and w.address not in exclude]
         if not candidates:
             return None

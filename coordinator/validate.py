@@ -11,10 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from coordinator.slo import SloError, Tier, TierTable
+from coordinator.stages import StageSpec
 from proto import slos_serve_pb2 as pb
 
 MAX_REQUEST_ID_LEN = 256
 MAX_STOP_STRINGS = 16
+MAX_STAGES = 8
 
 
 class InvalidRequest(ValueError):
@@ -38,6 +40,7 @@ class RequestSpec:
     tier: Tier
     on_reject: str  # "best_effort" or "reject"
     stop: list[str] = field(default_factory=list)
+    stages: list[StageSpec] = field(default_factory=list)  # always >= 1 (stage 0: `tier`)
 
 
 def validate(
@@ -49,23 +52,49 @@ def validate(
 ) -> RequestSpec:
     if len(request.request_id) > MAX_REQUEST_ID_LEN:
         raise InvalidRequest(f"request_id: longer than {MAX_REQUEST_ID_LEN} characters")
-    if request.stages:
-        raise InvalidRequest("stages: multi-stage requests are not supported yet", "UNIMPLEMENTED")
     prompt = _prompt_tokens(request, facts, tokenize)
     sampling = _sampling(request, prompt, facts)
+    stages = _stages(request, tiers)
+    tier = Tier(stages[0].tier, stages[0].ttft_ms, stages[0].tpot_ms)
+    on_reject = {pb.SERVE_BEST_EFFORT: "best_effort", pb.REJECT: "reject"}.get(
+        request.on_reject, default_on_reject
+    )
+    return RequestSpec(prompt, sampling, tier, on_reject, list(sampling.stop), stages)
+
+
+def _resolve(slo: pb.Slo, tiers: TierTable, prefix: str = "") -> Tier:
     try:
-        slo = request.slo
-        tier = tiers.resolve(
+        return tiers.resolve(
             slo.tier,
             slo.ttft_ms if slo.HasField("ttft_ms") else None,
             slo.tpot_ms if slo.HasField("tpot_ms") else None,
         )
     except SloError as exc:
-        raise InvalidRequest(str(exc)) from exc
-    on_reject = {pb.SERVE_BEST_EFFORT: "best_effort", pb.REJECT: "reject"}.get(
-        request.on_reject, default_on_reject
-    )
-    return RequestSpec(prompt, sampling, tier, on_reject, list(sampling.stop))
+        raise InvalidRequest(f"{prefix}{exc}") from exc
+
+
+def _stages(request: pb.GenerateRequest, tiers: TierTable) -> list[StageSpec]:
+    """One stage from `slo`, or the request's `stages` (each with its own SLO)."""
+    if not request.stages:
+        t = _resolve(request.slo, tiers)
+        return [StageSpec(t.name, t.ttft_ms, t.tpot_ms)]
+    slo = request.slo
+    if slo.tier or slo.HasField("ttft_ms") or slo.HasField("tpot_ms"):
+        raise InvalidRequest("slo: with stages, give each stage its own slo instead")
+    if len(request.stages) > MAX_STAGES:
+        raise InvalidRequest(f"stages: at most {MAX_STAGES} stages")
+    out = []
+    last = len(request.stages) - 1
+    for i, st in enumerate(request.stages):
+        t = _resolve(st.slo, tiers, f"stages[{i}].")
+        if st.max_tokens < 0:
+            raise InvalidRequest(f"stages[{i}].max_tokens: must be >= 0, got {st.max_tokens}")
+        if i < last and st.max_tokens == 0 and not st.until:
+            raise InvalidRequest(
+                f"stages[{i}]: set max_tokens or until (only the last stage runs to the end)"
+            )
+        out.append(StageSpec(t.name, t.ttft_ms, t.tpot_ms, st.max_tokens, st.until))
+    return out
 
 
 def _prompt_tokens(

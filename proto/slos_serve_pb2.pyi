@@ -448,20 +448,24 @@ class WorkerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("role", "engine", "model", "max_model_len", "block_size", "engine_id")
+    __slots__ = ("role", "engine", "model", "max_model_len", "block_size", "engine_id", "max_spec_tokens", "scheduler")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_SPEC_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     role: str
     engine: str
     model: str
     max_model_len: int
     block_size: int
     engine_id: str
-    def __init__(self, role: _Optional[str] = ..., engine: _Optional[str] = ..., model: _Optional[str] = ..., max_model_len: _Optional[int] = ..., block_size: _Optional[int] = ..., engine_id: _Optional[str] = ...) -> None: ...
+    max_spec_tokens: int
+    scheduler: str
+    def __init__(self, role: _Optional[str] = ..., engine: _Optional[str] = ..., model: _Optional[str] = ..., max_model_len: _Optional[int] = ..., block_size: _Optional[int] = ..., engine_id: _Optional[str] = ..., max_spec_tokens: _Optional[int] = ..., scheduler: _Optional[str] = ...) -> None: ...
 
 class DrainRequest(_message.Message):
     __slots__ = ("timeout_s",)

@@ -63,6 +63,23 @@ class ClusterSpec:
     tiers: str | None = None
     log_dir: str | None = None
     extra_worker_args: list[str] = field(default_factory=list)
+    scheduler: str = "slos"  # "slos" (the planner) or "vllm" (the baseline)
+    # performance model for the planner and the engines' schedulers; None: the simulated
+    # engine's for engine "sim", else the cached profile of this machine (measured once)
+    profile: str | None = None
+    on_reject: str | None = None  # the coordinator's default policy (None: its default)
+
+    def resolve_profile(self) -> str | None:
+        """The profile to use: given, shipped (sim), or measured here once and cached."""
+        if self.profile or self.scheduler != "slos":
+            return self.profile
+        if self.engine == "sim":
+            return "sim-engine"
+        from slos_serve.profile import DEFAULT_OUT, ensure_profile
+
+        if not self.model:
+            raise ValueError("a model is needed to measure a profile")
+        return str(ensure_profile(self.model, DEFAULT_OUT, quick=True).resolve())
 
 
 @dataclass
@@ -104,12 +121,15 @@ class LocalCluster:
         return proc
 
     def _worker_argv(
-        self, role: str, port: int, kv_port: int, cpu: int | None, metrics_port: int
+        self, role: str, port: int, kv_port: int, cpu: int | None, metrics_port: int,
+        profile: str | None,
     ) -> list[str]:
         s = self.spec
         argv = [f"{role}-worker", "--host", s.host, "--port", str(port), "--engine", s.engine,
                 "--kv-port", str(kv_port), "--kv-cache-gib", str(s.kv_cache_gib),
-                "--metrics-port", str(metrics_port)]
+                "--metrics-port", str(metrics_port), "--scheduler", s.scheduler]
+        if profile and s.engine == "vllm":
+            argv += ["--profile", profile]
         if s.model:
             argv += ["--model", s.model]
         if s.spec_tokens:
@@ -121,6 +141,7 @@ class LocalCluster:
     def start(self, timeout_s: float = 600.0, progress: bool = True) -> str:
         """Starts every process and waits until the coordinator reports SERVING."""
         s = self.spec
+        profile = s.resolve_profile()
         ncpu = os.cpu_count() or 1
         addresses: dict[str, list[str]] = {"prefill": [], "decode": []}
         roles = ["prefill"] * s.prefill + ["decode"] * s.decode
@@ -130,7 +151,8 @@ class LocalCluster:
             index = len(addresses[role])
             metrics_port = free_port(s.host)
             proc = self._spawn(
-                f"{role}-{index}", self._worker_argv(role, port, free_port(), cpu, metrics_port)
+                f"{role}-{index}",
+                self._worker_argv(role, port, free_port(), cpu, metrics_port, profile),
             )
             proc.address, proc.metrics_port = f"{s.host}:{port}", metrics_port
             addresses[role].append(proc.address)
@@ -144,6 +166,11 @@ class LocalCluster:
             argv += ["--model", s.model]
         if s.tiers:
             argv += ["--tiers", s.tiers]
+        argv += ["--scheduler", s.scheduler]
+        if profile:
+            argv += ["--profile", profile]
+        if s.on_reject:
+            argv += ["--on-reject", s.on_reject]
         coordinator = self._spawn("coordinator", argv)
         coordinator.address = f"{s.host}:{coord_port}"
         coordinator.metrics_port = coord_metrics_port
@@ -267,6 +294,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cpu-bind", action="store_true",
                         help="do not pin each engine to its own core")
     parser.add_argument("--tiers", default=None, help="SLO tier table JSON for the coordinator")
+    parser.add_argument("--scheduler", choices=("slos", "vllm"), default="slos",
+                        help="slos: planner admission/routing + SLO-aware engine scheduling "
+                             "(default); vllm: round-robin + vLLM's own scheduling (baseline)")
+    parser.add_argument("--profile", default=None,
+                        help="performance model JSON (default: measured once on this machine "
+                             "and cached in .cache/profile-cpu.json; sim: the sim engine's)")
+    parser.add_argument("--on-reject", choices=("best_effort", "reject"), default=None,
+                        help="default for requests the planner cannot admit")
     parser.add_argument("--log-dir", default=None, help="where process logs go")
     parser.add_argument("--timeout", type=float, default=600, help="start-up timeout (s)")
 
@@ -279,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, prefill=args.prefill, decode=args.decode, engine=args.engine,
         host=args.host, port=args.port, kv_cache_gib=args.kv_cache_gib,
         spec_tokens=args.spec_tokens, bind_cpus=not args.no_cpu_bind, tiers=args.tiers,
-        log_dir=args.log_dir,
+        log_dir=args.log_dir, scheduler=args.scheduler, profile=args.profile,
+        on_reject=args.on_reject,
     ))
     stop_requested = False
 

@@ -24,6 +24,7 @@ from slos_serve.client import (
     Client,
     ClusterInfo,
     Completion,
+    Decision,
     HealthStatus,
     StageSpec,
     Started,
@@ -166,12 +167,32 @@ def test_single_token_request_has_zero_tpot(client: Client) -> None:
 
 
 def test_impossible_ttft_is_reported_missed(client: Client) -> None:
-    out = client.generate(prompt_ids(10), max_tokens=5, ttft_ms=0.001, **GREEDY)
-    assert out.completion_tokens == 5  # still served, best effort by default
+    events = list(client.stream(prompt_ids(10), max_tokens=5, ttft_ms=0.001, **GREEDY))
+    started, out = events[0], events[-1]
+    # the planner cannot meet it: served best effort (the default policy), and it says why
+    assert started.decision is Decision.BEST_EFFORT and started.reason
+    assert out.decision is Decision.BEST_EFFORT
+    assert out.completion_tokens == 5
     assert out.ttft_slo_ms == pytest.approx(0.001)
     assert out.ttft_ms > 0.001
     assert not out.ttft_met
     assert not out.slo_met
+
+
+def test_request_that_cannot_be_admitted_and_asks_to_reject_is_resource_exhausted(
+    client: Client,
+) -> None:
+    with pytest.raises(Rejected) as info:
+        client.generate(prompt_ids(10), max_tokens=5, ttft_ms=0.001, on_reject="reject")
+    assert info.value.code_name == "RESOURCE_EXHAUSTED"
+    assert "rejected by the planner" in info.value.details and "TTFT" in info.value.details
+    assert_serves(client)
+
+
+def test_feasible_request_is_admitted(client: Client) -> None:
+    events = list(client.stream(prompt_ids(10), max_tokens=3, tier="tight", **GREEDY))
+    assert events[0].decision is Decision.ADMITTED and events[0].reason == ""
+    assert events[-1].decision is Decision.ADMITTED and events[-1].slo_met
 
 
 # ---------------------------------------------------------- abort and cancel --
@@ -320,13 +341,36 @@ def test_oversize_message_is_resource_exhausted(client: Client) -> None:
     assert_serves(client)
 
 
-def test_multi_stage_is_unimplemented(client: Client) -> None:
-    stages = [StageSpec(max_tokens=8, tier="loose"), StageSpec(max_tokens=4, tier="tight")]
-    with pytest.raises(SloServeError) as info:
+def test_multi_stage_request_is_judged_per_stage(client: Client) -> None:
+    """Reasoning: 8 thinking tokens under the tight tier, then the answer under a custom
+    TPOT no engine can meet: the first stage is met, the second missed, the request too."""
+    stages = [StageSpec(max_tokens=8, tier="tight"), StageSpec(tpot_ms=0.001)]
+    prompt = prompt_ids(5)
+    out = client.generate(prompt, max_tokens=12, stages=stages, **GREEDY)
+    assert out.token_ids == sim_tokens(prompt, 12, None)
+    assert [s.tokens for s in out.stages] == [8, 4]
+    assert [s.tier for s in out.stages] == ["tight", "custom"]
+    assert out.stages[0].slo_met and out.stages[0].ttft_slo_ms == 1000.0
+    assert not out.stages[1].slo_met and out.stages[1].tpot_slo_ms == pytest.approx(0.001)
+    assert out.tier == "tight" and not out.slo_met
+
+
+@pytest.mark.parametrize(("stages", "field"), [
+    ([StageSpec(tier="tight"), StageSpec(tier="loose")], "stages[0]"),
+    ([StageSpec(max_tokens=-1, tier="tight"), StageSpec()], "stages[0].max_tokens"),
+    ([StageSpec(max_tokens=2, tier="nope"), StageSpec()], "stages[0].slo.tier"),
+])
+def test_bad_stages_are_invalid_argument(client: Client, stages, field: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
         client.generate(prompt_ids(5), max_tokens=12, stages=stages)
-    assert info.value.code_name == "UNIMPLEMENTED"
-    assert "stages" in info.value.details
-    assert_serves(client)
+    assert info.value.details.startswith(field)
+
+
+def test_stages_and_a_request_slo_together_are_invalid(client: Client) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        client.generate(prompt_ids(5), max_tokens=4, tier="tight",
+                        stages=[StageSpec(max_tokens=2, tier="tight"), StageSpec()])
+    assert info.value.details.startswith("slo:")
 
 
 # --------------------------------------------------------- info, health, reflection --
@@ -352,7 +396,7 @@ def test_cluster_info_lists_four_healthy_workers(client: Client, sim_cluster) ->
     assert all(w.load is not None and w.load.role == w.role for w in info.workers)
     worker_addresses = {p.address for p in sim_cluster.procs if p.name != "coordinator"}
     assert {w.address for w in info.workers} == worker_addresses
-    assert info.scheduler
+    assert info.scheduler == "slos"
 
 
 def test_health_check_is_serving(client: Client) -> None:

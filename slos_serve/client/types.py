@@ -182,6 +182,7 @@ class Started:
     prefill_worker: str = ""
     decode_worker: str = ""
     prompt_tokens: int = 0
+    reason: str = ""  # why the planner decided as it did (e.g. why best effort)
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,9 @@ class StageResult:
     tpot_ms: float
     tpot_slo_ms: float
     slo_met: bool
+    tier: str = ""
+    first_token_ms: float = 0.0  # from the stage's start to its first token
+    ttft_slo_ms: float = 0.0  # judged for the first stage only
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,7 @@ class StreamAssembler:
                 prefill_worker=s.prefill_worker,
                 decode_worker=s.decode_worker,
                 prompt_tokens=s.prompt_tokens,
+                reason=s.reason,
             )
             return self.started
         if self.started is None:
@@ -307,7 +312,8 @@ class StreamAssembler:
                 stages=[
                     StageResult(
                         tokens=s.tokens, tpot_ms=s.tpot_ms, tpot_slo_ms=s.tpot_slo_ms,
-                        slo_met=s.slo_met,
+                        slo_met=s.slo_met, tier=s.tier, first_token_ms=s.first_token_ms,
+                        ttft_slo_ms=s.ttft_slo_ms,
                     )
                     for s in f.stages
                 ],

@@ -1,0 +1,229 @@
+"""Admission and routing for the live coordinator: the planner over the requests in flight.
+
+Pure (no gRPC): the coordinator reports what happens to each request (arrival, first token,
+tokens, stage switch, end) and what the workers report (KV capacity, speculative acceptance
+per tier); each arrival is answered with the planner's decision, and the latest plan is kept
+as one small record per worker for the workers' schedulers (`worker_plans`).
+
+Clock: unix seconds (time.time()), the clock the workers' TTFT deadlines are given in.
+
+What the coordinator cannot see, it assumes conservatively: a prompt counts as wholly
+unprefilled until its prefill worker answers; a request may generate up to its max_tokens
+(KV is reserved for `kv_output_reserve` of what remains, an overcommit the engines' own
+preemption covers, best effort first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from coordinator.perf_model import PerfModel
+from coordinator.planner import Decision, Plan, PlanRequest, PlanWorker, Snapshot, plan
+
+MIN_DRAFTS_FOR_ALPHA = 64  # below this many drafts a tier's acceptance is not trusted
+PRIOR_ALPHA = 0.5  # acceptance assumed before any is measured (ngram on text)
+
+
+@dataclass
+class WorkerView:
+    """What the planner needs to know of one worker, from its info and load reports."""
+
+    id: str
+    role: str
+    kv_blocks_total: int
+    block_size: int = 16
+    max_spec_tokens: int = 0
+    # per TPOT (seconds): (drafted, accepted) tokens measured since the engine started
+    spec: dict[float, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass
+class Tracked:
+    """A request in flight, as the planner needs to see it."""
+
+    id: str
+    arrival: float
+    ttft_deadline: float
+    tpot: float  # seconds, of the current stage
+    prompt_tokens: int
+    max_tokens: int
+    on_decline: str
+    state: str = "new"  # "admitted" | "best_effort"
+    prefill_worker: str | None = None
+    decode_worker: str | None = None
+    stage: str = "prefill"  # "prefill" | "decode"
+    generated: int = 0
+    due0: float = 0.0  # when the first token after the current stage's start was due
+
+
+@dataclass(frozen=True)
+class WorkerPlanRecord:
+    """One worker's share of a plan, as sent to its scheduler (proto WorkerPlan)."""
+
+    step_token_budget: int
+    tiers: tuple[tuple[float, int, float], ...]  # (tpot_ms, spec_tokens, interval_ms)
+    pace: bool
+
+
+class Admission:
+    def __init__(
+        self,
+        model: PerfModel,
+        *,
+        kv_output_reserve: float = 0.5,
+        max_batch_tokens: int = 2048,
+    ) -> None:
+        self.model = model
+        self.kv_output_reserve = kv_output_reserve
+        self.max_batch_tokens = max_batch_tokens
+        self.requests: dict[str, Tracked] = {}
+        self.workers: list[PlanWorker] = []
+        self.views: list[WorkerView] = []
+        self.route = 0
+        self.last: Plan | None = None
+        self.plans = 0
+
+    # ------------------------------------------------------------ workers
+
+    def set_workers(self, views: list[WorkerView]) -> None:
+        """The healthy workers with a known KV capacity (others receive no new work)."""
+        self.views = [v for v in views if v.kv_blocks_total > 0]
+        self.workers = [
+            PlanWorker(v.id, v.role, self.model, v.kv_blocks_total, v.block_size,
+                       self.max_batch_tokens)
+            for v in self.views
+        ]
+
+    def _alphas(self) -> tuple[dict[float, float], float]:
+        per: dict[float, list[int]] = {}
+        for v in self.views:
+            for tpot, (drafted, accepted) in v.spec.items():
+                acc = per.setdefault(tpot, [0, 0])
+                acc[0] += drafted
+                acc[1] += accepted
+        alpha = {t: a / d for t, (d, a) in per.items() if d >= MIN_DRAFTS_FOR_ALPHA}
+        drafted = sum(d for d, _ in per.values())
+        accepted = sum(a for _, a in per.values())
+        default = accepted / drafted if drafted >= MIN_DRAFTS_FOR_ALPHA else PRIOR_ALPHA
+        return alpha, default
+
+    # ------------------------------------------------------------ requests
+
+    def admit(
+        self,
+        request_id: str,
+        now: float,
+        ttft_deadline: float,
+        tpot: float,
+        prompt_tokens: int,
+        max_tokens: int,
+        on_decline: str,
+    ) -> Decision:
+        """The planner's decision for a new request; it is tracked unless rejected."""
+        r = Tracked(request_id, now, ttft_deadline, tpot, prompt_tokens, max_tokens, on_decline)
+        p = self.replan(now, new=r)
+        d = p.decision(request_id) if p is not None else None
+        if d is None:
+            d = Decision(request_id, "reject" if on_decline == "reject" else "best_effort",
+                         None, None, "no worker is ready")
+        if d.action != "reject":
+            r.state = "admitted" if d.action == "admit" else "best_effort"
+            r.prefill_worker, r.decode_worker = d.prefill_worker, d.decode_worker
+            self.requests[request_id] = r
+        return d
+
+    def route_to(self, request_id: str, prefill: str | None, decode: str | None) -> None:
+        """Where the request actually went (a fallback or failover may differ from the plan)."""
+        r = self.requests.get(request_id)
+        if r is not None:
+            r.prefill_worker = prefill or r.prefill_worker
+            r.decode_worker = decode or r.decode_worker
+
+    def first_token(self, request_id: str, now: float) -> None:
+        r = self.requests.get(request_id)
+        if r is not None:
+            r.stage, r.generated, r.due0 = "decode", 1, now
+
+    def progress(self, request_id: str, generated: int) -> None:
+        r = self.requests.get(request_id)
+        if r is not None:
+            r.generated = generated
+
+    def switch_stage(self, request_id: str, tpot: float, now: float) -> None:
+        """A multi-stage request moved on: its pace restarts under the new TPOT."""
+        r = self.requests.get(request_id)
+        if r is not None:
+            r.tpot, r.due0 = tpot, now - r.generated * tpot
+
+    def finish(self, request_id: str) -> None:
+        self.requests.pop(request_id, None)
+
+    # ------------------------------------------------------------ planning
+
+    def _plan_request(self, r: Tracked) -> PlanRequest:
+        prefilling = r.stage == "prefill"
+        return PlanRequest(
+            id=r.id,
+            stage="prefill" if prefilling else "decode",
+            arrival=r.arrival,
+            ttft_deadline=r.ttft_deadline,
+            tpot=r.tpot,
+            prompt_tokens=r.prompt_tokens,
+            remaining_prefill=r.prompt_tokens if prefilling else 0,
+            generated=r.generated,
+            expected_output=max(r.max_tokens - r.generated, 0),
+            is_new=r.state == "new",
+            state=r.state,  # type: ignore[arg-type]
+            on_decline=r.on_decline,  # type: ignore[arg-type]
+            prefill_worker=r.prefill_worker,
+            decode_worker=r.decode_worker,
+            token_deadline=None if prefilling else r.due0 + r.generated * r.tpot,
+        )
+
+    def replan(self, now: float, new: Tracked | None = None) -> Plan | None:
+        """Plans over every tracked request (and `new`); None while no worker is ready."""
+        if not self.workers:
+            return None
+        # Best-effort prompts still queued reserve nothing: leaving them out keeps a long
+        # best-effort backlog from slowing every plan (as the simulator does).
+        live = [r for r in self.requests.values()
+                if not (r.state == "best_effort" and r.stage == "prefill")]
+        if new is not None:
+            live.append(new)
+        alpha, default = self._alphas()
+        snap = Snapshot(
+            now=now,
+            requests=[self._plan_request(r) for r in live],
+            workers=self.workers,
+            spec_alpha=alpha,
+            default_alpha=default,
+            max_spec_len=max((v.max_spec_tokens for v in self.views), default=0),
+            route_start=self.route,
+            decode_horizon=0,
+            kv_output_reserve=self.kv_output_reserve,
+        )
+        self.route += 1 if new is not None else 0
+        self.last = plan(snap)
+        self.plans += 1
+        for d in self.last.decisions:  # reroutes of admitted requests whose worker left
+            r = self.requests.get(d.request_id)
+            if r is not None and d.reason == "rerouted":
+                r.prefill_worker, r.decode_worker = d.prefill_worker, d.decode_worker
+        return self.last
+
+    def worker_plans(self) -> dict[str, WorkerPlanRecord]:
+        """The last plan, per worker, in the form the workers' schedulers take."""
+        if self.last is None:
+            return {}
+        out: dict[str, WorkerPlanRecord] = {}
+        for wid, sched in self.last.prefill.items():
+            out[wid] = WorkerPlanRecord(sched.token_budget, (), False)
+        for wid, dp in self.last.decode.items():
+            tiers = tuple(sorted(
+                (round(t.tpot * 1000, 3), t.spec_len, round(t.interval * 1000, 3))
+                for t in dp.tiers
+            ))
+            role = next((w.role for w in self.workers if w.id == wid), "decode")
+            budget = dp.step_token_budget if dp.feasible else 0
+            out[wid] = WorkerPlanRecord(budget, tiers, role == "mixed")
+        return out

@@ -1,0 +1,158 @@
+"""SLO-aware execution on the live cluster (vLLM CPU engines, 1 prefill + 1 decode): slow.
+
+One cluster with the planner (`--scheduler slos`) serves every test here but the last, which
+stops it and runs the same burst on the same kind of cluster with `--scheduler vllm`
+(round-robin, everything admitted, vLLM's own FCFS scheduling). Tests assert differences and
+orderings, not absolute times: this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from slos_serve.client import AsyncClient, Client, Completion, Decision
+from slos_serve.up import ClusterSpec, LocalCluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+SPEC_TOKENS = 4
+# Sized for the tiny model on one core per engine: a 1500-token prompt takes ~0.15 s to
+# prefill, so a queue of LOOSE_N of them holds the prefill engine for ~3-4 s.
+TIERS = {
+    "default": "loose",
+    "tight": {"ttft_ms": 1500.0, "tpot_ms": 80.0},
+    "loose": {"ttft_ms": 30000.0, "tpot_ms": 600.0},
+}
+LOOSE_N, LOOSE_PROMPT, LOOSE_OUT = 24, 1500, 8
+TIGHT_N, TIGHT_PROMPT, TIGHT_OUT = 10, 150, 24
+
+_results: dict[str, dict[str, float]] = {}
+
+
+def _tiers_file(tmp: Path) -> str:
+    data = {"default": TIERS["default"],
+            "tiers": {k: v for k, v in TIERS.items() if k != "default"}}
+    path = tmp / "tiers.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _spec(model_dir: str, tmp: Path, scheduler: str) -> ClusterSpec:
+    return ClusterSpec(model=model_dir, prefill=1, decode=1, engine="vllm",
+                       spec_tokens=SPEC_TOKENS, tiers=_tiers_file(tmp), scheduler=scheduler,
+                       log_dir=str(tmp / f"logs-{scheduler}"))
+
+
+@pytest.fixture(scope="module")
+def corpus(model_dir: str) -> list[int]:
+    """Real code as token ids: prompts are cut from it."""
+    import json as json_module
+    import textwrap
+
+    from slos_serve.tokenizer import load_tokenizer
+
+    text = "".join(inspect.getsource(m) for m in (json_module.decoder, json_module.encoder,
+                                                  textwrap, inspect))
+    return load_tokenizer(model_dir).encode(text)
+
+
+@pytest.fixture(scope="module")
+def slos_cluster(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    cluster = LocalCluster(_spec(model_dir, tmp_path_factory.mktemp("slos"), "slos"))
+    cluster.start(timeout_s=600, progress=False)
+    yield cluster
+    cluster.stop()  # idempotent: the last test stops it early
+
+
+def burst(target: str, corpus: list[int]) -> list[tuple[str, Completion | Exception]]:
+    """LOOSE_N long loose prompts, then TIGHT_N short tight ones, all at once."""
+
+    async def one(client: AsyncClient, tier: str, i: int) -> tuple[str, Completion | Exception]:
+        n, out = (LOOSE_PROMPT, LOOSE_OUT) if tier == "loose" else (TIGHT_PROMPT, TIGHT_OUT)
+        start = (i * 97) % (len(corpus) - n)
+        try:
+            return tier, await client.generate(corpus[start:start + n], max_tokens=out,
+                                               tier=tier, temperature=0.0, ignore_eos=True)
+        except Exception as exc:  # counted as a miss, reported in the assertion message
+            return tier, exc
+
+    async def run() -> list[tuple[str, Completion | Exception]]:
+        async with AsyncClient(target, timeout=300) as client:
+            tasks = [asyncio.create_task(one(client, "loose", i)) for i in range(LOOSE_N)]
+            await asyncio.sleep(0.05)  # the loose prompts are queued first
+            tasks += [asyncio.create_task(one(client, "tight", LOOSE_N + i))
+                      for i in range(TIGHT_N)]
+            return await asyncio.gather(*tasks)
+
+    return asyncio.run(run())
+
+
+def attainment(results: list[tuple[str, Completion | Exception]], tier: str) -> float:
+    mine = [r for t, r in results if t == tier]
+    return sum(isinstance(r, Completion) and r.slo_met for r in mine) / len(mine)
+
+
+def describe(results: list[tuple[str, Completion | Exception]]) -> str:
+    rows = []
+    for tier, r in results:
+        if isinstance(r, Completion):
+            rows.append(f"{tier}: {r.decision.value} ttft={r.ttft_ms:.0f} tpot={r.tpot_ms:.1f} "
+                        f"met={r.slo_met}")
+        else:
+            rows.append(f"{tier}: {type(r).__name__}: {r}")
+    return "\n".join(rows)
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+# ------------------------------------------------------------------------- tests --
+
+
+def test_cluster_runs_the_planner(slos_cluster) -> None:
+    with Client(slos_cluster.target) as client:
+        info = client.cluster_info()
+        assert info.scheduler == "slos"
+        out = client.generate([5, 6, 7, 8], max_tokens=4, tier="tight", temperature=0.0)
+    assert out.decision is Decision.ADMITTED and out.completion_tokens == 4
+
+
+def test_tight_tier_burst_with_the_planner(slos_cluster, corpus: list[int]) -> None:
+    results = burst(slos_cluster.target, corpus)
+    _results["slos"] = {t: attainment(results, t) for t in ("tight", "loose")}
+    assert _results["slos"]["tight"] >= 0.9, describe(results)
+
+
+def test_tight_tier_burst_with_vllm_scheduling_falls_below(
+    slos_cluster, model_dir: str, corpus: list[int], tmp_path: Path
+) -> None:
+    if "slos" not in _results:
+        pytest.fail("needs test_tight_tier_burst_with_the_planner's result (run the module)")
+    slos_cluster.stop()  # one cluster at a time on this machine
+    with LocalCluster(_spec(model_dir, tmp_path, "vllm")) as cluster:
+        with Client(cluster.target) as client:
+            assert client.cluster_info().scheduler == "vllm"
+        results = burst(cluster.target, corpus)
+    vllm_tight = attainment(results, "tight")
+    assert vllm_tight < _results["slos"]["tight"], (
+        f"vllm {vllm_tight:.2f} vs slos {_results['slos']['tight']:.2f}\n" + describe(results))
