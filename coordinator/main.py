@@ -65,7 +65,10 @@ async def serve(args: argparse.Namespace) -> None:
         from coordinator.perf_model import load_profile
 
         if not args.profile:
-            raise SystemExit("--profile is required with --scheduler slos")
+            raise SystemExit(
+                "--profile is required with --scheduler slos: measure one with `slos-serve "
+                "profile --engine vllm --model DIR --out profile.json` (or name a shipped one, "
+                "e.g. sim-engine for simulated workers), or run --scheduler vllm")
         model = load_profile(args.profile)
         log.info("planner on: performance model %s (R^2 %s)", model.name, model.r2)
         admission = Admission(model, kv_output_reserve=args.kv_output_reserve)

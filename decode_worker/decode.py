@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from kv_transfer.metadata import KvHandoff
 from proto import slos_serve_pb2 as pb
 from slos_serve.engine import Engine
+from slos_serve.engine.slo_policy import RequestSlo, StageTracker
 from slos_serve.metrics import WorkerMetrics
-from slos_serve.worker.convert import engine_request
+from slos_serve.worker.convert import engine_request, engine_slo
 
 
 class FirstTokenMismatch(RuntimeError):
@@ -24,8 +25,15 @@ async def decode(
     The decode engine recomputes the last prompt position, so its first output
     token is the prefill's first token again: it is checked, never re-sent
     (the client already has it), and the text is sent from after it.
+
+    Multi-stage requests: when the text decoded so far shows a stage's `until`
+    string (after the stage began), the engine's scheduler is told that the next
+    stage (and its TPOT) is in force; stages that end by token count it follows
+    by itself.
     """
     called, pulled = time.perf_counter(), False
+    slo = RequestSlo.from_dict(engine_slo(request.slo))
+    stages = StageTracker(slo) if any(s.until for s in slo.stages) else None
     handoff = KvHandoff.from_proto(request.handoff)
     sent_tokens, sent_chars = 1, len(request.first_text)
     async for out in engine.generate(
@@ -48,6 +56,10 @@ async def decode(
                 f"decode recomputed token {out.token_ids[0]}, prefill produced "
                 f"{request.first_token_id} (sampling not seeded identically?)"
             )
+        if stages is not None and not out.finished:
+            switched = stages.update(out.text, len(out.token_ids))
+            if switched is not None:
+                engine.set_stage(request.request_id, switched)
         new_ids = out.token_ids[sent_tokens:]
         new_text = out.text[sent_chars:]
         if new_ids or out.finished:

@@ -227,10 +227,11 @@ on_host() {
 declare -A CFG=(
     [command]=slos-serve [python]="" [log_dir]=/tmp/slos-serve [engine]=vllm
     [coordinator_port]=50051 [tiers]="" [worker_args]="" [coordinator_args]="" [env]=""
+    [scheduler]=slos [profile]=""
     [start_timeout]=600 [stop_timeout]=20
 )
 KEYS=" model command python log_dir engine coordinator_host coordinator_port tiers"
-KEYS+=" worker_args coordinator_args env start_timeout stop_timeout "
+KEYS+=" worker_args coordinator_args env start_timeout stop_timeout scheduler profile "
 # Processes: index 0..N-2 the workers in CONFIG order, index N-1 the coordinator.
 P_ROLE=() P_SUB=() P_HOST=() P_PORT=() P_KV=() P_CPUS=() P_NAME=()
 
@@ -279,6 +280,13 @@ parse_config() {
     is_port "${CFG[coordinator_port]}" || config_error "bad coordinator_port"
     [[ ${CFG[engine]} == vllm || ${CFG[engine]} == sim ]] \
         || config_error "engine must be vllm or sim, not '${CFG[engine]}'"
+    [[ ${CFG[scheduler]} == slos || ${CFG[scheduler]} == vllm ]] \
+        || config_error "scheduler must be slos or vllm, not '${CFG[scheduler]}'"
+    if [[ ${CFG[scheduler]} == slos && -z ${CFG[profile]} ]]; then
+        [[ ${CFG[engine]} == sim ]] || config_error "scheduler=slos needs 'profile': the JSON \
+of 'slos-serve profile' on the workers' hardware, at this path on every host"
+        CFG[profile]=sim-engine
+    fi
     for key in model log_dir tiers; do
         [[ -z ${CFG[$key]} || ${CFG[$key]} == /* ]] \
             || config_error "$key must be an absolute path (it is used on every host)"
@@ -323,10 +331,16 @@ proc_argv() {
         ARGV+=(--prefill "$(IFS=,; echo "${prefill[*]}")" --decode "$(IFS=,; echo "${decode[*]}")")
         ARGV+=(--model "${CFG[model]}")
         if [[ -n ${CFG[tiers]} ]]; then ARGV+=(--tiers "${CFG[tiers]}"); fi
+        ARGV+=(--scheduler "${CFG[scheduler]}")
+        if [[ -n ${CFG[profile]} ]]; then ARGV+=(--profile "${CFG[profile]}"); fi
         read -r -a extra <<<"${CFG[coordinator_args]}"
     else
         ARGV+=(--kv-port "${P_KV[$i]}" --model "${CFG[model]}" --engine "${CFG[engine]}")
         if [[ -n ${P_CPUS[$i]} ]]; then ARGV+=(--cpus "${P_CPUS[$i]}"); fi
+        ARGV+=(--scheduler "${CFG[scheduler]}")
+        if [[ ${CFG[engine]} == vllm && -n ${CFG[profile]} ]]; then
+            ARGV+=(--profile "${CFG[profile]}")
+        fi
         read -r -a extra <<<"${CFG[worker_args]}"
     fi
     ARGV+=("${extra[@]}")

@@ -1,8 +1,11 @@
 """`slos-serve demo` (what `make run` runs): a real local cluster serving real requests.
 
-Starts 1 prefill + 1 decode worker on vLLM with the coordinator, sends a few
-prompts in two SLO tiers through the SDK, prints each completion with its
-measured TTFT, TPOT and SLO verdict, and stops every process.
+Starts 1 prefill + 1 decode worker on vLLM with the coordinator (the planner
+on, ngram speculation on), sends a few prompts in two SLO tiers and one
+two-stage "reasoning" request through the SDK, prints each completion with the
+planner's decision, its measured TTFT, TPOT and SLO verdict (per stage), and
+stops every process. The first run measures the engine's performance profile
+(about a minute) and caches it in .cache/profile-cpu.json.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ PROMPTS = [
     ("loose", "def parse_args(argv):\n    parser = "),
     ("tight", "for i in range(10):\n"),
     ("loose", "def read_config(path):\n    with open(path) as f:\n"),
+    ("reasoning", "def is_prime(n):\n    # think first\n"),
 ]
+# "reasoning": the first 16 tokens ("thinking") under the tight TPOT, the rest under the loose.
+REASONING_THINK_TOKENS = 16
+SPEC_TOKENS = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _send_all(target: str, max_tokens: int) -> list:
-    from slos_serve.client import AsyncClient
+    from slos_serve.client import AsyncClient, StageSpec
+
+    def slo(tier: str) -> dict:
+        if tier != "reasoning":
+            return {"tier": tier}
+        return {"stages": [StageSpec(max_tokens=REASONING_THINK_TOKENS, tier="tight"),
+                           StageSpec(tier="loose")]}
 
     async with AsyncClient(target, timeout=300) as client:
         # Seeded sampling: the prefill and decode engines must draw the first token alike.
         jobs = [
             client.generate(
-                prompt, max_tokens=max_tokens, tier=tier, temperature=0.7, seed=i, ignore_eos=True
+                prompt, max_tokens=max_tokens, temperature=0.7, seed=i, ignore_eos=True,
+                **slo(tier),
             )
             for i, (tier, prompt) in enumerate(PROMPTS)
         ]
@@ -60,6 +74,9 @@ def _report(results: list) -> int:
             f"(SLO {result.ttft_slo_ms:.0f}) | TPOT {result.tpot_ms:6.1f} ms "
             f"(SLO {result.tpot_slo_ms:.0f}) | {result.decision.value} | SLO {verdict}"
         )
+        for i, st in enumerate(result.stages):
+            print(f"    stage {i} [{st.tier}]: {st.tokens} tokens, TPOT {st.tpot_ms:6.1f} ms "
+                  f"(SLO {st.tpot_slo_ms:.0f}) | {'met' if st.slo_met else 'MISSED'}")
     print("-" * 78)
     met = sum(1 for r in results if not isinstance(r, BaseException) and r.slo_met)
     print(f"{len(results) - failures}/{len(results)} completed, {met} met their SLO")
@@ -71,14 +88,15 @@ def run(args: argparse.Namespace) -> int:
         return _report(asyncio.run(_send_all(args.target, args.max_tokens)))
     from slos_serve.up import ClusterSpec, LocalCluster
 
-    cluster = LocalCluster(ClusterSpec(model=args.model, engine=args.engine))
-    print(f"starting a local cluster: coordinator + 1 prefill + 1 decode worker ({args.engine}); "
-          f"logs in {cluster.log_dir}", file=sys.stderr)
+    cluster = LocalCluster(ClusterSpec(model=args.model, engine=args.engine,
+                                       spec_tokens=SPEC_TOKENS))
+    print(f"starting a local cluster: coordinator (planner on) + 1 prefill + 1 decode worker "
+          f"({args.engine}); logs in {cluster.log_dir}", file=sys.stderr)
     started = time.monotonic()
     try:
         cluster.start()
-        print(f"sending {len(PROMPTS)} concurrent requests in tiers 'tight' and 'loose'",
-              file=sys.stderr)
+        print(f"sending {len(PROMPTS)} concurrent requests: tiers 'tight' and 'loose', and one "
+              f"two-stage 'reasoning' request", file=sys.stderr)
         code = _report(asyncio.run(_send_all(cluster.target, args.max_tokens)))
     except (RuntimeError, TimeoutError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)

@@ -101,6 +101,10 @@ class CoordinatorMetrics:
             "slos_tpot_seconds", "Time per output token after the first, as reported in Final",
             ["tier"], buckets=LATENCY_BUCKETS_S, registry=registry,
         )
+        self.stages = Counter(
+            "slos_stage_slo", "Stages of multi-stage requests by the stage's tier and verdict "
+            "(attained / missed)", ["tier", "result"], registry=registry,
+        )
         for tier in {*tiers, CUSTOM_TIER}:  # zeros show from the start, not after a first use
             self.in_flight.labels(tier)
             for decision in DECISIONS:
@@ -121,6 +125,13 @@ class CoordinatorMetrics:
         self.requests.labels(tier, decision).inc()
         self.in_flight.labels(tier).inc()
 
+    def request_rejected(self, tier: str) -> None:
+        """The planner rejected the request (it ended with RESOURCE_EXHAUSTED)."""
+        self.requests.labels(tier, "rejected").inc()
+
+    def stage_done(self, tier: str, met: bool) -> None:
+        self.stages.labels(tier, "attained" if met else "missed").inc()
+
     def request_done(self, tier: str, final: Any | None, failed: bool) -> None:
         """`final`: the Final sent (a pb.Final), or None when the stream ended without one."""
         self.in_flight.labels(tier).dec()
@@ -140,7 +151,9 @@ class CoordinatorMetrics:
 
 
 class WorkerMetrics:
-    """A worker's RPCs and KV hand-offs; with `load`, its engine's load report at each scrape.
+    """A worker's RPCs and KV hand-offs; with `load`, its engine's load report at each scrape
+    (queue, KV blocks, step times, the scheduler in use, and per TPOT tier: the speculative
+    tokens cap in force and the drafted / accepted token counts).
 
     `load` returns an EngineLoad (slos_serve/engine/base.py). `kv_bytes_per_token`, when
     known, turns hand-off blocks into a byte estimate (blocks x block size x bytes/token).
@@ -244,6 +257,44 @@ class _LoadCollector(Collector):
         steps = CounterMetricFamily("slos_worker_engine_steps", "Engine steps", labels=names)
         steps.add_metric(self._labels, load.steps)
         yield steps
+        yield gauge("slos_worker_last_step_seconds", "The engine's last step time",
+                    getattr(load, "last_step_ms", 0.0) / 1000.0)
+        scheduler = getattr(load, "scheduler", "")
+        if scheduler:
+            info = GaugeMetricFamily(
+                "slos_worker_scheduler", "The engine's scheduler (1 for the one in use): slos "
+                "carries out the coordinator's plan, vllm is vLLM's own (the baseline)",
+                labels=[*names, "scheduler"])
+            info.add_metric([*self._labels, scheduler], 1)
+            yield info
+        yield from self._spec_families(getattr(load, "spec", None) or [])
+
+    def _spec_families(self, spec: Iterable[Any]) -> Iterator[Any]:
+        """Per-tier speculation (entries of one tier name with different TPOTs are summed;
+        the cap is the largest in force)."""
+        by_tier: dict[str, list[int]] = {}
+        for t in spec:
+            row = by_tier.setdefault(t.tier, [0, 0, 0, 0])
+            row[0] += t.steps
+            row[1] += t.drafted
+            row[2] += t.accepted
+            row[3] = max(row[3], t.spec_tokens)
+        labels = ["role", "worker", "tier"]
+        cap = GaugeMetricFamily("slos_worker_spec_tokens", "Speculative tokens a verify step "
+                                "of the tier may carry (the cap in force)", labels=labels)
+        families = [
+            CounterMetricFamily(name, doc, labels=labels) for name, doc in (
+                ("slos_worker_spec_steps", "Decode or verify steps of the tier's requests"),
+                ("slos_worker_spec_drafted_tokens", "Draft tokens scheduled for verification"),
+                ("slos_worker_spec_accepted_tokens", "Draft tokens accepted"),
+            )
+        ]
+        for tier, row in sorted(by_tier.items()):
+            for family, value in zip(families, row, strict=False):
+                family.add_metric([*self._labels, tier], value)
+            cap.add_metric([*self._labels, tier], row[3])
+        yield cap
+        yield from families
 
 
 def kv_bytes_per_token(model_dir: str | None, dtype_bytes: int) -> int | None:

@@ -125,12 +125,14 @@ def test_metrics_match_what_was_served(cluster: LocalCluster) -> None:
     def d(name: str, **labels: str) -> float:
         return delta(coord0, coord, name, **labels)
 
+    # the planner cannot meet a 0.001 ms TTFT: that request is served best effort
+    assert [c.decision.value for c in done] == ["admitted"] * 5 + ["best_effort"]
     for tier in ("tight", "loose", CUSTOM_TIER):
         mine = [c for c in done if c.tier == tier]
-        assert d("slos_requests_total", tier=tier, decision="admitted") == len(mine)
-        for decision in ("best_effort", "rejected"):
-            assert d("slos_requests_total", tier=tier, decision=decision) == 0
-            assert value(coord, "slos_requests_total", tier=tier, decision=decision) == 0
+        for decision in ("admitted", "best_effort", "rejected"):
+            n = sum(c.decision.value == decision for c in mine)
+            assert d("slos_requests_total", tier=tier, decision=decision) == n
+            assert value(coord, "slos_requests_total", tier=tier, decision=decision) == n
         assert d("slos_requests_finished_total", tier=tier, reason="length") == len(mine)
         assert value(coord, "slos_requests_in_flight", tier=tier) == 0
         for objective, met in (("ttft", [c.ttft_met for c in mine]),

@@ -70,10 +70,18 @@ def test_invalid_requests_name_their_field(req, needle) -> None:
     assert exc.value.code == "INVALID_ARGUMENT"
 
 
-def test_stages_are_unimplemented_not_ignored() -> None:
-    with pytest.raises(InvalidRequest) as exc:
-        validate(request(stages=[pb.Stage(max_tokens=4)]), FACTS, TIERS, tokenize)
-    assert exc.value.code == "UNIMPLEMENTED"
+def test_stages_resolve_each_slo_and_stage_zero_is_the_request_tier() -> None:
+    stages = [pb.Stage(slo=pb.Slo(tier="tight"), max_tokens=4),
+              pb.Stage(slo=pb.Slo(tpot_ms=500.0), until="END")]
+    spec = validate(request(slo=None, stages=stages), FACTS, TIERS, tokenize)
+    assert [s.tier for s in spec.stages] == ["tight", "custom"]
+    assert spec.tier.name == "tight" and spec.stages[1].tpot_ms == 500.0
+    assert spec.stages[0].max_tokens == 4 and spec.stages[1].until == "END"
+
+
+def test_single_stage_request_has_one_stage_from_its_slo() -> None:
+    spec = validate(request(), FACTS, TIERS, tokenize)
+    assert len(spec.stages) == 1 and spec.stages[0].tier == spec.tier.name
 
 
 def test_sampled_requests_get_a_seed_greedy_ones_do_not() -> None:

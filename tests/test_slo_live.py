@@ -137,6 +137,60 @@ def test_cluster_runs_the_planner(slos_cluster) -> None:
     assert out.decision is Decision.ADMITTED and out.completion_tokens == 4
 
 
+def test_simulated_and_live_attainment_agree_at_a_moderate_load(
+    slos_cluster, corpus: list[int]
+) -> None:
+    """The same arrivals, lengths and tiers, live and in the simulator (slos system, 1P+1D,
+    the performance model this cluster runs with): attainment within 10 points."""
+    import numpy as np
+
+    from coordinator.perf_model import PerfModel
+    from slos_serve.sim.core import SimConfig
+    from slos_serve.sim.simulator import simulate_split
+    from slos_serve.sim.workloads import Request, Stage
+
+    rng = np.random.default_rng(7)
+    n, rate = 30, 2.0
+    arrivals = np.cumsum(rng.exponential(1 / rate, n))
+    tiers = rng.choice(["tight", "loose"], n)
+    prompts = rng.integers(100, 900, n)
+    outputs = rng.integers(16, 48, n)
+    requests = [
+        Request(i, float(arrivals[i]), str(tiers[i]), (Stage(
+            int(prompts[i]), int(outputs[i]), TIERS[tiers[i]]["ttft_ms"] / 1000,
+            TIERS[tiers[i]]["tpot_ms"] / 1000),))
+        for i in range(n)
+    ]
+
+    async def live() -> list[Completion | Exception]:
+        async with AsyncClient(slos_cluster.target, timeout=120) as client:
+            t0 = asyncio.get_running_loop().time()
+
+            async def one(r: Request) -> Completion | Exception:
+                await asyncio.sleep(max(0.0, t0 + r.arrival - asyncio.get_running_loop().time()))
+                start = (r.id * 131) % (len(corpus) - r.prompt_tokens)
+                try:
+                    return await client.generate(
+                        corpus[start:start + r.prompt_tokens], max_tokens=r.output_tokens,
+                        tier=r.tier, temperature=0.0, ignore_eos=True)
+                except Exception as exc:
+                    return exc
+
+            return await asyncio.gather(*(one(r) for r in requests))
+
+    outs = asyncio.run(live())
+    live_att = sum(isinstance(o, Completion) and o.slo_met for o in outs) / n
+    profile = slos_cluster.spec.resolve_profile()
+    cfg = SimConfig(workers=2, kv_capacity_tokens=16 * 4096, max_spec_len=SPEC_TOKENS,
+                    spec_alpha=0.5)
+    sim = simulate_split(requests, "slos", cfg, PerfModel.load(profile), split=(1, 1))
+    sim_att = sim.summary.attainment
+    print(f"attainment at {rate} req/s: live {live_att:.2f}, simulated {sim_att:.2f}")
+    assert abs(live_att - sim_att) <= 0.10, (
+        f"live {live_att:.2f} vs simulated {sim_att:.2f}\n"
+        + describe([(str(r.tier), o) for r, o in zip(requests, outs, strict=True)]))
+
+
 def test_tight_tier_burst_with_the_planner(slos_cluster, corpus: list[int]) -> None:
     results = burst(slos_cluster.target, corpus)
     _results["slos"] = {t: attainment(results, t) for t in ("tight", "loose")}

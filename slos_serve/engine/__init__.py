@@ -1,8 +1,18 @@
 """Engines the workers run: vLLM (the real one) and a simulated one (labelled as such)."""
 
-from slos_serve.engine.base import Engine, EngineInfo, EngineLoad, EngineOutput, EngineRequest
+from slos_serve.engine.base import (
+    Engine,
+    EngineInfo,
+    EngineLoad,
+    EngineOutput,
+    EngineRequest,
+    TierSpecStats,
+)
 
-__all__ = ["Engine", "EngineInfo", "EngineLoad", "EngineOutput", "EngineRequest", "create_engine"]
+__all__ = [
+    "Engine", "EngineInfo", "EngineLoad", "EngineOutput", "EngineRequest", "TierSpecStats",
+    "create_engine",
+]
 
 
 def create_engine(kind: str, **kwargs) -> Engine:

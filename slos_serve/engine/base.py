@@ -1,7 +1,8 @@
 """The narrow interface between a worker and its engine.
 
-A worker needs four things of an engine: generate (an async stream of
-cumulative outputs), abort, a load snapshot, and a few static facts. Keeping
+A worker needs a few things of an engine: generate (an async stream of
+cumulative outputs), abort, a load snapshot, a few static facts, and a way to
+hand the coordinator's plan (and multi-stage switches) to its scheduler. Keeping
 the interface this small lets the simulated engine stand in for vLLM in fast
 tests of the coordinator and in measurements of the coordinator's overhead.
 """
@@ -49,6 +50,20 @@ class EngineInfo:
     block_size: int
     engine_id: str
     vocab_size: int = 0
+    max_spec_tokens: int = 0  # speculative tokens a verify step may carry (0: off)
+    scheduler: str = ""  # "slos" or "vllm"
+
+
+@dataclass
+class TierSpecStats:
+    """Speculative decoding of one TPOT tier since the engine started."""
+
+    tier: str
+    tpot_ms: float
+    steps: int = 0  # decode or verify steps of the tier's requests
+    drafted: int = 0  # draft tokens scheduled
+    accepted: int = 0  # draft tokens accepted
+    spec_tokens: int = 0  # the cap in force
 
 
 @dataclass
@@ -59,7 +74,10 @@ class EngineLoad:
     kv_blocks_used: int = 0
     steps: int = 0
     mean_step_ms: float = 0.0
-    spec_acceptance: float = 0.0
+    spec_acceptance: float = 0.0  # accepted / drafted, over every tier
+    spec: list[TierSpecStats] = field(default_factory=list)
+    scheduler: str = ""  # "slos" or "vllm"
+    last_step_ms: float = 0.0
 
     @property
     def kv_usage(self) -> float:
@@ -76,5 +94,15 @@ class Engine(Protocol):
     async def abort(self, request_id: str) -> bool: ...
 
     def load(self) -> EngineLoad: ...
+
+    def set_plan(self, plan: dict[str, Any]) -> None:
+        """The coordinator's plan for this engine: {"plan_time_unix", "step_token_budget",
+        "tiers": [{"tpot_ms", "spec_tokens", "interval_ms"}], "pace"}. ValueError naming
+        the field if a value is unusable."""
+        ...
+
+    def set_stage(self, request_id: str, index: int) -> None:
+        """A multi-stage request entered stage `index` (its stage's `until` string)."""
+        ...
 
     async def shutdown(self) -> None: ...

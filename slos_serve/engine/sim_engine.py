@@ -7,6 +7,11 @@ token budget) and sleeps for a step time given by a simple linear model.
 Tokens are a deterministic function of (prompt, position, seed), so a
 prefill worker and a decode worker agree on every token without sharing
 state, as two real engines agree through the KV cache.
+
+It takes the coordinator's plans and stage switches (validated as vLLM's
+engine validates them) and reports them back (`plan`, `stages`), but does not
+act on them: it batches first come, first served, never speculates, and its
+load report's per-tier speculation list is empty.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from slos_serve.engine.base import EngineInfo, EngineLoad, EngineOutput, EngineRequest
+from slos_serve.engine.slo_policy import MODES, parse_plan, plan_to_dict
 
 
 @dataclass
@@ -72,7 +79,13 @@ class SimEngine:
         kv_blocks: int = 4096,
         timing: SimTiming | None = None,
         detokenize: Callable[[list[int]], str] | None = None,
+        scheduler: str = "slos",
     ) -> None:
+        if scheduler not in MODES:
+            raise ValueError(f"scheduler must be one of {MODES}, not {scheduler!r}")
+        self.scheduler = scheduler  # reported only: the simulation does not act on plans
+        self.plan: dict[str, Any] | None = None  # the last plan set, as validated
+        self.stages: dict[str, int] = {}  # stage switches of live requests
         self.info = EngineInfo(
             kind="sim",
             model=model,
@@ -80,6 +93,7 @@ class SimEngine:
             block_size=block_size,
             engine_id=f"sim-{uuid.uuid4().hex[:8]}",
             vocab_size=vocab_size,
+            scheduler=scheduler,
         )
         self._kv_blocks = kv_blocks
         self._timing = timing or SimTiming()
@@ -91,6 +105,7 @@ class SimEngine:
         self._loop_task: asyncio.Task | None = None
         self._steps = 0
         self._step_time_total = 0.0
+        self._last_step_s = 0.0
 
     async def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
@@ -107,7 +122,20 @@ class SimEngine:
             kv_blocks_used=used,
             steps=self._steps,
             mean_step_ms=1000 * self._step_time_total / self._steps if self._steps else 0.0,
+            spec=[],
+            scheduler=self.scheduler,
+            last_step_ms=1000 * self._last_step_s,
         )
+
+    def set_plan(self, plan: dict[str, Any]) -> None:
+        parsed = parse_plan(plan)
+        self.stages.update(parsed.stages)
+        self.plan = {k: v for k, v in plan_to_dict(parsed).items() if k != "stages"}
+
+    def set_stage(self, request_id: str, index: int) -> None:
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"stage index: must be an integer >= 0, not {index!r}")
+        self.stages[request_id] = index
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         if request.request_id in self._by_id:
@@ -133,6 +161,7 @@ class SimEngine:
     def _remove(self, sim: _SimRequest) -> None:
         sim.aborted = True
         self._by_id.pop(sim.request.request_id, None)
+        self.stages.pop(sim.request.request_id, None)
         for queue in (self._waiting, self._running):
             if sim in queue:
                 queue.remove(sim)
@@ -167,7 +196,8 @@ class SimEngine:
             started = time.perf_counter()
             await asyncio.sleep(step)
             self._steps += 1
-            self._step_time_total += time.perf_counter() - started
+            self._last_step_s = time.perf_counter() - started
+            self._step_time_total += self._last_step_s
             for sim in decodes:
                 if not sim.aborted:
                     self._emit_token(sim)

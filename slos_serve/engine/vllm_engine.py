@@ -1,4 +1,10 @@
-"""The real engine: one vLLM AsyncLLM with NixlConnector for the KV hand-off."""
+"""The real engine: one vLLM AsyncLLM with NixlConnector for the KV hand-off.
+
+Its scheduler (vllm_scheduler.SloScheduler, in vLLM's engine-core process) is reached
+through files and environment variables set before the engine starts: the stats file it
+publishes (load()), the plan file this wrapper writes (set_plan / set_stage), the scheduler
+mode and the performance model's path.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from slos_serve.engine.base import EngineInfo, EngineLoad, EngineOutput, EngineRequest
-from slos_serve.engine.vllm_scheduler import STATS_PATH_ENV
+from slos_serve.engine.base import (
+    EngineInfo,
+    EngineLoad,
+    EngineOutput,
+    EngineRequest,
+    TierSpecStats,
+)
+from slos_serve.engine.slo_policy import (
+    MODE_ENV,
+    MODES,
+    PERF_PROFILE_ENV,
+    PLAN_PATH_ENV,
+    STATS_PATH_ENV,
+    acceptance,
+    parse_plan,
+    plan_to_dict,
+)
 
 SCHEDULER_CLS = "slos_serve.engine.vllm_scheduler.SloScheduler"
 
@@ -28,8 +49,17 @@ class VllmEngine:
         kv_transfer: bool = True,
         speculative_tokens: int = 0,
         seed: int = 0,
+        scheduler: str = "slos",
+        perf_profile: str | None = None,
         extra_engine_args: dict[str, Any] | None = None,
     ) -> None:
+        """`scheduler`: "slos" (SLO-aware execution of the coordinator's plan, vLLM's
+        priority policy) or "vllm" (vLLM's own fcfs decisions: the baseline).
+        `perf_profile`: a performance model JSON the scheduler sizes step budgets with."""
+        if scheduler not in MODES:
+            raise ValueError(f"scheduler must be one of {MODES}, not {scheduler!r}")
+        self._scheduler = scheduler
+        self._perf_profile = perf_profile
         self._model = model
         self._max_model_len = max_model_len
         self._dtype = dtype
@@ -38,7 +68,11 @@ class VllmEngine:
         self._seed = seed
         self._extra = dict(extra_engine_args or {})
         self._llm: Any = None
-        self._stats_path = Path(tempfile.gettempdir()) / f"slos-engine-{uuid.uuid4().hex}.json"
+        stem = Path(tempfile.gettempdir()) / f"slos-engine-{uuid.uuid4().hex}"
+        self._stats_path = stem.with_suffix(".json")
+        self._plan_path = stem.with_suffix(".plan.json")
+        self._plan: dict[str, Any] | None = None  # the last plan set (its JSON form)
+        self._stages: dict[str, int] = {}  # stage overrides of live requests
         self.info = EngineInfo("vllm", model, max_model_len, 16, "")
 
     def _engine_args(self) -> Any:
@@ -53,6 +87,7 @@ class VllmEngine:
             max_model_len=self._max_model_len,
             seed=self._seed,
             scheduler_cls=SCHEDULER_CLS,
+            scheduling_policy="priority" if self._scheduler == "slos" else "fcfs",
             disable_log_stats=True,
         )
         if self._kv_transfer:
@@ -70,7 +105,15 @@ class VllmEngine:
     async def start(self) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        # The engine core inherits these when vLLM starts it, just below.
         os.environ[STATS_PATH_ENV] = str(self._stats_path)
+        os.environ[PLAN_PATH_ENV] = str(self._plan_path)
+        os.environ[MODE_ENV] = self._scheduler
+        if self._perf_profile:
+            os.environ[PERF_PROFILE_ENV] = str(self._perf_profile)
+        self._plan_path.unlink(missing_ok=True)
+        if self._plan is not None or self._stages:
+            self._write_plan()
         self._llm = AsyncLLM.from_engine_args(self._engine_args())
         config = self._llm.vllm_config
         self.info = EngineInfo(
@@ -80,14 +123,22 @@ class VllmEngine:
             block_size=config.cache_config.block_size,
             engine_id=(config.kv_transfer_config.engine_id if config.kv_transfer_config else ""),
             vocab_size=config.model_config.get_vocab_size(),
+            max_spec_tokens=self._speculative_tokens,
+            scheduler=self._scheduler,
         )
+
+    @staticmethod
+    def _extra_args(request: EngineRequest) -> dict[str, Any]:
+        # The scheduler keys stage overrides by the worker's id (vLLM adds a suffix to it).
+        extra: dict[str, Any] = {"slo": {**request.slo, "request_id": request.request_id}}
+        if request.kv_transfer_params is not None:
+            extra["kv_transfer_params"] = request.kv_transfer_params
+        return extra
 
     def _sampling_params(self, request: EngineRequest) -> Any:
         from vllm import SamplingParams
 
-        extra: dict[str, Any] = {"slo": request.slo}
-        if request.kv_transfer_params is not None:
-            extra["kv_transfer_params"] = request.kv_transfer_params
+        extra = self._extra_args(request)
         return SamplingParams(
             max_tokens=request.max_tokens,
             temperature=request.temperature,
@@ -103,15 +154,42 @@ class VllmEngine:
         params = self._sampling_params(request)
         # Closing this generator early (e.g. the RPC was cancelled) makes
         # AsyncLLM abort the request and free its KV blocks.
-        async for out in self._llm.generate(prompt, params, request.request_id):
-            completion = out.outputs[0]
-            yield EngineOutput(
-                token_ids=list(completion.token_ids),
-                text=completion.text,
-                finished=out.finished,
-                finish_reason=completion.finish_reason if out.finished else None,
-                kv_transfer_params=out.kv_transfer_params,
-            )
+        try:
+            async for out in self._llm.generate(prompt, params, request.request_id):
+                completion = out.outputs[0]
+                yield EngineOutput(
+                    token_ids=list(completion.token_ids),
+                    text=completion.text,
+                    finished=out.finished,
+                    finish_reason=completion.finish_reason if out.finished else None,
+                    kv_transfer_params=out.kv_transfer_params,
+                )
+        finally:
+            if self._stages.pop(request.request_id, None) is not None:
+                self._write_plan()
+
+    def set_plan(self, plan: dict[str, Any]) -> None:
+        """The coordinator's plan; the scheduler picks it up at its next step (~20 ms).
+        ValueError (naming the field) if a value is unusable."""
+        parsed = parse_plan(plan)
+        self._stages.update(parsed.stages)
+        self._plan = {k: v for k, v in plan_to_dict(parsed).items() if k != "stages"}
+        self._write_plan()
+
+    def set_stage(self, request_id: str, index: int) -> None:
+        """Request `request_id` entered stage `index` (its `until` string was seen)."""
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"stage index: must be an integer >= 0, not {index!r}")
+        if self._stages.get(request_id) == index:
+            return
+        self._stages[request_id] = index
+        self._write_plan()
+
+    def _write_plan(self) -> None:
+        data = {**(self._plan or plan_to_dict(parse_plan({}))), "stages": dict(self._stages)}
+        tmp = self._plan_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self._plan_path)
 
     async def abort(self, request_id: str) -> bool:
         await self._llm.abort(request_id)
@@ -122,6 +200,7 @@ class VllmEngine:
             stats = json.loads(self._stats_path.read_text())
         except (OSError, ValueError):
             return EngineLoad()
+        spec = stats.get("spec", [])
         return EngineLoad(
             running=stats["running"],
             waiting=stats["waiting"],
@@ -129,6 +208,10 @@ class VllmEngine:
             kv_blocks_used=stats["kv_blocks_used"],
             steps=stats["steps"],
             mean_step_ms=stats["mean_step_ms"],
+            spec_acceptance=acceptance(spec),
+            spec=[TierSpecStats(**s) for s in spec],
+            scheduler=stats.get("scheduler", self._scheduler),
+            last_step_ms=stats.get("last_step_ms", 0.0),
         )
 
     async def shutdown(self) -> None:
@@ -136,3 +219,4 @@ class VllmEngine:
             self._llm.shutdown()
             self._llm = None
         self._stats_path.unlink(missing_ok=True)
+        self._plan_path.unlink(missing_ok=True)

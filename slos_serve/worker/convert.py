@@ -27,10 +27,33 @@ def engine_request(
         stop=list(sampling.stop),
         ignore_eos=sampling.ignore_eos,
         kv_transfer_params=kv_transfer_params,
-        slo={
-            "ttft_deadline_unix": slo.ttft_deadline_unix,
-            "tpot_ms": slo.tpot_ms,
-            "best_effort": slo.best_effort,
-            "spec_tokens": slo.spec_tokens,
-        },
+        slo=engine_slo(slo),
     )
+
+
+def engine_slo(slo: pb.WorkerSlo) -> dict[str, Any]:
+    """WorkerSlo as the engine's scheduler reads it (SamplingParams.extra_args["slo"])."""
+    return {
+        "ttft_deadline_unix": slo.ttft_deadline_unix,
+        "tpot_ms": slo.tpot_ms,
+        "best_effort": slo.best_effort,
+        "spec_tokens": slo.spec_tokens,
+        "tier": slo.tier,
+        "stages": [
+            {"tpot_ms": s.tpot_ms, "max_tokens": s.max_tokens, "until": s.until}
+            for s in slo.stages
+        ],
+    }
+
+
+def engine_plan(plan: pb.WorkerPlan) -> dict[str, Any]:
+    """WorkerPlan as Engine.set_plan takes it."""
+    return {
+        "plan_time_unix": plan.plan_time_unix,
+        "step_token_budget": plan.step_token_budget,
+        "tiers": [
+            {"tpot_ms": t.tpot_ms, "spec_tokens": t.spec_tokens, "interval_ms": t.interval_ms}
+            for t in plan.tiers
+        ],
+        "pace": plan.pace,
+    }

@@ -32,7 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU cores for this engine's threads, e.g. '0' or '0-1' "
                              "(VLLM_CPU_OMP_THREADS_BIND); default: vLLM's choice")
     parser.add_argument("--spec-tokens", type=int, default=0,
-                        help="max ngram speculative tokens per step (0 = off)")
+                        help="max ngram speculative tokens per step (0 = off); the "
+                             "coordinator's plan caps them per TPOT tier")
+    parser.add_argument("--scheduler", choices=("slos", "vllm"), default="slos",
+                        help="slos (default): carry out the coordinator's plan in the engine "
+                             "(EDF prefill, best effort last, per-step token budgets for the "
+                             "tightest TPOT, speculation capped per tier); vllm: vLLM's own "
+                             "fcfs scheduling, the baseline (plans are accepted but ignored)")
+    parser.add_argument("--profile", default=None, metavar="PATH",
+                        help="performance model JSON (slos-serve profile's output) the "
+                             "engine's scheduler sizes step token budgets with; without it "
+                             "only the plan's step_token_budget applies")
     parser.add_argument("--sim-kv-blocks", type=int, default=4096,
                         help="simulated engine: KV blocks")
     parser.add_argument("--metrics-port", type=metrics_port_arg, default=None,
@@ -51,6 +61,15 @@ def configure_environment(args: argparse.Namespace) -> None:
 def build_engine(args: argparse.Namespace):
     from slos_serve.engine import create_engine
 
+    profile = None
+    if args.profile:
+        from coordinator.perf_model import load
+
+        try:  # fail here, not silently inside vLLM's engine core
+            load(args.profile)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"--profile {args.profile}: not a performance model: {exc}") from exc
+        profile = os.path.abspath(args.profile)
     if args.engine == "vllm":
         if not args.model:
             raise SystemExit("--model is required with --engine vllm")
@@ -59,6 +78,8 @@ def build_engine(args: argparse.Namespace):
             model=args.model,
             max_model_len=args.max_model_len,
             speculative_tokens=args.spec_tokens,
+            scheduler=args.scheduler,
+            perf_profile=profile,
         )
     detokenize = None
     if args.model:
@@ -71,6 +92,7 @@ def build_engine(args: argparse.Namespace):
         max_model_len=args.max_model_len,
         kv_blocks=args.sim_kv_blocks,
         detokenize=detokenize,
+        scheduler=args.scheduler,
     )
 
 

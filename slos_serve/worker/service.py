@@ -19,6 +19,7 @@ from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.engine import Engine
 from slos_serve.metrics import WorkerMetrics
+from slos_serve.worker.convert import engine_plan
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,25 @@ class WorkerService(pb_grpc.WorkerServicer):
             spec_acceptance=load.spec_acceptance,
             active_requests=len(self.active),
             draining=self.draining,
+            spec=[
+                pb.TierSpecStats(tpot_ms=t.tpot_ms, tier=t.tier, steps=t.steps,
+                                 drafted=t.drafted, accepted=t.accepted,
+                                 spec_tokens=t.spec_tokens)
+                for t in getattr(load, "spec", ())
+            ],
+            scheduler=getattr(load, "scheduler", ""),
+            last_step_ms=getattr(load, "last_step_ms", 0.0),
         )
+
+    async def SetPlan(self, request, context):
+        try:
+            self.engine.set_plan(engine_plan(request))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:  # the plan is advisory: never take the worker down
+            log.exception("SetPlan failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return pb.WorkerPlanAck(applied=True)
 
     async def GetInfo(self, request, context):
         info = self.engine.info
@@ -113,6 +132,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             max_model_len=info.max_model_len,
             block_size=info.block_size,
             engine_id=info.engine_id,
+            max_spec_tokens=info.max_spec_tokens,
+            scheduler=info.scheduler,
         )
 
     async def Drain(self, request, context):

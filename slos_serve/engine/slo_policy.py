@@ -1,0 +1,467 @@
+"""SLO-aware scheduling decisions, free of vLLM: what the engine's scheduler does with a plan.
+
+The coordinator plans; each engine's scheduler (vllm_scheduler.SloScheduler) carries the plan
+out step by step. Everything that decides, without needing vLLM's objects, lives here so that
+it is unit-tested in milliseconds (tests/test_slo_policy.py):
+
+* `priority`: EDF on the TTFT deadline, admitted requests before best-effort ones (vLLM's
+  priority queue pops the smallest value first, and its priority preemption evicts the
+  largest first, so best effort goes first).
+* `stage_index` / `RequestSlo.stage_tpot_ms`: the TPOT in force for a multi-stage request.
+* `spec_cap`: speculative tokens a request's verify step may carry (its tier's cap).
+* `step_budget`: the step's token budget from the performance model, so that the predicted
+  step time stays within the tightest TPOT of the admitted decoders in the batch.
+* `running_key`, `paced_out`: order of the running requests, and which loose decoders to
+  hold back (pacing) while prefill waits.
+* `SpecStats`: per-tier speculation statistics.
+
+The plan side channel (`Plan`, `parse_plan`, `plan_to_dict`) and per-request SLO data
+(`RequestSlo.from_dict`, SamplingParams.extra_args["slo"]) are described in
+slos_serve/engine/vllm_scheduler.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.perf_model import BatchShape, PerfModel
+
+# The worker <-> engine-core side channels (vllm_scheduler.py describes them).
+STATS_PATH_ENV = "SLOS_ENGINE_STATS_PATH"
+PLAN_PATH_ENV = "SLOS_ENGINE_PLAN_PATH"
+MODE_ENV = "SLOS_SCHEDULER_MODE"
+PERF_PROFILE_ENV = "SLOS_PERF_PROFILE"
+MODES = ("slos", "vllm")  # SLO-aware execution; vLLM's own decisions (the baseline)
+
+# Added to a best-effort request's deadline (ms): every admitted deadline sorts first.
+BEST_EFFORT_OFFSET_MS = 10**15
+BEST_EFFORT_TIER = "best_effort"
+NO_SLO_TIER = "none"  # requests without SLO data (e.g. an engine used directly)
+# Pacing holds a decoder back only if its next token is not due within this many recent steps.
+PACE_STEPS = 2.0
+
+
+# ------------------------------------------------------------------- plan --
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    tpot_ms: float
+    spec_tokens: int
+    interval_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    plan_time_unix: float = 0.0
+    step_token_budget: int = 0  # 0 = the engine's own maximum
+    tiers: tuple[TierSpec, ...] = ()
+    pace: bool = False
+    stages: Mapping[str, int] = field(default_factory=dict)  # request id -> stage index
+
+
+def _number(value: Any, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: must be a number, not {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < minimum or (strict and v <= minimum):
+        raise ValueError(f"{name}: must be {'>' if strict else '>='} {minimum:g}, not {value!r}")
+    return v
+
+
+def _integer(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name}: must be an integer, not {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}: must be >= 0, not {value!r}")
+    return value
+
+
+def parse_plan(d: Mapping[str, Any]) -> Plan:
+    """A plan from its JSON form; ValueError naming the field ("tiers[1].tpot_ms: ...")."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"plan: must be an object, not {type(d).__name__}")
+    tiers = []
+    raw_tiers = d.get("tiers", [])
+    if not isinstance(raw_tiers, (list, tuple)):
+        raise ValueError("tiers: must be a list")
+    for i, t in enumerate(raw_tiers):
+        if not isinstance(t, Mapping):
+            raise ValueError(f"tiers[{i}]: must be an object")
+        tiers.append(TierSpec(
+            tpot_ms=_number(t.get("tpot_ms"), f"tiers[{i}].tpot_ms", strict=True),
+            spec_tokens=_integer(t.get("spec_tokens", 0), f"tiers[{i}].spec_tokens"),
+            interval_ms=_number(t.get("interval_ms", 0.0), f"tiers[{i}].interval_ms"),
+        ))
+    stages = d.get("stages", {}) or {}
+    if not isinstance(stages, Mapping):
+        raise ValueError("stages: must be an object {request_id: stage_index}")
+    pace = d.get("pace", False)
+    if not isinstance(pace, bool):
+        raise ValueError(f"pace: must be true or false, not {pace!r}")
+    return Plan(
+        plan_time_unix=_number(d.get("plan_time_unix", 0.0), "plan_time_unix"),
+        step_token_budget=_integer(d.get("step_token_budget", 0), "step_token_budget"),
+        tiers=tuple(tiers),
+        pace=pace,
+        stages={str(k): _integer(v, f"stages[{k!r}]") for k, v in stages.items()},
+    )
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    return {
+        "plan_time_unix": plan.plan_time_unix,
+        "step_token_budget": plan.step_token_budget,
+        "tiers": [
+            {"tpot_ms": t.tpot_ms, "spec_tokens": t.spec_tokens, "interval_ms": t.interval_ms}
+            for t in plan.tiers
+        ],
+        "pace": plan.pace,
+        "stages": dict(plan.stages),
+    }
+
+
+# ------------------------------------------------------------ request SLO --
+
+
+@dataclass(frozen=True)
+class Stage:
+    tpot_ms: float
+    max_tokens: int = 0  # 0: lasts until switched (its `until` string, seen by the worker)
+    until: str = ""
+
+
+@dataclass(frozen=True)
+class RequestSlo:
+    """SamplingParams.extra_args["slo"] of one request. Empty data: no objective (the
+    request is served as best effort, first come first served among its kind)."""
+
+    ttft_deadline_unix: float = 0.0
+    tpot_ms: float = 0.0
+    best_effort: bool = True
+    spec_tokens: int = 0
+    tier: str = ""
+    stages: tuple[Stage, ...] = ()
+    request_id: str = ""  # the worker's request id (vLLM's internal one has a suffix)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> RequestSlo:
+        if not d:
+            return cls()
+        stages = tuple(
+            Stage(float(s.get("tpot_ms", 0.0) or 0.0), int(s.get("max_tokens", 0) or 0),
+                  str(s.get("until", "") or ""))
+            for s in d.get("stages", ()) or ()
+        )
+        return cls(
+            ttft_deadline_unix=float(d.get("ttft_deadline_unix", 0.0) or 0.0),
+            tpot_ms=float(d.get("tpot_ms", 0.0) or 0.0),
+            best_effort=bool(d.get("best_effort", False)),
+            spec_tokens=int(d.get("spec_tokens", 0) or 0),
+            tier=str(d.get("tier", "") or ""),
+            stages=stages,
+            request_id=str(d.get("request_id", "") or ""),
+        )
+
+    @property
+    def admitted(self) -> bool:
+        return not self.best_effort
+
+    @property
+    def empty(self) -> bool:
+        """No SLO data at all (a request not sent by the coordinator)."""
+        return self.best_effort and not (self.tier or self.tpot_ms or self.ttft_deadline_unix)
+
+    def stage_tpot_ms(self, index: int) -> float:
+        """TPOT of stage `index` (the request's own TPOT when it has no stages)."""
+        if self.stages:
+            tpot = self.stages[min(max(index, 0), len(self.stages) - 1)].tpot_ms
+            if tpot > 0:
+                return tpot
+        return self.tpot_ms
+
+    def tier_name(self, index: int = 0) -> str:
+        """A bounded label: the tier's name; stages after the first with another TPOT
+        are named "<tier>/stage<i>"."""
+        if self.best_effort:
+            return NO_SLO_TIER if self.empty else BEST_EFFORT_TIER
+        name = self.tier or "custom"
+        if index > 0 and self.stage_tpot_ms(index) != self.tpot_ms:
+            return f"{name}/stage{index}"
+        return name
+
+
+def priority(slo: RequestSlo, arrival_unix: float) -> int:
+    """vLLM priority (smaller runs first, larger is preempted first): the TTFT deadline in
+    integer ms, best effort after every admitted request. No deadline: the arrival time."""
+    deadline = slo.ttft_deadline_unix if slo.ttft_deadline_unix > 0 else arrival_unix
+    key = int(round(deadline * 1000.0))
+    return key + BEST_EFFORT_OFFSET_MS if slo.best_effort else key
+
+
+def stage_index(
+    slo: RequestSlo, output_tokens: int, override: tuple[int, int] | None = None
+) -> int:
+    """The stage a request is in after `output_tokens` output tokens: stages follow each
+    other by their cumulative max_tokens; a stage with max_tokens 0 lasts until switched.
+    `override` (index, output tokens when the switch was seen) starts counting from a stage
+    the worker switched to (its `until` string)."""
+    n = len(slo.stages)
+    if n == 0:
+        return 0
+    start, left = 0, output_tokens
+    if override is not None:
+        start = min(max(override[0], 0), n - 1)
+        left = output_tokens - override[1]
+    for i in range(start, n):
+        budget = slo.stages[i].max_tokens
+        if budget <= 0 or left < budget:
+            return i
+        left -= budget
+    return n - 1
+
+
+# ------------------------------------------------------------ speculation --
+
+
+def tier_for(plan: Plan, tpot_ms: float) -> TierSpec | None:
+    """The plan's tier closest to `tpot_ms` (None: no plan tiers)."""
+    if not plan.tiers:
+        return None
+    return min(plan.tiers, key=lambda t: (abs(t.tpot_ms - tpot_ms), t.tpot_ms))
+
+
+def spec_cap(slo: RequestSlo, stage: int, plan: Plan | None, max_spec: int) -> int:
+    """Draft tokens the request's next verify step may carry, 0..max_spec.
+
+    The request's own cap (slo spec_tokens > 0; it was chosen for the request's TPOT, so it
+    holds while the current stage has that TPOT), else the plan's tier closest to the
+    current TPOT, else (no plan yet) max_spec. Best effort: the loosest tier's cap."""
+    if max_spec <= 0:
+        return 0
+    tpot = slo.stage_tpot_ms(stage)
+    if slo.admitted and slo.spec_tokens > 0 and tpot == slo.tpot_ms:
+        return min(slo.spec_tokens, max_spec)
+    if plan is None or not plan.tiers:
+        return max_spec
+    if slo.best_effort or tpot <= 0:
+        tier = max(plan.tiers, key=lambda t: t.tpot_ms)
+    else:
+        tier = tier_for(plan, tpot)
+    assert tier is not None
+    return max(0, min(tier.spec_tokens, max_spec))
+
+
+# ----------------------------------------------------------------- budget --
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """A running decoder as the budget sees it, before the step."""
+
+    tokens: int  # tokens it needs this step: 1 + its drafts
+    context_tokens: int  # KV tokens already computed
+    tpot_ms: float  # in force now (0: no TPOT objective)
+    admitted: bool = True
+    drafts: int = 0
+
+
+def decoders_shape(decoders: Iterable[Decoder]) -> BatchShape:
+    dec = ver = reqs = ctx = steps = 0
+    for d in decoders:
+        reqs += 1
+        ctx += d.context_tokens
+        if d.drafts > 0:
+            ver += d.tokens
+            steps = max(steps, d.drafts)
+        else:
+            dec += d.tokens
+    return BatchShape(0, dec, ver, reqs, ctx, steps)
+
+
+def step_budget(
+    model: PerfModel | None,
+    decoders: Sequence[Decoder],
+    engine_max: int,
+    plan_budget: int = 0,
+    prefill_context_tokens: int = 0,
+) -> int:
+    """Tokens the step may schedule.
+
+    With a model and admitted decoders having a TPOT: the admitted decoders' own tokens plus
+    the most prefill tokens the model says still end the step within the tightest of their
+    TPOTs (other tokens are timed as prefill tokens: an estimate; `prefill_context_tokens`:
+    KV already computed of the prefill next in line, a chunked prompt's earlier chunks).
+    Capped by the plan's budget (> 0) and the engine's maximum, never below the admitted
+    decoders' tokens (they are scheduled first) and never below 1."""
+    bound = [d for d in decoders if d.admitted and d.tpot_ms > 0]
+    own = sum(d.tokens for d in bound)
+    budget = engine_max
+    if model is not None and bound:
+        tightest = min(d.tpot_ms for d in bound) / 1000.0
+        base = decoders_shape(bound)
+        if prefill_context_tokens:
+            base = BatchShape(base.prefill_tokens, base.decode_tokens, base.verify_tokens,
+                              base.num_requests + 1,
+                              base.context_tokens + prefill_context_tokens, base.spec_steps)
+        extra = model.prefill_capacity(tightest, base)
+        budget = min(budget, own + max(extra, 0))
+    if plan_budget > 0:
+        budget = min(budget, plan_budget)
+    return max(1, min(engine_max, max(budget, own)))
+
+
+# ------------------------------------------------------- order and pacing --
+
+
+@dataclass
+class DecodeClock:
+    """When a decoder's next token is due: TPOT after TPOT from an anchor (the first output
+    token seen, or the start of the current stage), so that a request ahead of its average
+    TPOT (e.g. after accepted drafts) is not due yet and one behind it is overdue."""
+
+    anchor_unix: float
+    anchor_tokens: int
+    tpot_ms: float
+
+    def next_due(self, output_tokens: int) -> float:
+        if self.tpot_ms <= 0:
+            return math.inf
+        return self.anchor_unix + (output_tokens - self.anchor_tokens + 1) * self.tpot_ms / 1e3
+
+
+@dataclass(frozen=True)
+class Running:
+    """A running request as the ordering sees it."""
+
+    request_id: str
+    decoding: bool
+    admitted: bool
+    tpot_ms: float
+    due_unix: float  # next token due (decoders), inf if unknown
+    priority: int
+
+
+def running_key(r: Running) -> tuple:
+    """Sort key of vLLM's running list (scheduled in order until the budget binds):
+    admitted decoders with a TPOT (tightest, then earliest due), then prefills still in
+    progress (EDF), then decoders without a TPOT objective (best effort)."""
+    if r.decoding and r.admitted and r.tpot_ms > 0:
+        return (0, r.tpot_ms, r.due_unix, r.priority)
+    if not r.decoding:
+        return (1, r.priority, 0.0, 0)
+    return (2, r.priority, r.due_unix, 0)
+
+
+def paced_out(
+    running: Sequence[Running], now_unix: float, step_s: float, plan: Plan | None,
+    prefill_waiting: bool,
+) -> set[str]:
+    """Decoders to hold out of this step (plan "pace", meant for mixed workers): while prefill
+    waits, admitted decoders of tiers looser than the tightest running one whose next token
+    is not due within PACE_STEPS recent step times."""
+    if plan is None or not plan.pace or not prefill_waiting or step_s <= 0:
+        return set()
+    tpots = [r.tpot_ms for r in running if r.decoding and r.admitted and r.tpot_ms > 0]
+    if not tpots:
+        return set()
+    tightest = min(tpots)
+    horizon = now_unix + PACE_STEPS * step_s
+    return {
+        r.request_id for r in running
+        if r.decoding and r.admitted and r.tpot_ms > tightest and r.due_unix > horizon
+    }
+
+
+# ------------------------------------------------------------------ stats --
+
+
+@dataclass
+class TierStats:
+    tier: str
+    tpot_ms: float
+    steps: int = 0  # decode or verify steps of the tier's requests
+    drafted: int = 0  # draft tokens scheduled
+    accepted: int = 0  # draft tokens accepted
+    spec_tokens: int = 0  # the cap in force (last applied)
+
+
+class SpecStats:
+    """Per-tier speculation counters since the engine started, keyed by (name, TPOT)."""
+
+    def __init__(self) -> None:
+        self._tiers: dict[tuple[str, float], TierStats] = {}
+
+    def _get(self, tier: str, tpot_ms: float, cap: int) -> TierStats:
+        key = (tier, float(tpot_ms))
+        s = self._tiers.get(key)
+        if s is None:
+            s = self._tiers[key] = TierStats(tier, float(tpot_ms), spec_tokens=cap)
+        return s
+
+    def set_cap(self, tier: str, tpot_ms: float, cap: int) -> None:
+        self._get(tier, tpot_ms, cap).spec_tokens = cap
+
+    def record(self, tier: str, tpot_ms: float, drafted: int, accepted: int, cap: int) -> None:
+        """One decode (drafted 0) or verify step of one request."""
+        s = self._get(tier, tpot_ms, cap)
+        s.steps += 1
+        s.drafted += max(0, drafted)
+        s.accepted += max(0, min(accepted, drafted))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {"tier": s.tier, "tpot_ms": s.tpot_ms, "steps": s.steps, "drafted": s.drafted,
+             "accepted": s.accepted, "spec_tokens": s.spec_tokens}
+            for s in sorted(self._tiers.values(), key=lambda s: (s.tpot_ms, s.tier))
+        ]
+
+
+def acceptance(spec: Iterable[Mapping[str, Any]]) -> float:
+    """Accepted / drafted over every tier (0 when nothing was drafted)."""
+    drafted = accepted = 0
+    for s in spec:
+        drafted += int(s.get("drafted", 0))
+        accepted += int(s.get("accepted", 0))
+    return accepted / drafted if drafted else 0.0
+
+
+class StageTracker:
+    """The worker's view of a multi-stage request's stage, from its decoded text: a stage
+    ends when its `until` string appears in the text produced since the stage began (the
+    worker then tells the engine, Engine.set_stage), or after its max_tokens output tokens
+    (the engine's scheduler counts those itself; tracked here so that the next stage's
+    `until` is looked for from the right place)."""
+
+    def __init__(self, slo: RequestSlo) -> None:
+        self.slo = slo
+        self.index = 0
+        self._override: tuple[int, int] | None = None
+        self._start_char = 0
+        self._last_len = 0
+
+    def update(self, text: str, output_tokens: int) -> int | None:
+        """The stage index a `until` string switched to (the last one), or None."""
+        stages = self.slo.stages
+        switched = None
+        while stages:
+            index = stage_index(self.slo, output_tokens, self._override)
+            if index != self.index:  # ended by its token count, somewhere in the new text
+                self.index, self._start_char = index, min(self._last_len, len(text))
+            until = stages[index].until
+            if index >= len(stages) - 1 or not until:
+                break
+            pos = text.find(until, self._start_char)
+            if pos < 0:
+                break
+            self.index = switched = index + 1
+            self._override = (self.index, output_tokens)
+            self._start_char = pos + len(until)
+        self._last_len = len(text)
+        return switched
