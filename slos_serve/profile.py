@@ -281,6 +281,7 @@ def measure_vllm(args: argparse.Namespace, deadline: float) -> tuple[list[dict],
     core = pick_core() if args.cpu == "auto" else args.cpu
     # vLLM reads these when the engine starts (and in anything it spawns).
     os.environ["SLOS_PROFILE_PATH"] = str(samples_path)
+    os.environ["SLOS_SCHEDULER_MODE"] = "vllm"  # measure vLLM's own steps: no SLO policy
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_gib)
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = core
     # vLLM's default process layout, as in the workers: engine core and model worker

@@ -306,10 +306,10 @@ def step_budget(
     if model is not None and bound:
         tightest = min(d.tpot_ms for d in bound) / 1000.0
         base = decoders_shape(bound)
-        if prefill_context_tokens:
-            base = BatchShape(base.prefill_tokens, base.decode_tokens, base.verify_tokens,
-                              base.num_requests + 1,
-                              base.context_tokens + prefill_context_tokens, base.spec_steps)
+        # the extra tokens are one more request (a prompt chunk) in the batch
+        base = BatchShape(base.prefill_tokens, base.decode_tokens, base.verify_tokens,
+                          base.num_requests + 1,
+                          base.context_tokens + prefill_context_tokens, base.spec_steps)
         extra = model.prefill_capacity(tightest, base)
         budget = min(budget, own + max(extra, 0))
     if plan_budget > 0:
@@ -377,6 +377,18 @@ def paced_out(
         r.request_id for r in running
         if r.decoding and r.admitted and r.tpot_ms > tightest and r.due_unix > horizon
     }
+
+
+def prefill_yielding(running: Sequence[Running], waiting_priorities: Sequence[int]) -> set[str]:
+    """Prompts being prefilled in chunks that yield this step to a waiting prompt with an
+    earlier deadline (EDF at chunk granularity: vLLM schedules running chunks before waiting
+    requests, so without this a long loose prompt admitted first holds the engine for its
+    remaining chunks while a tight prompt waits). They keep their KV blocks and resume as
+    soon as no earlier deadline waits."""
+    if not waiting_priorities:
+        return set()
+    first = min(waiting_priorities)
+    return {r.request_id for r in running if not r.decoding and r.priority > first}
 
 
 # ------------------------------------------------------------------ stats --

@@ -44,6 +44,7 @@ from typing import Any
 
 from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import RequestStatus
 
 from coordinator.perf_model import PerfModel
 from coordinator.perf_model import load as load_perf_model
@@ -62,6 +63,7 @@ from slos_serve.engine.slo_policy import (
     acceptance,
     paced_out,
     parse_plan,
+    prefill_yielding,
     priority,
     running_key,
     spec_cap,
@@ -336,6 +338,10 @@ class SloScheduler(Scheduler):
         prefill_waiting = bool(self.waiting) or any(not v.decoding for v in views.values())
         held_ids = paced_out(list(views.values()), now, self._recent_step_s, self._plan,
                              prefill_waiting)
+        held_ids |= prefill_yielding(
+            list(views.values()),
+            [r.priority for r in self.waiting if r.status == RequestStatus.WAITING],
+        )
         held = [r for r in self.running if r.request_id in held_ids]
         budget = self._engine_max
         if self._budget_ok:
