@@ -58,8 +58,10 @@ def engine(model_dir: str, reference, tmp_path_factory) -> Shared:
     saved = {k: os.environ.get(k) for k in ("VLLM_CPU_KVCACHE_SPACE", PROFILE_PATH_ENV)}
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
     os.environ[PROFILE_PATH_ENV] = str(steps)
+    # chunked prefill on (a mixed worker's case; these requests are greedy, so vLLM's CPU
+    # seeded-chunk failure that makes VllmEngine turn chunking off on CPU cannot occur)
     eng = VllmEngine(model_dir, kv_transfer=False, speculative_tokens=4, scheduler="slos",
-                     perf_profile=str(profile))
+                     perf_profile=str(profile), chunked_prefill=True)
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(eng.start())

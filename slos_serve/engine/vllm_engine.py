@@ -51,15 +51,21 @@ class VllmEngine:
         seed: int = 0,
         scheduler: str = "slos",
         perf_profile: str | None = None,
+        chunked_prefill: bool | None = None,
         extra_engine_args: dict[str, Any] | None = None,
     ) -> None:
         """`scheduler`: "slos" (SLO-aware execution of the coordinator's plan, vLLM's
         priority policy) or "vllm" (vLLM's own fcfs decisions: the baseline).
-        `perf_profile`: a performance model JSON the scheduler sizes step budgets with."""
+        `perf_profile`: a performance model JSON the scheduler sizes step budgets with.
+        `chunked_prefill`: None = off on vLLM's CPU platform, where a seeded sampled request
+        whose prompt is split into chunks kills the engine (vLLM 0.32 rewinds the request's
+        torch.Generator with set_offset, which CPU generators do not support), else vLLM's
+        default. The coordinator seeds every sampled request, so this is not rare."""
         if scheduler not in MODES:
             raise ValueError(f"scheduler must be one of {MODES}, not {scheduler!r}")
         self._scheduler = scheduler
         self._perf_profile = perf_profile
+        self._chunked_prefill = chunked_prefill
         self._model = model
         self._max_model_len = max_model_len
         self._dtype = dtype
@@ -90,6 +96,15 @@ class VllmEngine:
             scheduling_policy="priority" if self._scheduler == "slos" else "fcfs",
             disable_log_stats=True,
         )
+        chunked = self._chunked_prefill
+        if chunked is None:
+            from vllm.platforms import current_platform
+
+            chunked = None if not current_platform.is_cpu() else False
+        if chunked is not None:
+            kwargs["enable_chunked_prefill"] = chunked
+            if not chunked:  # every prompt must fit one step
+                kwargs["max_num_batched_tokens"] = max(2048, self._max_model_len)
         if self._kv_transfer:
             kwargs["kv_transfer_config"] = kv_transfer_config()
         if self._speculative_tokens > 0:

@@ -217,7 +217,7 @@ class SloScheduler(Scheduler):
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("%s=%s: no performance model (%s); only the plan's budget "
                             "applies", PERF_PROFILE_ENV, profile, exc)
-        self._budget_ok = bool(self.scheduler_config.enable_chunked_prefill)
+        self._chunked = bool(self.scheduler_config.enable_chunked_prefill)
         self._states: dict[str, _State] = {}
         self._spec = SpecStats()
         self._pending_spec: dict[int, tuple[Any, dict[str, tuple]]] = {}
@@ -343,25 +343,31 @@ class SloScheduler(Scheduler):
             [r.priority for r in self.waiting if r.status == RequestStatus.WAITING],
         )
         held = [r for r in self.running if r.request_id in held_ids]
-        budget = self._engine_max
-        if self._budget_ok:
-            decoders = [
-                Decoder(
-                    tokens=max(1, r.num_tokens_with_spec - r.num_computed_tokens),
-                    context_tokens=r.num_computed_tokens,
-                    tpot_ms=views[r.request_id].tpot_ms,
-                    admitted=views[r.request_id].admitted,
-                    drafts=len(r.spec_token_ids),
-                )
-                for r in self.running
-                if views[r.request_id].decoding and r.request_id not in held_ids
-            ]
-            prefill_next = next(
-                (r for r in self.running if not views[r.request_id].decoding), None)
-            budget = step_budget(
-                self._model, decoders, self._engine_max, self._plan.step_token_budget,
-                prefill_context_tokens=prefill_next.num_computed_tokens if prefill_next else 0,
+        active = [r for r in self.running if r.request_id not in held_ids]
+        decoders = [
+            Decoder(
+                tokens=max(1, r.num_tokens_with_spec - r.num_computed_tokens),
+                context_tokens=r.num_computed_tokens,
+                tpot_ms=views[r.request_id].tpot_ms,
+                admitted=views[r.request_id].admitted,
+                drafts=len(r.spec_token_ids),
             )
+            for r in active
+            if views[r.request_id].decoding
+        ]
+        prefill_next = next((r for r in active if not views[r.request_id].decoding), None)
+        budget = step_budget(
+            self._model, decoders, self._engine_max, self._plan.step_token_budget,
+            prefill_context_tokens=prefill_next.num_computed_tokens if prefill_next else 0,
+        )
+        if not self._chunked:
+            # prompts are never split: the budget must admit the running requests and the
+            # next prompt whole, or that prompt would wait forever
+            head = next((r for r in self.waiting if r.status == RequestStatus.WAITING), None)
+            need = sum(max(1, r.num_tokens_with_spec - r.num_computed_tokens) for r in active)
+            if head is not None:
+                need += max(1, head.num_tokens - head.num_computed_tokens)
+            budget = max(budget, min(self._engine_max, need))
         self._last_budget, self._last_held = budget, len(held)
         saved_active = self.max_num_active_reqs
         if held:  # out of the running list, and their slots stay theirs
