@@ -218,6 +218,14 @@ class SloScheduler(Scheduler):
                 log.warning("%s=%s: no performance model (%s); only the plan's budget "
                             "applies", PERF_PROFILE_ENV, profile, exc)
         self._chunked = bool(self.scheduler_config.enable_chunked_prefill)
+        if self._max_spec > 0 and self.dynamic_sd_lookup is None:
+            # vLLM pads a request's first decode step (its KV came from the prefill worker)
+            # with placeholder drafts, for CUDA-graph shapes: that step then samples through
+            # the rejection sampler, which draws a seeded request's random numbers unlike the
+            # prefill's plain sampler, and the decode engine recomputes a different first
+            # token. A constant "dynamic" lookup (K at every batch size) turns the padding off
+            # and schedules K drafts as before.
+            self.dynamic_sd_lookup = [self._max_spec] * (self.scheduler_config.max_num_seqs + 2)
         self._states: dict[str, _State] = {}
         self._spec = SpecStats()
         self._pending_spec: dict[int, tuple[Any, dict[str, tuple]]] = {}
