@@ -100,7 +100,7 @@ class VllmEngine:
         if chunked is None:
             from vllm.platforms import current_platform
 
-            chunked = None if not current_platform.is_cpu() else False
+            chunked = False if current_platform.is_cpu() else None  # None: vLLM's default
         if chunked is not None:
             kwargs["enable_chunked_prefill"] = chunked
             if not chunked:  # every prompt must fit one step

@@ -344,12 +344,12 @@ class SloScheduler(Scheduler):
             # (requests without SLO data alone, e.g. an engine used directly: vLLM's order)
             self.running.sort(key=lambda r: running_key(views[r.request_id]))
         prefill_waiting = bool(self.waiting) or any(not v.decoding for v in views.values())
-        held_ids = paced_out(list(views.values()), now, self._recent_step_s, self._plan,
-                             prefill_waiting)
-        held_ids |= prefill_yielding(
-            list(views.values()),
-            [r.priority for r in self.waiting if r.status == RequestStatus.WAITING],
-        )
+        running = list(views.values())
+        # schedulable waiting requests, in queue order (one pass over the queue per step)
+        ready = [r for r in self.waiting if r.status == RequestStatus.WAITING]
+        held_ids = paced_out(running, now, self._recent_step_s, self._plan, prefill_waiting)
+        if self._chunked:  # only chunked prompts can be part-way through their prefill
+            held_ids |= prefill_yielding(running, [r.priority for r in ready])
         held = [r for r in self.running if r.request_id in held_ids]
         active = [r for r in self.running if r.request_id not in held_ids]
         decoders = [
@@ -371,10 +371,9 @@ class SloScheduler(Scheduler):
         if not self._chunked:
             # prompts are never split: the budget must admit the running requests and the
             # next prompt whole, or that prompt would wait forever
-            head = next((r for r in self.waiting if r.status == RequestStatus.WAITING), None)
             need = sum(max(1, r.num_tokens_with_spec - r.num_computed_tokens) for r in active)
-            if head is not None:
-                need += max(1, head.num_tokens - head.num_computed_tokens)
+            if ready:
+                need += max(1, ready[0].num_tokens - ready[0].num_computed_tokens)
             budget = max(budget, min(self._engine_max, need))
         self._last_budget, self._last_held = budget, len(held)
         saved_active = self.max_num_active_reqs
