@@ -10,9 +10,10 @@
   them. Same engine settings as the cluster's engines: float32, eager, max-model-len 2048,
   chunked prefill off with 2048 batched tokens (as `VllmEngine` runs on CPU), seed 0.
 
-Every process runs in its own session; `stop()` sends SIGTERM to each process group,
-then SIGKILL to whatever is left after a grace period, so vLLM's engine-core processes go
-too, also after Ctrl-C or an error (callers stop in `finally`).
+Every process leads its own process group (not a session: see `up.prepare_child`);
+`stop()` sends SIGTERM to each process group, then SIGKILL to whatever is left after a
+grace period, so vLLM's engine-core processes go too, also after Ctrl-C or an error
+(callers stop in `finally`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from slos_serve.up import STOP_GRACE_S, ClusterSpec, LocalCluster, free_port
+from slos_serve.up import (
+    STOP_GRACE_S,
+    ClusterSpec,
+    LocalCluster,
+    free_port,
+    prepare_child,
+    signal_group,
+)
 
 SYSTEMS = ("slos", "vllm-pd", "vllm-serve")
 
@@ -125,8 +133,6 @@ class VllmServeSystem:
         return argv
 
     def start(self, timeout_s: float = 600.0) -> None:
-        from slos_serve.up import _die_with_parent
-
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ncpu = os.cpu_count() or 1
         try:
@@ -137,8 +143,8 @@ class VllmServeSystem:
                 with open(self.log_dir / f"vllm-serve-{i}.log", "w") as log:
                     self.procs.append(subprocess.Popen(
                         self.argv(port), stdout=log, stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                        preexec_fn=_die_with_parent))
+                        stdin=subprocess.DEVNULL, env=env,
+                        preexec_fn=prepare_child))
                 self.urls.append(f"http://{self.host}:{port}")
             self._wait_ready(timeout_s)
         except BaseException:
@@ -171,7 +177,7 @@ class VllmServeSystem:
 
     def stop(self) -> None:
         for p in self.procs:
-            _signal_group(p.pid, signal.SIGTERM)
+            signal_group(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
         for p in self.procs:
             try:
@@ -179,7 +185,7 @@ class VllmServeSystem:
             except subprocess.TimeoutExpired:
                 pass
         for p in self.procs:
-            _signal_group(p.pid, signal.SIGKILL)
+            signal_group(p.pid, signal.SIGKILL)
             if p.poll() is None:
                 p.wait(timeout=5)
         self.procs.clear()
@@ -229,12 +235,6 @@ def _queue_len(url: str) -> int:
             total += float(line.rsplit(" ", 1)[1])
     return int(total)
 
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def make_system(name: str, model: str, engine: str = "vllm", spec_tokens: int = 0,
