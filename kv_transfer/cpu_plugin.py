@@ -23,6 +23,15 @@ onto core 1 (seen here: a prefill engine bound to "0" computed on core 1, sharin
 with the decode engine bound to "1"). So, unless the binding is "auto", the plugin keeps
 that choice inside the cores the thread is already allowed to use ("nobind": none).
 
+Third, NIXL's progress thread. NixlConnector creates its NIXL agent with NIXL's default
+progress thread, which polls UCX without pause (`pthrDelay = 0`) and inherits the
+engine's core: measured here, it took 2/3 of the decode engine's core and tripled the time
+per output token (10 ms instead of 3 ms with the tiny model). On the CPU platform the
+plugin creates the agent without that thread (`SLOS_NIXL_PROGRESS_THREAD=1` keeps it).
+Transfers still complete: the reading side polls them at every engine step, and the side
+holding the KV keeps stepping while a finished request waits for its KV to be read
+(`Scheduler.has_finished_requests`), and each of those steps polls NIXL too.
+
 vLLM calls `register()` in every process it starts (front end, engine core, workers)
 through the `vllm.general_plugins` entry point `slos_serve_nixl_cpu` (pyproject.toml),
 and possibly more than once per process: it is idempotent. Never edit site-packages.
@@ -30,6 +39,7 @@ and possibly more than once per process: it is idempotent. Never edit site-packa
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -41,6 +51,7 @@ from typing import Any
 logger = logging.getLogger("vllm.slos_serve.nixl_cpu_plugin")
 
 NIXL_UTILS_MODULE = "vllm.distributed.kv_transfer.kv_connector.v1.nixl.utils"
+PROGRESS_THREAD_ENV = "SLOS_NIXL_PROGRESS_THREAD"
 _PATCH_MARK = "__slos_serve_nixl_cpu__"
 
 # What this process did, for logs and tests: None (register not called yet),
@@ -137,6 +148,54 @@ def _wrap_numa(original: Callable[[], list[list[int]]]) -> classmethod:
     return classmethod(discover_numa_topology)
 
 
+NIXL_AGENT_MODULE = "vllm.distributed.nixl_utils"
+NIXL_WORKER_MODULE = "vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker"
+
+
+def _without_progress_thread(nixl_utils: Any) -> Callable[..., Any]:
+    """A `nixl_agent_config` that turns NIXL's busy-polling progress thread off.
+
+    It resolves the real one through vLLM's lazy loader (`None` when NIXL is missing:
+    then so is the result, as vLLM expects), which also stores the real one in the
+    module: the wrapper puts itself back."""
+
+    def nixl_agent_config(*args: Any, **kwargs: Any) -> Any:
+        real = nixl_utils._load_nixl_attr("nixl_agent_config")
+        nixl_utils.nixl_agent_config = nixl_agent_config
+        if real is None:
+            return None
+        kwargs.setdefault("enable_prog_thread", False)
+        logger.info("slos-serve plugin: NIXL agent without its progress thread "
+                    "(the engine steps poll transfers; %s=1 keeps it)", PROGRESS_THREAD_ENV)
+        return real(*args, **kwargs)
+
+    setattr(nixl_agent_config, _PATCH_MARK, True)
+    return nixl_agent_config
+
+
+def _patch_progress_thread() -> None:
+    """Install `_without_progress_thread` where NixlConnector's worker looks it up."""
+    if os.environ.get(PROGRESS_THREAD_ENV, "0") not in ("", "0"):
+        return
+    try:
+        nixl_utils = importlib.import_module(NIXL_AGENT_MODULE)
+    except ImportError:  # a vLLM without it: leave NIXL's defaults
+        return
+    if not hasattr(nixl_utils, "_load_nixl_attr"):
+        return
+    current = nixl_utils.__dict__.get("nixl_agent_config")
+    if current is not None and getattr(current, _PATCH_MARK, False):
+        return
+    wrapper = _without_progress_thread(nixl_utils)
+    # A module attribute is found before the module's lazy __getattr__, so the worker's
+    # `from vllm.distributed.nixl_utils import nixl_agent_config` binds the wrapper; if
+    # the worker module was imported already, its binding is replaced.
+    nixl_utils.nixl_agent_config = wrapper
+    worker = sys.modules.get(NIXL_WORKER_MODULE)
+    if worker is not None and hasattr(worker, "nixl_agent_config"):
+        worker.nixl_agent_config = wrapper
+
+
 def register() -> None:
     """Entry point of the `vllm.general_plugins` plugin `slos_serve_nixl_cpu`."""
     global _state
@@ -157,6 +216,7 @@ def register() -> None:
     current_numa = getattr(platform_cls, "discover_numa_topology", None)  # absent in old vLLM
     if current_numa is not None and not getattr(current_numa, _PATCH_MARK, False):
         platform_cls.discover_numa_topology = _wrap_numa(current_numa)
+    _patch_progress_thread()
     _state = "armed"
     # If NIXL's table was built before we got here, fix it directly.
     utils = sys.modules.get(NIXL_UTILS_MODULE)

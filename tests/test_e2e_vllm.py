@@ -113,15 +113,21 @@ def test_cancel_midway_aborts_on_workers_and_frees_kv(client, prompts) -> None:
     stream = client.stream(prompts[6], max_tokens=1200, temperature=0.0, ignore_eos=True)
     decode_worker = None
     seen_tokens = 0
-    for event in stream:
+    events = iter(stream)  # kept: leaving a `for` loop over it would cancel the stream
+    while seen_tokens < 20:
+        event = next(events)
         if isinstance(event, Started):
             decode_worker = event.decode_worker
         elif isinstance(event, Chunk):
             seen_tokens += len(event.token_ids)
-            if seen_tokens >= 20:
-                break
-    # Mid-stream, the request holds KV blocks on its decode worker.
-    busy = {w.address: w.load for w in client.cluster_info().workers}
+    # Mid-stream, the request holds KV blocks on its decode worker (load reports come
+    # every 250 ms: wait for one taken during the request; 1200 tokens last seconds).
+    deadline = time.monotonic() + 2
+    while True:
+        busy = {w.address: w.load for w in client.cluster_info().workers}
+        if busy[decode_worker].kv_blocks_used > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert busy[decode_worker].kv_blocks_used > 0
     stream.cancel()
     deadline = time.monotonic() + 15

@@ -325,6 +325,22 @@ class _FakePlatform:
         return [[0, 1], [2, 3]]
 
 
+def _fake_nixl_utils() -> Any:
+    """vLLM's `nixl_utils` as the plugin sees it: a lazy loader of NIXL's agent config
+    (which, like vLLM's, stores what it loaded in the module)."""
+    mod = type(sys)("fake_vllm_nixl_utils")
+
+    def real_config(**kwargs: Any) -> dict[str, Any]:
+        return {"enable_prog_thread": True, **kwargs}  # NIXL's default: the thread is on
+
+    def load(name: str) -> Any:
+        mod.nixl_agent_config = real_config
+        return real_config
+
+    mod._load_nixl_attr = load
+    return mod
+
+
 @pytest.fixture
 def fresh_plugin(monkeypatch: pytest.MonkeyPatch) -> Any:
     import vllm.platforms
@@ -333,6 +349,9 @@ def fresh_plugin(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     monkeypatch.setattr(cpu_plugin, "_state", None)
     monkeypatch.delitem(sys.modules, cpu_plugin.NIXL_UTILS_MODULE, raising=False)
+    monkeypatch.setitem(sys.modules, cpu_plugin.NIXL_AGENT_MODULE, _fake_nixl_utils())
+    monkeypatch.delitem(sys.modules, cpu_plugin.NIXL_WORKER_MODULE, raising=False)
+    monkeypatch.delenv(cpu_plugin.PROGRESS_THREAD_ENV, raising=False)
 
     def use(device_type: str) -> type:
         cls = type("FakePlatform", (_FakePlatform,), {})
@@ -367,6 +386,34 @@ def test_plugin_adds_cpu_when_a_build_refuses_it(
     static.update(cls.get_nixl_supported_devices())  # what utils.py does
     assert static == {"cuda": ("cuda", "cpu"), "cpu": ("cpu",), "weird": ("x",)}
     assert plugin.status() == "added"
+
+
+def test_plugin_creates_nixl_agents_without_the_progress_thread_on_cpu(
+    fresh_plugin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin, use = fresh_plugin
+    use("cpu")
+    utils = sys.modules[plugin.NIXL_AGENT_MODULE]
+    plugin.register()
+    config = utils.nixl_agent_config
+    assert config(num_threads=4) == {"enable_prog_thread": False, "num_threads": 4}
+    assert utils.nixl_agent_config is config  # still the wrapper after the lazy load
+    assert config(enable_prog_thread=True)["enable_prog_thread"] is True  # explicit wins
+
+
+def test_plugin_keeps_the_progress_thread_when_asked_or_off_cpu(
+    fresh_plugin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin, use = fresh_plugin
+    utils = sys.modules[plugin.NIXL_AGENT_MODULE]
+    use("cuda")
+    plugin.register()
+    assert not hasattr(utils, "nixl_agent_config")
+    monkeypatch.setattr(plugin, "_state", None)
+    monkeypatch.setenv(plugin.PROGRESS_THREAD_ENV, "1")
+    use("cpu")
+    plugin.register()
+    assert not hasattr(utils, "nixl_agent_config")
 
 
 def test_plugin_kv_core_choice() -> None:
