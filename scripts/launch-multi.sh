@@ -15,6 +15,10 @@
 # Every process runs under `setsid nohup` on its host, so it leads its own process group
 # (with the vLLM engine processes it spawns); its pid goes to LOG_DIR/NAME.pid and its output
 # to LOG_DIR/NAME.log on that host (NAME = ROLE-HOST-PORT). `stop` signals those groups.
+# A session per process also means a CPU autogroup per process where Linux's autogroup
+# scheduling is on: with several engines on a host with few cores, that starved other
+# processes for seconds here (see README, Known issues); run one worker per host there, or
+# `sysctl kernel.sched_autogroup_enabled=0`. (`slos-serve up` keeps one session.)
 # start prints the coordinator's address (HOST:PORT) on stdout; progress goes to stderr.
 # Exit codes: 0 ok, 1 failure (start stops whatever it had started), 2 usage or config error;
 # status exits 1 when any process is not running or not SERVING.

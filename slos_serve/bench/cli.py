@@ -20,7 +20,8 @@ from slos_serve.sim.workloads import SCENARIOS
 
 DEFAULT_MODEL = ".cache/tiny-llama"
 DEFAULT_SYSTEMS = "slos,vllm-pd,vllm-serve"
-DEFAULT_RATES = "2,5"
+DEFAULT_RATES = "4,10"  # chatbot: about vllm-pd's capacity here, and beyond it
+DEFAULT_DURATION_S = 20.0
 
 
 def _floats(text: str) -> list[float]:
@@ -61,13 +62,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(parser)
-    parser.add_argument("--scenario", default="coding", choices=sorted(SCENARIOS))
+    parser.add_argument("--scenario", default="chatbot", choices=sorted(SCENARIOS))
     parser.add_argument("--rates", default=None,
                         help=f"req/s, comma-separated (default {DEFAULT_RATES}; with --trace: "
                              "the trace's own rate after --time-scale)")
-    parser.add_argument("--requests", type=int, default=40, help="requests per rate (at most)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per rate (at most)")
     parser.add_argument("--duration", type=float, default=None,
-                        help="s of arrivals per rate (at most)")
+                        help=f"s of arrivals per rate (at most; default {DEFAULT_DURATION_S:g}, "
+                             "with --trace: the whole trace)")
     sub = parser.add_subparsers(dest="action", metavar="{report,capacity,loadgen-check,overhead}")
     rep = sub.add_parser("report", help="table, summary.json and plots from DIR/records.jsonl")
     rep.add_argument("dir")
@@ -77,11 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cap.add_argument("--scenarios", default="coding", help="comma-separated or 'all'")
     cap.add_argument("--target", type=float, default=0.9)
     cap.add_argument("--start-rate", type=float, default=2.0)
-    cap.add_argument("--max-probes", type=int, default=5, help="probes per search")
+    cap.add_argument("--max-probes", type=int, default=6, help="probes per search")
     cap.add_argument("--rel-tol", type=float, default=0.25, help="search precision")
-    cap.add_argument("--window", type=float, default=20.0, help="s of arrivals per probe")
+    cap.add_argument("--window", type=float, default=15.0, help="s of arrivals per probe")
     cap.add_argument("--min-requests", type=int, default=20)
-    cap.add_argument("--max-requests", type=int, default=60)
+    cap.add_argument("--max-requests", type=int, default=600,
+                     help="cap on a probe's requests (a lower cap turns fast probes into "
+                          "bursts shorter than --window)")
     lg = sub.add_parser("loadgen-check", help="load generator vs a SIMULATED-engine cluster")
     lg.add_argument("--model", default=DEFAULT_MODEL)
     lg.add_argument("--rates", default="20,50", help="req/s (10x the live benchmark's)")
@@ -120,8 +124,11 @@ def _config(args: argparse.Namespace, scenario: str, rates: list[float | None]):
     from slos_serve.bench.runner import BenchConfig
 
     out = Path(args.out or f"bench-results/{time.strftime('%Y%m%d-%H%M%S')}")
+    duration = getattr(args, "duration", None)
+    if duration is None and not args.trace and hasattr(args, "duration"):
+        duration = DEFAULT_DURATION_S
     wl = WorkloadOptions(scenario=scenario, requests=getattr(args, "requests", 40),
-                         duration_s=getattr(args, "duration", None), seed=args.seed,
+                         duration_s=duration, seed=args.seed,
                          burstiness=args.burstiness, trace=args.trace,
                          time_scale=args.time_scale, max_context=args.max_context)
     scale = None if args.slo_scale == "auto" else float(args.slo_scale)

@@ -222,11 +222,11 @@ class CapacityConfig:
     scenarios: list[str]
     target: float = 0.9
     start_rate: float = 1.0
-    max_probes: int = 5
+    max_probes: int = 6
     rel_tol: float = 0.25
-    window_s: float = 30.0  # arrivals per probe
+    window_s: float = 15.0  # arrivals per probe
     min_requests: int = 20
-    max_requests: int = 60
+    max_requests: int = 600
 
 
 def _probe(s: LiveSession, cfg: BenchConfig, cap: CapacityConfig, corpus: Sequence[int],
