@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,19 +243,8 @@ class LocalCluster:
 
     def stop(self) -> None:
         """SIGTERM every process group, then SIGKILL what is left after a grace period."""
-        # The coordinator first, so no new work reaches the workers.
-        for proc in reversed(self.procs):
-            signal_group(proc.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for proc in self.procs:
-            try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for proc in self.procs:
-            signal_group(proc.popen.pid, signal.SIGKILL)  # stragglers in the group, if any
-            if proc.popen.poll() is None:
-                proc.popen.wait(timeout=5)
+        # The coordinator (started last) first, so no new work reaches the workers.
+        stop_groups([proc.popen for proc in reversed(self.procs)])
         self.procs.clear()
 
     def __enter__(self) -> LocalCluster:
@@ -281,6 +271,23 @@ def prepare_child() -> None:
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_groups(popens: Sequence[subprocess.Popen]) -> None:
+    """SIGTERM each child's process group (in the order given), wait up to STOP_GRACE_S in
+    all, then SIGKILL whatever is left in the groups (vLLM's engine processes included)."""
+    for popen in popens:
+        signal_group(popen.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for popen in popens:
+        try:
+            popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for popen in popens:
+        signal_group(popen.pid, signal.SIGKILL)  # stragglers in the group, if any
+        if popen.poll() is None:
+            popen.wait(timeout=5)
 
 
 def signal_group(pid: int, sig: int) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,14 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from slos_serve.up import (
-    STOP_GRACE_S,
-    ClusterSpec,
-    LocalCluster,
-    free_port,
-    prepare_child,
-    signal_group,
-)
+from slos_serve.up import ClusterSpec, LocalCluster, free_port, prepare_child, stop_groups
 
 SYSTEMS = ("slos", "vllm-pd", "vllm-serve")
 
@@ -176,18 +168,7 @@ class VllmServeSystem:
               f"{', '.join(self.urls)}", file=sys.stderr)
 
     def stop(self) -> None:
-        for p in self.procs:
-            signal_group(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for p in self.procs:
-            signal_group(p.pid, signal.SIGKILL)
-            if p.poll() is None:
-                p.wait(timeout=5)
+        stop_groups(self.procs)
         self.procs.clear()
 
     def driver(self, timeout_s: float = 600.0) -> Any:
@@ -234,7 +215,6 @@ def _queue_len(url: str) -> int:
         if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
             total += float(line.rsplit(" ", 1)[1])
     return int(total)
-
 
 
 def make_system(name: str, model: str, engine: str = "vllm", spec_tokens: int = 0,
