@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from slos_serve.sim.cli import add_workload_arguments
 from slos_serve.sim.workloads import SCENARIOS
 
 DEFAULT_MODEL = ".cache/tiny-llama"
@@ -39,16 +40,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "runs; vllm-serve is then left out)")
     p.add_argument("--spec-tokens", type=int, default=0,
                    help="ngram speculation for every system (0 = off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--burstiness", type=float, default=1.0,
-                   help="gamma shape of inter-arrivals (1 = Poisson, < 1 burstier)")
-    p.add_argument("--trace", default=None,
-                   help="Azure LLM trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens): "
-                        "arrivals and lengths from it")
-    p.add_argument("--time-scale", type=float, default=1.0,
-                   help="multiply trace timestamps (0.5 = twice the rate)")
-    p.add_argument("--max-context", type=int, default=2048,
-                   help="clip prompt + output of a request to this many tokens")
+    add_workload_arguments(p, max_context=2048)
     p.add_argument("--slo-scale", default="auto",
                    help="multiply the workload's (A100-sized) SLOs; auto: measured zero-load "
                         "TTFT / TPOT on the first system over the reference ones")
@@ -125,7 +117,7 @@ def _config(args: argparse.Namespace, scenario: str, rates: list[float | None]):
 
     out = Path(args.out or f"bench-results/{time.strftime('%Y%m%d-%H%M%S')}")
     duration = getattr(args, "duration", None)
-    if duration is None and not args.trace and hasattr(args, "duration"):
+    if duration is None and not args.trace:
         duration = DEFAULT_DURATION_S
     wl = WorkloadOptions(scenario=scenario, requests=getattr(args, "requests", 40),
                          duration_s=duration, seed=args.seed,

@@ -17,7 +17,8 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -176,6 +177,23 @@ def _base_meta(cfg: BenchConfig) -> dict[str, Any]:
             "started_unix": time.time(), "zero_load": {}, "system_config": {}}
 
 
+def _sessions(cfg: BenchConfig, corpus: Sequence[int], lengths: Sequence[int],
+              scale: _Scale, meta: dict[str, Any]) -> Iterator[tuple[LiveSession, float]]:
+    """Each system of the run in turn: started, measured at zero load (which settles the
+    run's SLO scale), yielded with that scale, stopped when the caller moves on (or closes
+    this generator: use it under `contextlib.closing`), and recorded in meta.json."""
+    for name in cfg.systems:
+        system = make_system(name, cfg.model, cfg.engine, cfg.spec_tokens,
+                             cfg.out_dir / "logs" / name)
+        with LiveSession(system, cfg.request_timeout_s) as s:
+            samples = s.run(zero_load(s.driver, corpus, lengths))
+            meta["zero_load"][name] = _zero_load_meta(samples)
+            meta["system_config"][name] = system.describe()
+            yield s, scale.settle(name, samples)
+        meta["slo_scale"], meta["slo_scale_source"] = scale.value, scale.source
+        _write_meta(cfg, meta)
+
+
 def run_compare(cfg: BenchConfig) -> Path:
     """Every system at every rate; writes records.jsonl, summary.json, meta.json, plots."""
     from slos_serve.bench.corpus import load_corpus
@@ -188,14 +206,9 @@ def run_compare(cfg: BenchConfig) -> Path:
     scale = _Scale(cfg.slo_scale)
     meta = _base_meta(cfg)
     lengths = probe_lengths(runs[0][1])
-    for name in cfg.systems:
-        system = make_system(name, cfg.model, cfg.engine, cfg.spec_tokens,
-                             cfg.out_dir / "logs" / name)
-        with LiveSession(system, cfg.request_timeout_s) as s:
-            samples = s.run(zero_load(s.driver, corpus, lengths))
-            meta["zero_load"][name] = _zero_load_meta(samples)
-            meta["system_config"][name] = system.describe()
-            value = scale.settle(name, samples)
+    with closing(_sessions(cfg, corpus, lengths, scale, meta)) as sessions:
+        for s, value in sessions:
+            name, system = s.system.name, s.system
             for rate, reqs in runs:
                 label = _label(rate, reqs)
                 plan = planmod.build_plan(reqs, corpus, value)
@@ -209,8 +222,6 @@ def run_compare(cfg: BenchConfig) -> Path:
                 print(f"{name} @ {label:g} req/s: {len(plan)} requests, attainment "
                       f"{100 * att:.1f} %, {res.wall_s:.0f} s", file=sys.stderr)
                 s.run(system.wait_idle())
-        meta["slo_scale"], meta["slo_scale_source"] = value, scale.source
-        _write_meta(cfg, meta)
     meta["finished_unix"] = time.time()
     _write_meta(cfg, meta)
     render(cfg.out_dir, plots=cfg.plots)
@@ -268,18 +279,11 @@ def run_capacity(cfg: BenchConfig, cap: CapacityConfig) -> dict[str, Any]:
     lengths = probe_lengths(pooled)
     found: dict[str, dict[str, Any]] = {sc: {} for sc in cap.scenarios}
     t0 = time.perf_counter()
-    for name in cfg.systems:
-        system = make_system(name, cfg.model, cfg.engine, cfg.spec_tokens,
-                             cfg.out_dir / "logs" / name)
-        with LiveSession(system, cfg.request_timeout_s) as s:
-            samples = s.run(zero_load(s.driver, corpus, lengths))
-            meta["zero_load"][name] = _zero_load_meta(samples)
-            value = scale.settle(name, samples)
+    with closing(_sessions(cfg, corpus, lengths, scale, meta)) as sessions:
+        for s, value in sessions:
             for sc in cap.scenarios:
                 probe = functools.partial(_probe, s, cfg, cap, corpus, sc, value, records_path)
-                found[sc][name] = capacity_search(probe, opts)
-        meta["slo_scale"], meta["slo_scale_source"] = value, scale.source
-        _write_meta(cfg, meta)
+                found[sc][s.system.name] = capacity_search(probe, opts)
     data = capacity_json(found, cfg.systems, cap.target, config=meta,
                          elapsed_s=time.perf_counter() - t0)
     (cfg.out_dir / "capacity.json").write_text(json.dumps(data, indent=2, default=str))

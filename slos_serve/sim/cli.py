@@ -24,13 +24,8 @@ START = {"chatbot": 12.0, "coding": 24.0, "summarization": 6.0, "mixed": 10.0, "
          "reasoning": 1.0}
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="opt-13b-a100",
-                   help="performance model: a shipped profile name or a JSON file")
-    p.add_argument("--workers", type=int, default=2, help="engines per system (default 2)")
-    p.add_argument("--pd-ratio", default=None,
-                   help="P:D split for disaggregated systems, e.g. 1:1 (default: best of "
-                        "1:1, 2:1, 1:2)")
+def add_workload_arguments(p: argparse.ArgumentParser, max_context: int | None) -> None:
+    """Arrival and length options shared by `simulate` and `bench` (the same workloads)."""
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--burstiness", type=float, default=1.0,
                    help="gamma shape of inter-arrival times (1 = Poisson, < 1 burstier)")
@@ -39,8 +34,19 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "the scenario's arrivals and lengths")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply trace timestamps (0.5 = twice the rate)")
-    p.add_argument("--max-context", type=int, default=None,
-                   help="clip prompt + output to this many tokens")
+    p.add_argument("--max-context", type=int, default=max_context,
+                   help="clip prompt + output to this many tokens"
+                        + (f" (default {max_context})" if max_context else ""))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="opt-13b-a100",
+                   help="performance model: a shipped profile name or a JSON file")
+    p.add_argument("--workers", type=int, default=2, help="engines per system (default 2)")
+    p.add_argument("--pd-ratio", default=None,
+                   help="P:D split for disaggregated systems, e.g. 1:1 (default: best of "
+                        "1:1, 2:1, 1:2)")
+    add_workload_arguments(p, max_context=None)
     p.add_argument("--length-scale", type=float, default=1.0,
                    help="multiply trace lengths before clipping")
     p.add_argument("--spec-alpha", type=float, default=0.7,
