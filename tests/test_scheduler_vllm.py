@@ -109,6 +109,9 @@ def test_speculation_is_capped_per_tier_and_greedy_outputs_are_unchanged(
     eng = engine.engine
     eng.set_plan({"plan_time_unix": time.time(), "step_token_budget": 0, "tiers": TIERS,
                   "pace": False})
+    # The scheduler re-reads the plan file at most every _PLAN_POLL_S (20 ms): let a poll
+    # interval pass, so the requests' first steps already see this plan.
+    time.sleep(0.1)
     requests = []
     for i, prompt in enumerate(prompts):
         tight = i % 2 == 0
