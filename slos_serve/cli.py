@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slos_serve.up import die_with_parent
+
+    die_with_parent()
     args = build_parser().parse_args(argv)
     if getattr(args, "_unavailable", None):
         print(f"slos-serve {args.command}: unavailable: {args._unavailable}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """`slos-serve up`: a local cluster of processes (coordinator + P prefill + D decode workers).
 
 Every process leads its own process group (in the launcher's session: see
-`prepare_child`) so that stopping it also stops whatever it spawned (vLLM's
+`spawn_options`) so that stopping it also stops whatever it spawned (vLLM's
 engine-core processes); stop() escalates from
 SIGTERM to SIGKILL, and nothing it started outlives it.
 """
@@ -107,14 +107,15 @@ class LocalCluster:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> _Proc:
         log_path = self.log_dir / f"{name}.log"
         log = open(log_path, "w")  # noqa: SIM115 - the child owns it until it exits
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),
+                    **(env or {})}
         popen = subprocess.Popen(
             [sys.executable, "-m", "slos_serve.cli", *argv],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=full_env,
-            preexec_fn=prepare_child,
+            **spawn_options(),  # type: ignore[arg-type]
         )
         log.close()
         proc = _Proc(name, popen, log_path)
@@ -255,22 +256,38 @@ class LocalCluster:
         self.stop()
 
 
-def prepare_child() -> None:
-    """Runs in a child before exec: its own process group, SIGTERM if the launcher dies.
+PARENT_ENV = "SLOS_PARENT_PID"
 
-    A process group (so `signal_group` stops the child with the engine processes it
-    spawns), not a new session: Linux's autogroup scheduler (on by default) gives every
-    session an equal share of the CPU as a unit, and with engines pinned to cores and vLLM's
-    engine-core busy loops in sessions of their own, other processes (the coordinator, the
-    load generator, the other engine) went unscheduled for 0.5-2.9 s at a time on 2 cores.
-    Within one session the kernel schedules every thread on its own.
-    """
-    os.setpgid(0, 0)
-    if sys.platform.startswith("linux"):
-        import ctypes
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def spawn_options() -> dict[str, object]:
+    """Popen options for a child that leads its own process group, in the caller's session.
+
+    A process group, so `signal_group` stops the child with the engine processes it spawns;
+    not a new session: Linux's autogroup scheduler (on by default) gives every session a CPU
+    share as a unit, and with engines pinned to cores and vLLM's busy engine-core loops in
+    sessions of their own, other processes (the coordinator, the load generator, the other
+    engine) went unscheduled for 0.5-2.9 s at a time on 2 cores.
+    No `preexec_fn` on Python >= 3.11: with one, the child runs Python's at-fork handlers
+    before exec, and gRPC's (this process may hold channels) then broke the child's epoll
+    and aborted it (`epoll_wait error: Bad file descriptor`, exit -6; seen in CI).
+    `SLOS_PARENT_PID` lets a `slos-serve` child ask to be stopped with its launcher
+    (`die_with_parent`)."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"preexec_fn": os.setpgrp}
+
+
+def die_with_parent() -> None:
+    """In a child started with `SLOS_PARENT_PID`: SIGTERM when that launcher dies (Linux)."""
+    parent = os.environ.pop(PARENT_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def stop_groups(popens: Sequence[subprocess.Popen]) -> None:

@@ -10,7 +10,7 @@
   them. Same engine settings as the cluster's engines: float32, eager, max-model-len 2048,
   chunked prefill off with 2048 batched tokens (as `VllmEngine` runs on CPU), seed 0.
 
-Every process leads its own process group (not a session: see `up.prepare_child`);
+Every process leads its own process group (not a session: see `up.spawn_options`);
 `stop()` sends SIGTERM to each process group, then SIGKILL to whatever is left after a
 grace period, so vLLM's engine-core processes go too, also after Ctrl-C or an error
 (callers stop in `finally`).
@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from slos_serve.up import ClusterSpec, LocalCluster, free_port, prepare_child, stop_groups
+from slos_serve.up import ClusterSpec, LocalCluster, free_port, spawn_options, stop_groups
 
 SYSTEMS = ("slos", "vllm-pd", "vllm-serve")
 
@@ -136,7 +136,7 @@ class VllmServeSystem:
                     self.procs.append(subprocess.Popen(
                         self.argv(port), stdout=log, stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL, env=env,
-                        preexec_fn=prepare_child))
+                        **spawn_options()))  # type: ignore[arg-type]
                 self.urls.append(f"http://{self.host}:{port}")
             self._wait_ready(timeout_s)
         except BaseException:
