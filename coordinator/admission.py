@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from coordinator.perf_model import PerfModel
-from coordinator.planner import Decision, Plan, PlanRequest, PlanWorker, Snapshot, plan
+from slos_serve.core.perf_model import PerfModel
+from slos_serve.core.planner import Decision, Plan, PlanRequest, PlanWorker, Snapshot, plan
 
 MIN_DRAFTS_FOR_ALPHA = 64  # below this many drafts a tier's acceptance is not trusted
 PRIOR_ALPHA = 0.5  # acceptance assumed before any is measured (ngram on text)

@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def serve(args: argparse.Namespace) -> None:
     from coordinator.pool import WorkerPool
     from coordinator.server import CoordinatorService
-    from coordinator.slo import TierTable
     from proto import slos_serve_pb2_grpc as pb_grpc
+    from slos_serve.core.slo import TierTable
     from slos_serve.grpc_util import bind, create_server, serve_until_signal
     from slos_serve.metrics import REGISTRY, CoordinatorMetrics, serve_metrics
     from slos_serve.tokenizer import load_tokenizer
@@ -62,7 +62,7 @@ async def serve(args: argparse.Namespace) -> None:
     admission = None
     if args.scheduler == "slos":
         from coordinator.admission import Admission
-        from coordinator.perf_model import load_profile
+        from slos_serve.core.perf_model import load_profile
 
         if not args.profile:
             raise SystemExit(

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 import grpc
 
 from coordinator.admission import Admission, WorkerPlanRecord, WorkerView
-from coordinator.planner import Decision
 from coordinator.pool import WorkerHandle, WorkerPool
-from coordinator.slo import TierTable
-from coordinator.stages import StageTracker
 from coordinator.validate import InvalidRequest, ModelFacts, RequestSpec, validate
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
+from slos_serve.core.planner import Decision
+from slos_serve.core.slo import TierTable
+from slos_serve.core.stages import StageTracker
 from slos_serve.metrics import CoordinatorMetrics
 
 log = logging.getLogger(__name__)

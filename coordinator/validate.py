@@ -10,9 +10,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from coordinator.slo import SloError, Tier, TierTable
-from coordinator.stages import StageSpec
 from proto import slos_serve_pb2 as pb
+from slos_serve.core.slo import SloError, Tier, TierTable
+from slos_serve.core.stages import StageSpec
 
 MAX_REQUEST_ID_LEN = 256
 MAX_STOP_STRINGS = 16

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 from kv_transfer.metadata import KvHandoff
 from proto import slos_serve_pb2 as pb
+from slos_serve.core.policy import RequestSlo, StageTracker
 from slos_serve.engine import Engine
-from slos_serve.engine.slo_policy import RequestSlo, StageTracker
 from slos_serve.metrics import WorkerMetrics
-from slos_serve.worker.convert import engine_request, engine_slo
+from slos_serve.wire import engine_request, engine_slo
 
 
 class FirstTokenMismatch(RuntimeError):

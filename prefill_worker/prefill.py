@@ -7,7 +7,7 @@ import time
 from kv_transfer.metadata import KvHandoff, prefill_params
 from proto import slos_serve_pb2 as pb
 from slos_serve.engine import Engine
-from slos_serve.worker.convert import engine_request
+from slos_serve.wire import engine_request
 
 
 class HandoffMissing(RuntimeError):

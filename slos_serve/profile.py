@@ -9,7 +9,7 @@ seconds spent waiting for its core. A grid of workloads makes the steps vary:
 prefill-only batches of one or several prompts, decode batches of 1..64 running requests
 at several context lengths (ngram speculation on, so verify tokens appear), and mixed
 batches (a prompt joining running decodes). The samples are fitted with
-`coordinator.perf_model.fit`, scored on held-out samples, and saved as JSON whose name,
+`slos_serve.core.perf_model.fit`, scored on held-out samples, and saved as JSON whose name,
 source and meta say on which machine, engine and model they were measured.
 
 Which step time is fitted (`--clock`): by default "ready", the wall time less the time
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from coordinator.perf_model import BatchShape, FitReport, PerfModel, fit
+from slos_serve.core.perf_model import BatchShape, FitReport, PerfModel, fit
 
 SHAPE_FIELDS = tuple(f.name for f in fields(BatchShape))
 DEFAULT_OUT = Path(".cache/profile-cpu.json")

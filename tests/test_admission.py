@@ -4,7 +4,7 @@ pure, no gRPC, milliseconds."""
 from __future__ import annotations
 
 from coordinator.admission import Admission, WorkerView
-from coordinator.perf_model import load_profile
+from slos_serve.core.perf_model import load_profile
 
 TIGHT, LOOSE = 0.03, 0.2  # TPOT seconds
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from coordinator.perf_model import load_profile
+from slos_serve.core.perf_model import load_profile
 from slos_serve.sim import cli
 from slos_serve.sim.capacity import SearchOptions, probe_requests, search, system_capacity
 from slos_serve.sim.core import SimConfig

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from coordinator.perf_model import (
+from slos_serve.core.perf_model import (
     BatchShape,
     PerfModel,
     Piece,

@@ -8,8 +8,8 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.perf_model import PerfModel, Piece
-from coordinator.planner import Plan, PlanRequest, PlanWorker, Snapshot, plan
+from slos_serve.core.perf_model import PerfModel, Piece
+from slos_serve.core.planner import Plan, PlanRequest, PlanWorker, Snapshot, plan
 
 # 1 ms per token + 10 ms per batch: a 100-token prefill batch takes 0.11 s
 TOY = PerfModel([Piece((1e-3, 1e-3, 1e-3, 0, 0, 0), 0.01)], name="toy")

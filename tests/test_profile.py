@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from coordinator.perf_model import BatchShape, PerfModel
 from slos_serve import profile as prof
+from slos_serve.core.perf_model import BatchShape, PerfModel
 
 ROOT = Path(__file__).resolve().parent.parent
 

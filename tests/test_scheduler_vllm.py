@@ -186,8 +186,8 @@ def test_a_long_prompt_is_chunked_so_a_tight_decoders_steps_keep_its_tpot(
     one step of ~150 ms here)."""
     import argparse
 
-    from coordinator.perf_model import BatchShape
-    from coordinator.perf_model import load as load_model
+    from slos_serve.core.perf_model import BatchShape
+    from slos_serve.core.perf_model import load as load_model
     from slos_serve.engine import EngineRequest
     from slos_serve.tokenizer import load_tokenizer
 

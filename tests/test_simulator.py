@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.perf_model import load_profile
+from slos_serve.core.perf_model import load_profile
 from slos_serve.sim.core import SimConfig, SimRequest
 from slos_serve.sim.metrics import attained, result
 from slos_serve.sim.simulator import SYSTEMS, pd_splits, roles_for, simulate

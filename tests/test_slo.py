@@ -2,9 +2,9 @@
 
 import pytest
 
-from coordinator.slo import SloError, TierTable
 from coordinator.validate import InvalidRequest, ModelFacts, validate
 from proto import slos_serve_pb2 as pb
+from slos_serve.core.slo import SloError, TierTable
 
 TIERS = TierTable.builtin()
 FACTS = ModelFacts(max_model_len=64, vocab_size=100)

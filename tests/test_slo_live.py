@@ -190,7 +190,7 @@ def test_simulated_and_live_attainment_agree_at_a_moderate_load(
     the performance model this cluster runs with): attainment within 10 points."""
     import numpy as np
 
-    from coordinator.perf_model import PerfModel
+    from slos_serve.core.perf_model import PerfModel
     from slos_serve.sim.core import SimConfig
     from slos_serve.sim.simulator import simulate_split
     from slos_serve.sim.workloads import Request, Stage

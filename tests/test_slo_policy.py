@@ -1,4 +1,4 @@
-"""The engine scheduler's SLO decisions (slos_serve/engine/slo_policy.py): pure, no vLLM."""
+"""The engine scheduler's SLO decisions (slos_serve/core/policy.py): pure, no vLLM."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.perf_model import BatchShape, PerfModel, Piece
-from coordinator.perf_model import load as load_perf_model
-from slos_serve.engine.slo_policy import (
+from slos_serve.core.perf_model import BatchShape, PerfModel, Piece
+from slos_serve.core.perf_model import load as load_perf_model
+from slos_serve.core.policy import (
     BEST_EFFORT_OFFSET_MS,
     NO_SLO_TIER,
     DecodeClock,
@@ -352,7 +352,7 @@ def test_set_plan_rpc_reaches_the_engine_and_bad_values_are_invalid_argument() -
 
 def test_worker_slo_reaches_the_engine_request_whole() -> None:
     from proto import slos_serve_pb2 as pb
-    from slos_serve.worker.convert import engine_request
+    from slos_serve.wire import engine_request
 
     slo = pb.WorkerSlo(ttft_deadline_unix=NOW, tpot_ms=30.0, best_effort=True, spec_tokens=2,
                        tier="gold")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.perf_model import BatchShape, PerfModel, Piece, load_profile
-from coordinator.spec import (
+from slos_serve.core.perf_model import BatchShape, PerfModel, Piece, load_profile
+from slos_serve.core.spec import (
     TierLoad,
     choose_config,
     decode_shape,

@@ -1,10 +1,10 @@
-"""Per-stage accounting of streamed requests (coordinator/stages.py): pure, milliseconds."""
+"""Per-stage accounting of streamed requests (slos_serve/core/stages.py): pure, milliseconds."""
 
 from __future__ import annotations
 
 import pytest
 
-from coordinator.stages import StageSpec, StageTracker
+from slos_serve.core.stages import StageSpec, StageTracker
 
 
 def test_single_stage_matches_the_request_verdict() -> None:

@@ -1,7 +1,7 @@
 """Per-request records of a live run, their SLO verdicts, and records.jsonl. Pure.
 
 Every system is judged the same way, on the client, from the arrival time of every token
-(`coordinator.stages.StageTracker`, the coordinator's own per-stage accounting, replayed
+(`slos_serve.core.stages.StageTracker`, the coordinator's own per-stage accounting, replayed
 over the client's times): stage 0 of a call is judged on TTFT (first token - the call's
 send time) and TPOT ((last - first) / (tokens - 1)); a stage that continues a call on TPOT
 from the previous stage's last token. A request attains iff it finished (no error, every
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.stages import StageSpec, StageTracker
 from slos_serve.bench.plan import PlannedRequest
+from slos_serve.core.stages import StageSpec, StageTracker
 
 OK_FINISH = ("length", "stop")
 

@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from slos_serve.core.policy import MODES, parse_plan, plan_to_dict
 from slos_serve.engine.base import EngineInfo, EngineLoad, EngineOutput, EngineRequest
-from slos_serve.engine.slo_policy import MODES, parse_plan, plan_to_dict
 
 
 @dataclass

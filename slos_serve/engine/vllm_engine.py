@@ -16,14 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from slos_serve.engine.base import (
-    EngineInfo,
-    EngineLoad,
-    EngineOutput,
-    EngineRequest,
-    TierSpecStats,
-)
-from slos_serve.engine.slo_policy import (
+from slos_serve.core.policy import (
     MODE_ENV,
     MODES,
     PERF_PROFILE_ENV,
@@ -32,6 +25,13 @@ from slos_serve.engine.slo_policy import (
     acceptance,
     parse_plan,
     plan_to_dict,
+)
+from slos_serve.engine.base import (
+    EngineInfo,
+    EngineLoad,
+    EngineOutput,
+    EngineRequest,
+    TierSpecStats,
 )
 
 SCHEDULER_CLS = "slos_serve.engine.vllm_scheduler.SloScheduler"

@@ -14,7 +14,7 @@ variables set before the engine starts:
   replaces atomically and this scheduler polls (one stat() per ~20 ms at most):
   {"plan_time_unix", "step_token_budget", "tiers": [{"tpot_ms", "spec_tokens",
   "interval_ms"}], "pace", "stages": {request_id: stage_index}}.
-* SLOS_PERF_PROFILE: a performance model (coordinator.perf_model JSON) for step budgets.
+* SLOS_PERF_PROFILE: a performance model (slos_serve.core.perf_model JSON) for step budgets.
 
 Per-request SLO data arrives in SamplingParams.extra_args["slo"]: ttft_deadline_unix,
 tpot_ms, best_effort, spec_tokens, tier, stages [{"tpot_ms", "max_tokens", "until"}] and
@@ -23,7 +23,8 @@ request_id (the worker's id). In "slos" mode, with the engine's scheduling_polic
 and preempted first (the priority set in add_request); the running list is ordered so that
 admitted, tighter-TPOT, earlier-due decoders come first and each step's token budget keeps
 the tightest admitted TPOT (the performance model's prediction); draft tokens are trimmed
-to the request's tier cap. The decisions themselves live in slo_policy.py (no vLLM there).
+to the request's tier cap. The decisions themselves live in slos_serve/core/policy.py
+(no vLLM there).
 
 Optional (off unless SLOS_PROFILE_PATH is set): a sample recorder that appends one
 JSON line per executed step, the batch's composition and its seconds (wall; the
@@ -46,9 +47,9 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
-from coordinator.perf_model import PerfModel
-from coordinator.perf_model import load as load_perf_model
-from slos_serve.engine.slo_policy import (
+from slos_serve.core.perf_model import PerfModel
+from slos_serve.core.perf_model import load as load_perf_model
+from slos_serve.core.policy import (
     MODE_ENV,
     MODES,
     PERF_PROFILE_ENV,

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from coordinator.perf_model import PerfModel
+from slos_serve.core.perf_model import PerfModel
 from slos_serve.sim.core import SimConfig
 from slos_serve.sim.simulator import simulate
 from slos_serve.sim.workloads import Request, WorkloadSpec, build_workload

@@ -116,7 +116,7 @@ def _ms(x: float) -> str:
 
 
 def run_once(args: argparse.Namespace) -> int:
-    from coordinator.perf_model import load_profile
+    from slos_serve.core.perf_model import load_profile
     from slos_serve.sim.simulator import simulate
     from slos_serve.sim.workloads import build_workload
 
@@ -148,7 +148,7 @@ def run_once(args: argparse.Namespace) -> int:
 
 def _capacity_job(args: argparse.Namespace, scenario: str, system: str,
                   targets: list[float]) -> tuple[str, str, dict]:
-    from coordinator.perf_model import load_profile
+    from slos_serve.core.perf_model import load_profile
     from slos_serve.sim.capacity import SearchOptions, system_capacity
 
     model = load_profile(args.profile)

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from coordinator.perf_model import BatchShape, PerfModel
+from slos_serve.core.perf_model import BatchShape, PerfModel
 from slos_serve.sim.workloads import Request
 
 # Sizes of the paper's setups: KV bytes per token (2 * layers * hidden * 2 B, fp16) and the

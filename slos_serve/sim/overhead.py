@@ -13,8 +13,8 @@ import random
 import statistics
 import time
 
-from coordinator.perf_model import load_profile
-from coordinator.planner import PlanRequest, PlanWorker, Snapshot, plan
+from slos_serve.core.perf_model import load_profile
+from slos_serve.core.planner import PlanRequest, PlanWorker, Snapshot, plan
 
 TIERS = ((0.05, 3.0), (0.1, 5.0))  # (TPOT s, TTFT multiple of zero-load prefill)
 

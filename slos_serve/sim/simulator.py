@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from coordinator.perf_model import PerfModel, load_profile
+from slos_serve.core.perf_model import PerfModel, load_profile
 from slos_serve.sim.baselines import ColocatedFcfs, DistServe
 from slos_serve.sim.core import Cluster, SimConfig, System
 from slos_serve.sim.metrics import RequestResult, Summary, result, summarize

@@ -1,4 +1,4 @@
-"""`slos` and `slos-colocated`: the SLOs-Serve planner (coordinator/planner.py) driving the
+"""`slos` and `slos-colocated`: the SLOs-Serve planner (slos_serve/core/planner.py) driving the
 simulated cluster through the same records the live coordinator uses (Snapshot -> Plan).
 
 The planner decides admission (admit / best effort / reject) and routing for new requests and
@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from coordinator.planner import Plan, PlanRequest, PlanWorker, Snapshot, plan
+from slos_serve.core.planner import Plan, PlanRequest, PlanWorker, Snapshot, plan
 from slos_serve.sim.core import Batch, Cluster, SimRequest, Worker
 
 BLOCK = 16  # KV block size the planner counts in

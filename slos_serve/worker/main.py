@@ -63,7 +63,7 @@ def build_engine(args: argparse.Namespace):
 
     profile = None
     if args.profile:
-        from coordinator.perf_model import load
+        from slos_serve.core.perf_model import load
 
         try:  # fail here, not silently inside vLLM's engine core
             load(args.profile)

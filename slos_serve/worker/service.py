@@ -19,7 +19,7 @@ from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.engine import Engine
 from slos_serve.metrics import WorkerMetrics
-from slos_serve.worker.convert import engine_plan
+from slos_serve.wire import engine_plan
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.perf_model import BatchShape, PerfModel
+from slos_serve.core.perf_model import BatchShape, PerfModel
 
 # The worker <-> engine-core side channels (vllm_scheduler.py describes them).
 STATS_PATH_ENV = "SLOS_ENGINE_STATS_PATH"

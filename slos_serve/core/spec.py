@@ -18,7 +18,7 @@ import math
 from bisect import bisect_left
 from dataclasses import dataclass, replace
 
-from coordinator.perf_model import BatchShape, PerfModel
+from slos_serve.core.perf_model import BatchShape, PerfModel
 
 
 def expected_tokens(n: int, alpha: float) -> float:

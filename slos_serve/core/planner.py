@@ -7,7 +7,7 @@ Formulation. Objective: the number of requests that meet their SLOs (profit 1 ea
 request is admitted iff, by the performance model, it and every request admitted before meet
 their TTFT and TPOT: (a) its prefill worker can finish its prompt before its TTFT deadline in
 earliest-deadline-first order, (b) its decode worker can sustain every admitted request's TPOT
-tier forever after (a decode configuration exists, see coordinator/spec.py), (c) the KV blocks
+tier forever after (a decode configuration exists, see slos_serve/core/spec.py), (c) the KV blocks
 of the admitted requests fit. Admitted requests are never dropped (soft admission control);
 declined ones become best effort (leftover budget only) or are rejected, by their own policy.
 
@@ -19,7 +19,7 @@ for those counts and b <= u the predicted time of such a batch (shorter than u w
 batch token limit binds; batches run back to back while prefill waits), budget = k * p +
 (the most prefill tokens that one more batch carrying the worst-case decode part ends within
 the time left), k = floor((deadline - start) / b): a deadline shorter than a batch still
-gets a smaller, faster batch (coordinator/spec.py, prefill_within). On a prefill worker the
+gets a smaller, faster batch (slos_serve/core/spec.py, prefill_within). On a prefill worker the
 budget does not depend on decoding (u = b = time of a max_batch_tokens batch, p =
 max_batch_tokens), so states collapse to the admitted count. Mixed workers (colocated mode)
 keep the tier vector. KV: each request reserves its context plus a fraction
@@ -62,8 +62,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from coordinator.perf_model import BatchShape, PerfModel
-from coordinator.spec import (
+from slos_serve.core.perf_model import BatchShape, PerfModel
+from slos_serve.core.spec import (
     DecodeConfig,
     TierLoad,
     choose_config,
