@@ -23,14 +23,18 @@ onto core 1 (seen here: a prefill engine bound to "0" computed on core 1, sharin
 with the decode engine bound to "1"). So, unless the binding is "auto", the plugin keeps
 that choice inside the cores the thread is already allowed to use ("nobind": none).
 
-Third, NIXL's progress thread. NixlConnector creates its NIXL agent with NIXL's default
-progress thread, which polls UCX without pause (`pthrDelay = 0`) and inherits the
-engine's core: measured here, it took 2/3 of the decode engine's core and tripled the time
-per output token (10 ms instead of 3 ms with the tiny model). On the CPU platform the
-plugin creates the agent without that thread (`SLOS_NIXL_PROGRESS_THREAD=1` keeps it).
-Transfers still complete: the reading side polls them at every engine step, and the side
-holding the KV keeps stepping while a finished request waits for its KV to be read
-(`Scheduler.has_finished_requests`), and each of those steps polls NIXL too.
+Third, NIXL's progress thread. NixlConnector creates its NIXL agent with NIXL's progress
+thread, and NIXL's Python API hard-codes that thread's poll timeout (`pthrDelay`) to 0: it
+then polls UCX without pause on the engine's core (measured here: 2/3 of the decode engine's
+core, 3x the time per output token). Without the thread, transfers advance only when an
+engine step polls NIXL: a KV pull then waits for the prefill engine's next model step (up to
+a whole prefill step, ~90 ms for a 1500-token prompt here, three of them on a fresh
+connection), and that wait lands in the request's TPOT. On the CPU platform the plugin keeps
+the thread but gives it a poll timeout of `PROGRESS_POLL_US`: NIXL's UCX progress thread
+then sleeps in poll() on the UCX workers' event descriptors and wakes when a transfer needs
+it (or after the timeout), so hand-offs complete within milliseconds whatever the engines
+are computing, at no measurable CPU cost. `SLOS_NIXL_PROGRESS_THREAD` chooses: `poll` (the
+default), `off` (no thread: engine steps poll), `busy` (NIXL's own default).
 
 vLLM calls `register()` in every process it starts (front end, engine core, workers)
 through the `vllm.general_plugins` entry point `slos_serve_nixl_cpu` (pyproject.toml),
@@ -150,10 +154,43 @@ def _wrap_numa(original: Callable[[], list[list[int]]]) -> classmethod:
 
 NIXL_AGENT_MODULE = "vllm.distributed.nixl_utils"
 NIXL_WORKER_MODULE = "vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker"
+PROGRESS_MODES = ("poll", "off", "busy")
+# The progress thread's poll() timeout. NIXL rounds it up to whole milliseconds; the thread
+# wakes earlier on UCX events, so this only bounds a wake-up that an event failed to give.
+PROGRESS_POLL_US = 1000
 
 
-def _without_progress_thread(nixl_utils: Any) -> Callable[..., Any]:
-    """A `nixl_agent_config` that turns NIXL's busy-polling progress thread off.
+def progress_mode() -> str:
+    """The NIXL progress mode this process asks for (`SLOS_NIXL_PROGRESS_THREAD`)."""
+    mode = os.environ.get(PROGRESS_THREAD_ENV, "").strip().lower() or "poll"
+    mode = {"0": "off", "1": "busy"}.get(mode, mode)  # the values of earlier releases
+    if mode not in PROGRESS_MODES:
+        raise ValueError(f"{PROGRESS_THREAD_ENV}: must be one of {', '.join(PROGRESS_MODES)}, "
+                         f"not {mode!r}")
+    return mode
+
+
+def _poll_delay_config(bindings: Any) -> None:
+    """Make the agent config class of NIXL's bindings keep a non-zero `pthrDelay`.
+
+    `nixl_agent.__init__` builds `bindings.nixlAgentConfig()` and sets `pthrDelay = 0`;
+    the subclass turns that 0 into PROGRESS_POLL_US. Only this process's NIXL agents see it."""
+    base = getattr(bindings, "nixlAgentConfig", None)
+    if base is None or getattr(base, _PATCH_MARK, False):
+        return
+
+    class PolledAgentConfig(base):  # type: ignore[misc, valid-type]
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name == "pthrDelay" and not value:
+                value = PROGRESS_POLL_US
+            super().__setattr__(name, value)
+
+    setattr(PolledAgentConfig, _PATCH_MARK, True)
+    bindings.nixlAgentConfig = PolledAgentConfig
+
+
+def _paced_agent_config(nixl_utils: Any, mode: str) -> Callable[..., Any]:
+    """A `nixl_agent_config` for `mode` ("poll" or "off").
 
     It resolves the real one through vLLM's lazy loader (`None` when NIXL is missing:
     then so is the result, as vLLM expects), which also stores the real one in the
@@ -164,9 +201,19 @@ def _without_progress_thread(nixl_utils: Any) -> Callable[..., Any]:
         nixl_utils.nixl_agent_config = nixl_agent_config
         if real is None:
             return None
-        kwargs.setdefault("enable_prog_thread", False)
-        logger.info("slos-serve plugin: NIXL agent without its progress thread "
-                    "(the engine steps poll transfers; %s=1 keeps it)", PROGRESS_THREAD_ENV)
+        if mode == "off":
+            kwargs.setdefault("enable_prog_thread", False)
+        else:
+            bindings = getattr(sys.modules.get(real.__module__), "nixlBind", None)
+            if bindings is None:  # another NIXL layout: no thread rather than a busy one
+                kwargs.setdefault("enable_prog_thread", False)
+                mode_seen = "off (NIXL's bindings not found)"
+            else:
+                _poll_delay_config(bindings)
+                mode_seen = mode
+            logger.info("slos-serve plugin: NIXL progress thread %s (poll timeout %d us; "
+                        "%s=off|busy to change)", mode_seen, PROGRESS_POLL_US,
+                        PROGRESS_THREAD_ENV)
         return real(*args, **kwargs)
 
     setattr(nixl_agent_config, _PATCH_MARK, True)
@@ -174,8 +221,9 @@ def _without_progress_thread(nixl_utils: Any) -> Callable[..., Any]:
 
 
 def _patch_progress_thread() -> None:
-    """Install `_without_progress_thread` where NixlConnector's worker looks it up."""
-    if os.environ.get(PROGRESS_THREAD_ENV, "0") not in ("", "0"):
+    """Install `_paced_agent_config` where NixlConnector's worker looks it up."""
+    mode = progress_mode()
+    if mode == "busy":
         return
     try:
         nixl_utils = importlib.import_module(NIXL_AGENT_MODULE)
@@ -186,7 +234,7 @@ def _patch_progress_thread() -> None:
     current = nixl_utils.__dict__.get("nixl_agent_config")
     if current is not None and getattr(current, _PATCH_MARK, False):
         return
-    wrapper = _without_progress_thread(nixl_utils)
+    wrapper = _paced_agent_config(nixl_utils, mode)
     # A module attribute is found before the module's lazy __getattr__, so the worker's
     # `from vllm.distributed.nixl_utils import nixl_agent_config` binds the wrapper; if
     # the worker module was imported already, its binding is replaced.

@@ -325,13 +325,28 @@ class _FakePlatform:
         return [[0, 1], [2, 3]]
 
 
+class _FakeAgentConfig:
+    """NIXL's bindings' `nixlAgentConfig`, as `nixl_agent.__init__` fills it in."""
+
+    pthrDelay = -1
+
+
 def _fake_nixl_utils() -> Any:
     """vLLM's `nixl_utils` as the plugin sees it: a lazy loader of NIXL's agent config
-    (which, like vLLM's, stores what it loaded in the module)."""
+    (which, like vLLM's, stores what it loaded in the module), defined in a fake NIXL API
+    module whose `nixlBind` holds the bindings' config class."""
     mod = type(sys)("fake_vllm_nixl_utils")
+    api = type(sys)("fake_nixl_api")
+    api.nixlBind = type(sys)("fake_nixl_bindings")
+    api.nixlBind.nixlAgentConfig = _FakeAgentConfig
 
     def real_config(**kwargs: Any) -> dict[str, Any]:
-        return {"enable_prog_thread": True, **kwargs}  # NIXL's default: the thread is on
+        cfg = api.nixlBind.nixlAgentConfig()
+        cfg.pthrDelay = 0  # what NIXL's Python API hard-codes
+        return {"enable_prog_thread": True, "pthrDelay": cfg.pthrDelay, **kwargs}
+
+    real_config.__module__ = api.__name__
+    sys.modules[api.__name__] = api
 
     def load(name: str) -> Any:
         mod.nixl_agent_config = real_config
@@ -388,20 +403,34 @@ def test_plugin_adds_cpu_when_a_build_refuses_it(
     assert plugin.status() == "added"
 
 
-def test_plugin_creates_nixl_agents_without_the_progress_thread_on_cpu(
-    fresh_plugin: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_plugin_gives_the_progress_thread_a_poll_timeout_on_cpu(fresh_plugin: Any) -> None:
+    """The default: NIXL's progress thread stays on, with a non-zero poll timeout (0 makes
+    it spin on the engine's core)."""
     plugin, use = fresh_plugin
     use("cpu")
     utils = sys.modules[plugin.NIXL_AGENT_MODULE]
     plugin.register()
     config = utils.nixl_agent_config
-    assert config(num_threads=4) == {"enable_prog_thread": False, "num_threads": 4}
+    assert config(num_threads=4) == {"enable_prog_thread": True,
+                                     "pthrDelay": plugin.PROGRESS_POLL_US, "num_threads": 4}
     assert utils.nixl_agent_config is config  # still the wrapper after the lazy load
+
+
+def test_plugin_creates_nixl_agents_without_the_progress_thread_when_asked(
+    fresh_plugin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin, use = fresh_plugin
+    monkeypatch.setenv(plugin.PROGRESS_THREAD_ENV, "off")
+    use("cpu")
+    utils = sys.modules[plugin.NIXL_AGENT_MODULE]
+    plugin.register()
+    config = utils.nixl_agent_config
+    assert config(num_threads=4) == {"enable_prog_thread": False, "pthrDelay": 0,
+                                     "num_threads": 4}
     assert config(enable_prog_thread=True)["enable_prog_thread"] is True  # explicit wins
 
 
-def test_plugin_keeps_the_progress_thread_when_asked_or_off_cpu(
+def test_plugin_keeps_nixls_busy_progress_thread_when_asked_or_off_cpu(
     fresh_plugin: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plugin, use = fresh_plugin
@@ -410,10 +439,21 @@ def test_plugin_keeps_the_progress_thread_when_asked_or_off_cpu(
     plugin.register()
     assert not hasattr(utils, "nixl_agent_config")
     monkeypatch.setattr(plugin, "_state", None)
-    monkeypatch.setenv(plugin.PROGRESS_THREAD_ENV, "1")
+    monkeypatch.setenv(plugin.PROGRESS_THREAD_ENV, "busy")
     use("cpu")
     plugin.register()
     assert not hasattr(utils, "nixl_agent_config")
+
+
+def test_plugin_rejects_an_unknown_progress_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kv_transfer import cpu_plugin
+
+    monkeypatch.setenv(cpu_plugin.PROGRESS_THREAD_ENV, "sometimes")
+    with pytest.raises(ValueError, match=cpu_plugin.PROGRESS_THREAD_ENV):
+        cpu_plugin.progress_mode()
+    for old, new in (("0", "off"), ("1", "busy"), ("", "poll")):
+        monkeypatch.setenv(cpu_plugin.PROGRESS_THREAD_ENV, old)
+        assert cpu_plugin.progress_mode() == new
 
 
 def test_plugin_kv_core_choice() -> None:

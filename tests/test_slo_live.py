@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import math
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -25,16 +26,18 @@ from slos_serve.up import ClusterSpec, LocalCluster
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SPEC_TOKENS = 4
-# Sized for the tiny model on one core per engine: a 1500-token prompt takes ~0.15 s to
-# prefill alone (~0.5 s under this load), so a queue of LOOSE_N of them holds the prefill
-# engine for ~10 s: FCFS makes the tight prompts behind them wait that long.
 TIERS = {
     "default": "loose",
     "tight": {"ttft_ms": 2500.0, "tpot_ms": 80.0},
     "loose": {"ttft_ms": 60000.0, "tpot_ms": 600.0},
 }
-LOOSE_N, LOOSE_PROMPT, LOOSE_OUT = 24, 1500, 8
+LOOSE_PROMPT, LOOSE_OUT = 1500, 8
 TIGHT_N, TIGHT_PROMPT, TIGHT_OUT = 10, 150, 24
+# The burst's loose prompts hold the prefill engine this many times the tight TTFT, at the
+# prefill throughput measured when the module starts (`loose_n`): under FCFS the tight
+# prompts queued behind them must miss their TTFT whatever the machine's speed.
+QUEUE_FACTOR = 2.0
+MEASURE_BATCH = 4
 
 _results: dict[str, dict[str, float]] = {}
 
@@ -77,8 +80,42 @@ def slos_cluster(
     cluster.stop()  # idempotent: the last test stops it early
 
 
-def burst(target: str, corpus: list[int]) -> list[tuple[str, Completion | Exception]]:
-    """LOOSE_N long loose prompts, then TIGHT_N short tight ones, all at once."""
+def measure_prefill_tokens_per_s(target: str, corpus: list[int]) -> float:
+    """Zero-load prefill throughput through the cluster: MEASURE_BATCH loose-sized prompts
+    at once, one output token each, best of two rounds."""
+
+    async def round_s(client: AsyncClient, k: int) -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.gather(*(
+            client.generate(corpus[(k * 31 + i * 89) % (len(corpus) - LOOSE_PROMPT):][
+                :LOOSE_PROMPT], max_tokens=1, tier="loose", temperature=0.0)
+            for i in range(MEASURE_BATCH)))
+        return loop.time() - t0
+
+    async def run() -> float:
+        async with AsyncClient(target, timeout=120) as client:
+            return min([await round_s(client, k) for k in range(2)])
+
+    return MEASURE_BATCH * LOOSE_PROMPT / asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def loose_n(slos_cluster, corpus: list[int]) -> int:
+    """How many loose prompts the burst queues before the tight ones: enough to hold the
+    prefill engine for QUEUE_FACTOR x the tight TTFT at the measured throughput."""
+    tokens_per_s = measure_prefill_tokens_per_s(slos_cluster.target, corpus)
+    queue_s = QUEUE_FACTOR * TIERS["tight"]["ttft_ms"] / 1000
+    n = math.ceil(queue_s * tokens_per_s / LOOSE_PROMPT)
+    print(f"prefill {tokens_per_s:.0f} tokens/s at zero load: {n} loose prompts of "
+          f"{LOOSE_PROMPT} tokens hold it {n * LOOSE_PROMPT / tokens_per_s:.1f} s")
+    return n
+
+
+def burst(
+    target: str, corpus: list[int], loose_n: int
+) -> list[tuple[str, Completion | Exception]]:
+    """`loose_n` long loose prompts, then TIGHT_N short tight ones, all at once."""
 
     async def one(client: AsyncClient, tier: str, i: int) -> tuple[str, Completion | Exception]:
         n, out = (LOOSE_PROMPT, LOOSE_OUT) if tier == "loose" else (TIGHT_PROMPT, TIGHT_OUT)
@@ -95,9 +132,9 @@ def burst(target: str, corpus: list[int]) -> list[tuple[str, Completion | Except
 
     async def run() -> list[tuple[str, Completion | Exception]]:
         async with AsyncClient(target, timeout=300) as client:
-            tasks = [asyncio.create_task(one(client, "loose", i)) for i in range(LOOSE_N)]
+            tasks = [asyncio.create_task(one(client, "loose", i)) for i in range(loose_n)]
             await asyncio.sleep(0.05)  # the loose prompts are queued first
-            tasks += [asyncio.create_task(one(client, "tight", LOOSE_N + i))
+            tasks += [asyncio.create_task(one(client, "tight", loose_n + i))
                       for i in range(TIGHT_N)]
             return await asyncio.gather(*tasks)
 
@@ -237,8 +274,10 @@ def test_simulated_and_live_attainment_agree_at_a_moderate_load(
         + describe([(str(r.tier), o) for r, o in zip(requests, outs, strict=True)]))
 
 
-def test_tight_tier_burst_with_the_planner(slos_cluster, corpus: list[int]) -> None:
-    results = burst(slos_cluster.target, corpus)
+def test_tight_tier_burst_with_the_planner(
+    slos_cluster, corpus: list[int], loose_n: int
+) -> None:
+    results = burst(slos_cluster.target, corpus, loose_n)
     _results["slos"] = {t: attainment(results, t) for t in ("tight", "loose")}
     print(f"burst, --scheduler slos: {summary(results)}")
     failed = [r for _, r in results if not isinstance(r, Completion)]
@@ -247,7 +286,7 @@ def test_tight_tier_burst_with_the_planner(slos_cluster, corpus: list[int]) -> N
 
 
 def test_tight_tier_burst_with_vllm_scheduling_falls_below(
-    slos_cluster, model_dir: str, corpus: list[int], tmp_path: Path
+    slos_cluster, model_dir: str, corpus: list[int], loose_n: int, tmp_path: Path
 ) -> None:
     if "slos" not in _results:
         pytest.fail("needs test_tight_tier_burst_with_the_planner's result (run the module)")
@@ -255,8 +294,8 @@ def test_tight_tier_burst_with_vllm_scheduling_falls_below(
     with LocalCluster(_spec(model_dir, tmp_path, "vllm")) as cluster:
         with Client(cluster.target) as client:
             assert client.cluster_info().scheduler == "vllm"
-        results = burst(cluster.target, corpus)
+        results = burst(cluster.target, corpus, loose_n)
     vllm_tight = attainment(results, "tight")
     print(f"burst, --scheduler vllm: {summary(results)}")
-    assert vllm_tight < _results["slos"]["tight"], (
+    assert vllm_tight <= 0.5 and vllm_tight < _results["slos"]["tight"], (
         f"vllm {vllm_tight:.2f} vs slos {_results['slos']['tight']:.2f}\n" + describe(results))
