@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def serve(args: argparse.Namespace) -> None:
     from coordinator.pool import WorkerPool
     from coordinator.server import CoordinatorService
+    from coordinator.warmup import warm_up
     from proto import slos_serve_pb2_grpc as pb_grpc
     from slos_serve.core.slo import TierTable
     from slos_serve.grpc_util import bind, create_server, serve_until_signal
@@ -87,11 +88,15 @@ async def serve(args: argparse.Namespace) -> None:
     pool.start()
     service.start()
 
+    warm: set[tuple[str, str]] = set()
+
     async def track_health() -> None:
         while True:
             await pool.changed.wait()
             pool.changed.clear()
             ready = pool.ready()
+            if ready:
+                await warm_up(pool, warm)
             await health.set(
                 "", HealthCheckResponse.SERVING if ready else HealthCheckResponse.NOT_SERVING
             )
