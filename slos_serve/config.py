@@ -126,15 +126,19 @@ class Options:
         *,
         shared: bool = False,
         defaults: dict[str, Any] | None = None,
+        only: set[str] | None = None,
     ) -> None:
         """Register the options on `parser` (or an argument group).
 
         `shared`: the options are already declared on a parent parser and this is a
         subcommand's; they are accepted here too but default to the parent's value (set
         or defaulted there), so `cmd --x 1 sub` and `cmd sub --x 1` mean the same.
-        `defaults` overrides defaults by field name (one command's own defaults).
+        `defaults` overrides defaults by field name (one command's own defaults); `only`
+        registers just these fields.
         """
         for opt in cls.options():
+            if only is not None and opt.name not in only:
+                continue
             default = (defaults or {}).get(opt.name, opt.default)
             parser.add_argument(opt.flag, **_argparse_kwargs(opt, default, shared))
 
@@ -164,7 +168,8 @@ def _argparse_kwargs(opt: _Option, default: Any, shared: bool) -> dict[str, Any]
     spec = opt.spec
     help_text = spec.help
     if "%(default)" in help_text:  # expanded here: a shared option's own default is hidden
-        help_text = help_text % {"default": None if default is MISSING else default}
+        shown = "none" if default in (None, MISSING) else default
+        help_text = help_text % {"default": shown}
     kw: dict[str, Any] = {"dest": opt.name, "help": help_text.replace("%", "%%")}
     if opt.kind is bool:
         if default is True and not (spec.flag or "").startswith("--no-"):
