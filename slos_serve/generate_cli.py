@@ -13,9 +13,10 @@ Exit codes: 0 success; 2 invalid input (argparse errors and INVALID_ARGUMENT); 3
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # the SDK (grpc) loads in run(), keeping `slos-serve --help` fast
     from slos_serve.client import Completion, TlsConfig
@@ -112,6 +113,15 @@ def _tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
     return TlsConfig() if args.tls else None
 
 
+def request_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The SDK's request options among the parsed arguments (the flags' dests are named
+    after `GenerateOptions`' fields, so the list is not written out here again)."""
+    from slos_serve.client import GenerateOptions
+
+    names = [f.name for f in dataclasses.fields(GenerateOptions)]
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
 def _exit_code(err: BaseException) -> int:
     from slos_serve.errors import InvalidRequest, Rejected
 
@@ -150,20 +160,7 @@ def run(args: argparse.Namespace) -> int:
 
     completion: Completion | None = None
     try:
-        with client, client.stream(
-            prompt,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            stop=args.stop,
-            ignore_eos=args.ignore_eos,
-            tier=args.tier,
-            ttft_ms=args.ttft_ms,
-            tpot_ms=args.tpot_ms,
-            on_reject=args.on_reject,
-            request_id=args.request_id,
-        ) as stream:
+        with client, client.stream(prompt, **request_options(args)) as stream:
             for event in stream:
                 if isinstance(event, Chunk) and not args.json and event.text:
                     out.write(event.text)

@@ -1,10 +1,13 @@
-"""Configuration shared by `Client` and `AsyncClient` (channel, deadline, metadata)."""
+"""What `Client` and `AsyncClient` share: channel, stubs, deadline, metadata."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from grpc_health.v1 import health_pb2_grpc
+
+from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.client.channel import ChannelOptions, TlsConfig, make_channel, resolve_tls
 
 
@@ -34,6 +37,9 @@ class ClientBase:
         self.metadata = tuple(metadata)
         self.wait_for_ready = wait_for_ready
         self._channel: Any = make_channel(target, self.tls, self.options, aio=self._aio)
+        # The generated stubs serve sync and grpc.aio channels alike.
+        self._stub = pb_grpc.SloServeStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     @property
     def channel(self) -> Any:

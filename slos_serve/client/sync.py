@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from proto import slos_serve_pb2 as pb
-from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.client._base import ClientBase
-from slos_serve.client.channel import ChannelOptions, TlsConfig
+from slos_serve.client.request import Prompt, build_generate_request, takes_generate_options
 from slos_serve.client.types import (
     ClusterInfo,
     Completion,
     Event,
     HealthStatus,
     ModelInfo,
-    OnReject,
-    StageSpec,
     Started,
     StreamAssembler,
-    build_generate_request,
 )
 from slos_serve.errors import Cancelled, ProtocolError, from_rpc_error
 
@@ -176,84 +172,32 @@ class Client(ClientBase):
 
     _aio = False
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        tls: TlsConfig | bool | None = None,
-        timeout: float | None = None,
-        options: ChannelOptions | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-        wait_for_ready: bool | None = None,
-    ) -> None:
-        super().__init__(
-            target, tls=tls, timeout=timeout, options=options, metadata=metadata,
-            wait_for_ready=wait_for_ready,
-        )
-        self._stub = pb_grpc.SloServeStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-
     def _unary(self, fn: Callable[..., T], request: Any, timeout: float | None) -> T:
         try:
             return fn(request, **self._call_kwargs(timeout))
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
+    @takes_generate_options
     def stream(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_tokens: int,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: Sequence[str] | str | None = None,
-        ignore_eos: bool = False,
-        tier: str | None = None,
-        ttft_ms: float | None = None,
-        tpot_ms: float | None = None,
-        stages: Sequence[StageSpec] | None = None,
-        on_reject: OnReject | str | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
+        self, prompt: Prompt, *, timeout: float | None = None, **options: Any
     ) -> GenerateStream:
         """Start a Generate call; iterate the returned stream for its events.
 
-        The SLO is a `tier` name, or explicit `ttft_ms`/`tpot_ms`, or both if they agree
-        (the coordinator checks). `on_reject` says what to do if the planner cannot admit
-        the request on time: serve it best-effort or fail with `Rejected`.
+        The keywords are `GenerateOptions`' fields: `max_tokens`, sampling, the SLO (a `tier`
+        name, or explicit `ttft_ms`/`tpot_ms`, or both if they agree), `stages`, and
+        `on_reject` (if the planner cannot admit the request on time: serve it best-effort
+        or fail with `Rejected`). `timeout` overrides the client's deadline for this call.
         """
-        req = build_generate_request(
-            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            stop=stop, ignore_eos=ignore_eos, tier=tier, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
-            stages=stages, on_reject=on_reject, request_id=request_id,
-        )
+        req = build_generate_request(prompt, **options)
         return GenerateStream(self._stub.Generate(req, **self._call_kwargs(timeout)))
 
+    @takes_generate_options
     def generate(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_tokens: int,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: Sequence[str] | str | None = None,
-        ignore_eos: bool = False,
-        tier: str | None = None,
-        ttft_ms: float | None = None,
-        tpot_ms: float | None = None,
-        stages: Sequence[StageSpec] | None = None,
-        on_reject: OnReject | str | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
+        self, prompt: Prompt, *, timeout: float | None = None, **options: Any
     ) -> Completion:
         """Generate and wait for the whole output (see `stream` for the arguments)."""
-        return self.stream(
-            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            stop=stop, ignore_eos=ignore_eos, tier=tier, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
-            stages=stages, on_reject=on_reject, request_id=request_id, timeout=timeout,
-        ).collect()
+        return self.stream(prompt, timeout=timeout, **options).collect()
 
     def abort(self, request_id: str, *, timeout: float | None = None) -> bool:
         """Abort a running request by id (e.g. from another process); True if it was found."""
