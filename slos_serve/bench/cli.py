@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slos_serve.config import Options, option
 from slos_serve.sim.cli import WorkloadArgs
@@ -197,15 +197,20 @@ def run(args: argparse.Namespace) -> int:
         signals.restore()
 
 
+def _show(table: str, data: Any, json_path: str | None) -> int:
+    """Print a measurement's table; write its data as JSON if asked."""
+    print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(data, indent=2))
+    return 0
+
+
 def _loadgen_check(args: argparse.Namespace) -> int:
     from slos_serve.bench.overhead import loadgen_check, loadgen_table
 
     lg = LoadgenCheck.from_args(args)
     rows = loadgen_check(args.model, _floats(lg.rates), lg.seconds, lg.scenario, lg.max_output)
-    print(loadgen_table(rows))
-    if lg.json:
-        Path(lg.json).write_text(json.dumps(rows, indent=2))
-    return 0
+    return _show(loadgen_table(rows), rows, lg.json)
 
 
 def _overhead(args: argparse.Namespace) -> int:
@@ -214,10 +219,7 @@ def _overhead(args: argparse.Namespace) -> int:
     ov = CoordinatorOverhead.from_args(args)
     res = coordinator_overhead(args.model, ov.prompt_tokens, ov.output_tokens, ov.requests,
                                ov.concurrency, ov.seconds, scheduler=ov.scheduler)
-    print(overhead_table(res))
-    if ov.json:
-        Path(ov.json).write_text(json.dumps(res, indent=2))
-    return 0
+    return _show(overhead_table(res), res, ov.json)
 
 
 def _capacity(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from proto import slos_serve_pb2 as pb
-from slos_serve.client._base import ClientBase
+from slos_serve.client._base import ClientBase, StreamBase
 from slos_serve.client.request import Prompt, build_generate_request, takes_generate_options
 from slos_serve.client.types import (
     ClusterInfo,
@@ -19,8 +19,6 @@ from slos_serve.client.types import (
     Event,
     HealthStatus,
     ModelInfo,
-    Started,
-    StreamAssembler,
 )
 from slos_serve.errors import Cancelled, ProtocolError, from_rpc_error
 
@@ -36,7 +34,7 @@ def _task_is_cancelling() -> bool:
     return bool(cancelling()) if callable(cancelling) else False
 
 
-class AsyncGenerateStream:
+class AsyncGenerateStream(StreamBase):
     """A running Generate call: `async for` it for `Started`, `Chunk`..., then `Completion`.
 
     Same contract as the sync `GenerateStream`: leaving the `async for` early (break,
@@ -45,31 +43,6 @@ class AsyncGenerateStream:
     cancellation this client made surfaces as `Cancelled`, not as `asyncio.CancelledError`,
     unless the awaiting task itself is being cancelled.
     """
-
-    def __init__(self, call: Any) -> None:
-        self._call = call  # grpc.aio.UnaryStreamCall
-        self._asm = StreamAssembler()
-        self._done = False
-        self._cancelled_here = False
-        self._iterated = False
-
-    @property
-    def request_id(self) -> str:
-        """The coordinator's id for the request ("" until the first message arrives)."""
-        return self._asm.request_id
-
-    @property
-    def started(self) -> Started | None:
-        return self._asm.started
-
-    @property
-    def completion(self) -> Completion | None:
-        """The Completion, once the stream has ended successfully."""
-        return self._asm.completion
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     async def _read(self) -> Any:
         try:
@@ -88,9 +61,7 @@ class AsyncGenerateStream:
 
     async def _next_event(self) -> Event | None:
         """The next event, or None at the (successful) end of the stream."""
-        if self._done:
-            if self._cancelled_here and self._asm.completion is None:
-                raise Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client")
+        if self._ended():
             return None
         msg = await self._read()
         if msg is grpc.aio.EOF:
@@ -124,14 +95,6 @@ class AsyncGenerateStream:
         assert self._asm.completion is not None  # _next_event raises otherwise
         return self._asm.completion
 
-    def cancel(self) -> bool:
-        """Cancel the RPC if it is still running; True if this call cancelled it."""
-        if self._done:
-            return False
-        self._done = True
-        self._cancelled_here = True
-        return bool(self._call.cancel())
-
     async def aclose(self) -> None:
         self.cancel()
 
@@ -140,13 +103,6 @@ class AsyncGenerateStream:
 
     async def __aexit__(self, *exc: object) -> None:
         self.cancel()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_done", True):
-            try:
-                self._call.cancel()
-            except Exception:  # noqa: BLE001 - loop already closed; nothing to do
-                pass
 
 
 class _AsyncEventIterator:

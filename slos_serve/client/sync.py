@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from proto import slos_serve_pb2 as pb
-from slos_serve.client._base import ClientBase
+from slos_serve.client._base import ClientBase, StreamBase
 from slos_serve.client.request import Prompt, build_generate_request, takes_generate_options
 from slos_serve.client.types import (
     ClusterInfo,
@@ -18,17 +18,15 @@ from slos_serve.client.types import (
     Event,
     HealthStatus,
     ModelInfo,
-    Started,
-    StreamAssembler,
 )
-from slos_serve.errors import Cancelled, ProtocolError, from_rpc_error
+from slos_serve.errors import ProtocolError, from_rpc_error
 
 __all__ = ["Client", "GenerateStream"]
 
 T = TypeVar("T")
 
 
-class GenerateStream:
+class GenerateStream(StreamBase):
     """A running Generate call: iterate it for `Started`, `Chunk`..., then `Completion`.
 
     Iterating gives a generator; when that generator is closed before the stream's end
@@ -41,40 +39,14 @@ class GenerateStream:
     """
 
     def __init__(self, call: Any) -> None:
-        self._call = call  # grpc's _MultiThreadedRendezvous: an iterator and a grpc.Call
-        self._asm = StreamAssembler()
-        self._done = False
-        self._iterated = False
-        self._cancelled_here = False
+        super().__init__(call)  # grpc's _MultiThreadedRendezvous: an iterator and a grpc.Call
         self._lock = threading.Lock()
-
-    # -- state -------------------------------------------------------------------------
-
-    @property
-    def request_id(self) -> str:
-        """The coordinator's id for the request ("" until the first message arrives)."""
-        return self._asm.request_id
-
-    @property
-    def started(self) -> Started | None:
-        return self._asm.started
-
-    @property
-    def completion(self) -> Completion | None:
-        """The Completion, once the stream has ended successfully."""
-        return self._asm.completion
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     # -- reading -----------------------------------------------------------------------
 
     def _next_event(self) -> Event | None:
         """The next event, or None at the (successful) end of the stream."""
-        if self._done:
-            if self._cancelled_here and self._asm.completion is None:
-                raise Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client")
+        if self._ended():
             return None
         try:
             msg = next(self._call)
@@ -132,29 +104,13 @@ class GenerateStream:
 
     # -- cancelling --------------------------------------------------------------------
 
-    def cancel(self) -> bool:
-        """Cancel the RPC if it is still running; True if this call cancelled it."""
-        if self._done:
-            return False
-        self._done = True
-        self._cancelled_here = True
-        return bool(self._call.cancel())
-
-    close = cancel
+    close = StreamBase.cancel
 
     def __enter__(self) -> GenerateStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.cancel()
-
-    def __del__(self) -> None:
-        # Dropping an unread stream must not leave the request running on the cluster.
-        if not getattr(self, "_done", True):
-            try:
-                self._call.cancel()
-            except Exception:  # noqa: BLE001 - interpreter shutdown; nothing to do
-                pass
 
 
 class Client(ClientBase):

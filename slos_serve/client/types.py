@@ -239,13 +239,9 @@ class ModelInfo:
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfoResponse) -> ModelInfo:
-        return cls(
-            model=m.model,
-            max_model_len=m.max_model_len,
-            vocab_size=m.vocab_size,
-            tiers=[SloTier(t.name, t.ttft_ms, t.tpot_ms) for t in m.tiers],
-            default_tier=m.default_tier,
-        )
+        tiers = [SloTier(t.name, t.ttft_ms, t.tpot_ms) for t in m.tiers]
+        return cls(model=m.model, max_model_len=m.max_model_len, vocab_size=m.vocab_size,
+                   tiers=tiers, default_tier=m.default_tier)
 
 
 @dataclass(frozen=True)
