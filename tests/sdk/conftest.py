@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from scripted_server import RunningServer, start_server
 
+from sdk.scripted_server import RunningServer, start_server
 from slos_serve.client import Client
 
 

@@ -6,7 +6,8 @@ import asyncio
 
 import grpc
 import pytest
-from scripted_server import (
+
+from sdk.scripted_server import (
     CODE_CASES,
     RID,
     Hang,
@@ -17,7 +18,6 @@ from scripted_server import (
     m_final,
     m_started,
 )
-
 from slos_serve.client import AsyncClient, Chunk, Completion, Decision, HealthStatus, Started
 from slos_serve.errors import (
     Cancelled,

@@ -10,7 +10,9 @@ from typing import Any
 
 import grpc
 import pytest
-from scripted_server import (
+
+from proto import slos_serve_pb2 as pb
+from sdk.scripted_server import (
     CODE_CASES,
     RID,
     Hang,
@@ -21,8 +23,6 @@ from scripted_server import (
     m_final,
     m_started,
 )
-
-from proto import slos_serve_pb2 as pb
 from slos_serve.client import (
     ChannelOptions,
     Chunk,

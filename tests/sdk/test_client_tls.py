@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 import pytest
-from scripted_server import start_server
 
+from sdk.scripted_server import start_server
 from slos_serve.client import ChannelOptions, Client, TlsConfig
 from slos_serve.errors import Unavailable
 

@@ -7,9 +7,9 @@ import json
 
 import grpc
 import pytest
-from scripted_server import RunningServer, Status, free_port, m_final, m_started
 
 from proto import slos_serve_pb2 as pb
+from sdk.scripted_server import RunningServer, Status, free_port, m_final, m_started
 from slos_serve import generate_cli
 
 pytestmark = pytest.mark.timeout(30)
