@@ -30,7 +30,6 @@ This module imports nothing heavy; vLLM is not needed to build a config.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -123,7 +122,3 @@ def engine_env(
         env["UCX_TLS"] = ucx_tls
     return env
 
-
-def apply_engine_env(env: Mapping[str, str]) -> None:
-    """Set `env` in this process, for the engine processes vLLM is about to spawn."""
-    os.environ.update(env)

@@ -14,6 +14,9 @@ import argparse
 import asyncio
 import sys
 import time
+from dataclasses import dataclass
+
+from slos_serve.config import Options, option
 
 PROMPTS = [
     ("tight", "def fibonacci(n):\n"),
@@ -29,12 +32,17 @@ REASONING_THINK_TOKENS = 16
 SPEC_TOKENS = 4
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoArgs(Options):
+    model: str = option(help="model directory (see make-model)")
+    engine: str = option("vllm", choices=("vllm", "sim"))
+    max_tokens: int = option(48)
+    target: str | None = option(None, "use a running coordinator instead of starting a "
+                                      "cluster")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory (see make-model)")
-    parser.add_argument("--engine", choices=("vllm", "sim"), default="vllm")
-    parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--target", default=None,
-                        help="use a running coordinator instead of starting a cluster")
+    DemoArgs.add_arguments(parser)
 
 
 async def _send_all(target: str, max_tokens: int) -> list:
@@ -83,7 +91,8 @@ def _report(results: list) -> int:
     return 1 if failures else 0
 
 
-def run(args: argparse.Namespace) -> int:
+def run(ns: argparse.Namespace) -> int:
+    args = DemoArgs.from_args(ns)
     if args.target:
         return _report(asyncio.run(_send_all(args.target, args.max_tokens)))
     from slos_serve.up import ClusterSpec, LocalCluster

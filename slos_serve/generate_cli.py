@@ -13,9 +13,13 @@ Exit codes: 0 success; 2 invalid input (argparse errors and INVALID_ARGUMENT); 3
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from typing import TYPE_CHECKING, TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
+
+from slos_serve.config import Options, option
 
 if TYPE_CHECKING:  # the SDK (grpc) loads in run(), keeping `slos-serve --help` fast
     from slos_serve.client import Completion, TlsConfig
@@ -27,45 +31,73 @@ EXIT_REJECTED = 3
 EXIT_INTERRUPTED = 130
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerateArgs(Options):
+    """The request and how it is sent; the flags' names are `GenerateOptions`' fields."""
+
+    target: str = option("localhost:50051", "coordinator address (default: %(default)s)",
+                         metavar="HOST:PORT")
+    prompt: str = option(help="prompt text; '-' reads it from stdin", metavar="TEXT")
+    max_tokens: int = option(64, "tokens to generate (default: %(default)s)", metavar="N")
+    temperature: float | None = option(None, "sampling temperature; 0 = greedy (server "
+                                             "default 1.0)")
+    top_p: float | None = option(None, "nucleus sampling mass")
+    seed: int | None = option(None, "sampling seed")
+    stop: list[str] | None = option(None, "stop string(s); repeatable", action="extend",
+                                    nargs="+", metavar="S")
+    ignore_eos: bool = option(False, "keep generating past the end-of-sequence token")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SloArgs(Options):
+    """The request's SLO and what to do when it cannot be met."""
+
+    tier: str | None = option(None, "SLO tier name", metavar="NAME")
+    ttft_ms: float | None = option(None, "time-to-first-token objective, ms", metavar="X")
+    tpot_ms: float | None = option(None, "time-per-output-token objective, ms", metavar="Y")
+    on_reject: str | None = option(None, "if the SLO cannot be met: serve best-effort or "
+                                   "refuse", choices=("default", "best_effort", "reject"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputArgs(Options):
+    request_id: str | None = option(None, "request id (default: server's)")
+    timeout: float = option(300.0, "deadline in seconds (default: %(default)s)", metavar="S")
+    json: bool = option(False, "print the Completion as JSON instead of streaming text")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsArgs(Options):
+    """TLS of the channel (plaintext unless one of these is given)."""
+
+    tls: bool = option(False, "use TLS with the system's roots")
+    root_certs: str | None = option(None, "CA certificates file", metavar="PEM")
+    client_cert: str | None = option(None, "client certificate chain (mutual TLS)",
+                                     metavar="PEM")
+    client_key: str | None = option(None, "client private key (mutual TLS)", metavar="PEM")
+    server_name: str | None = option(None, "name to verify the server certificate against")
+
+    def config(self) -> TlsConfig | None:
+        from slos_serve.client import TlsConfig
+
+        if self.root_certs or self.client_cert or self.client_key or self.server_name:
+            return TlsConfig.from_files(
+                root_certificates=self.root_certs,
+                certificate_chain=self.client_cert,
+                private_key=self.client_key,
+                server_name=self.server_name,
+            )
+        return TlsConfig() if self.tls else None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register `generate`'s options (called by the `slos-serve` dispatcher)."""
-    parser.add_argument("--target", default="localhost:50051", metavar="HOST:PORT",
-                        help="coordinator address (default: %(default)s)")
-    parser.add_argument("--prompt", required=True, metavar="TEXT",
-                        help="prompt text; '-' reads it from stdin")
-    parser.add_argument("--max-tokens", type=int, default=64, metavar="N",
-                        help="tokens to generate (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature; 0 = greedy (server default 1.0)")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
-    parser.add_argument("--seed", type=int, default=None, help="sampling seed")
-    parser.add_argument("--stop", action="extend", nargs="+", default=None, metavar="S",
-                        help="stop string(s); repeatable")
-    parser.add_argument("--ignore-eos", action="store_true",
-                        help="keep generating past the end-of-sequence token")
-    slo = parser.add_argument_group(
-        "SLO", "a named tier, or explicit --ttft-ms/--tpot-ms (both: they must agree)")
-    slo.add_argument("--tier", default=None, metavar="NAME", help="SLO tier name")
-    slo.add_argument("--ttft-ms", type=float, default=None, metavar="X",
-                     help="time-to-first-token objective, ms")
-    slo.add_argument("--tpot-ms", type=float, default=None, metavar="Y",
-                     help="time-per-output-token objective, ms")
-    slo.add_argument("--on-reject", choices=["default", "best_effort", "reject"],
-                     default=None, help="if the SLO cannot be met: serve best-effort or refuse")
-    parser.add_argument("--request-id", default=None, help="request id (default: server's)")
-    parser.add_argument("--timeout", type=float, default=300.0, metavar="S",
-                        help="deadline in seconds (default: %(default)s)")
-    parser.add_argument("--json", action="store_true",
-                        help="print the Completion as JSON instead of streaming text")
-    tls = parser.add_argument_group("TLS (plaintext unless one of these is given)")
-    tls.add_argument("--tls", action="store_true", help="use TLS with the system's roots")
-    tls.add_argument("--root-certs", default=None, metavar="PEM", help="CA certificates file")
-    tls.add_argument("--client-cert", default=None, metavar="PEM",
-                     help="client certificate chain (mutual TLS)")
-    tls.add_argument("--client-key", default=None, metavar="PEM",
-                     help="client private key (mutual TLS)")
-    tls.add_argument("--server-name", default=None,
-                     help="name to verify the server certificate against")
+    GenerateArgs.add_arguments(parser)
+    SloArgs.add_arguments(parser.add_argument_group(
+        "SLO", "a named tier, or explicit --ttft-ms/--tpot-ms (both: they must agree)"))
+    OutputArgs.add_arguments(parser)
+    TlsArgs.add_arguments(parser.add_argument_group(
+        "TLS (plaintext unless one of these is given)"))
 
 
 def _fmt_slo(value: float) -> str:
@@ -99,17 +131,13 @@ def print_summary(c: Completion, out: TextIO) -> None:
     print(f"SLO: {_verdict(c.slo_met)}", file=out)
 
 
-def _tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
-    from slos_serve.client import TlsConfig
+def request_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The SDK's request options among the parsed arguments (the flags' dests are named
+    after `GenerateOptions`' fields, so the list is not written out here again)."""
+    from slos_serve.client import GenerateOptions
 
-    if args.root_certs or args.client_cert or args.client_key or args.server_name:
-        return TlsConfig.from_files(
-            root_certificates=args.root_certs,
-            certificate_chain=args.client_cert,
-            private_key=args.client_key,
-            server_name=args.server_name,
-        )
-    return TlsConfig() if args.tls else None
+    names = [f.name for f in dataclasses.fields(GenerateOptions)]
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
 def _exit_code(err: BaseException) -> int:
@@ -143,27 +171,14 @@ def run(args: argparse.Namespace) -> int:
         return code
 
     try:
-        tls = _tls_from_args(args)
+        tls = TlsArgs.from_args(args).config()
         client = Client(args.target, tls=tls, timeout=args.timeout)
     except (OSError, ValueError, TypeError) as exc:
         return fail(EXIT_INVALID, type(exc).__name__, "LOCAL", str(exc))
 
     completion: Completion | None = None
     try:
-        with client, client.stream(
-            prompt,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            stop=args.stop,
-            ignore_eos=args.ignore_eos,
-            tier=args.tier,
-            ttft_ms=args.ttft_ms,
-            tpot_ms=args.tpot_ms,
-            on_reject=args.on_reject,
-            request_id=args.request_id,
-        ) as stream:
+        with client, client.stream(prompt, **request_options(args)) as stream:
             for event in stream:
                 if isinstance(event, Chunk) and not args.json and event.text:
                     out.write(event.text)

@@ -22,7 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.main import CoordinatorConfig
+from slos_serve.config import Options, option
 from slos_serve.grpc_util import check_health
+from slos_serve.worker.main import WorkerConfig
 
 STOP_GRACE_S = 20.0
 
@@ -52,24 +55,33 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @dataclass
-class ClusterSpec:
-    model: str | None
-    prefill: int = 1
-    decode: int = 1
-    engine: str = "vllm"
-    host: str = "127.0.0.1"
-    port: int = 0  # 0: pick a free port
-    kv_cache_gib: float = 1.0
-    spec_tokens: int = 0
-    bind_cpus: bool = True
-    tiers: str | None = None
-    log_dir: str | None = None
+class ClusterSpec(Options):
+    """A local cluster: `slos-serve up`'s flags, and what a library caller starts."""
+
+    model: str | None = option(help="model directory (required for vllm)", cli_default=None)
+    prefill: int = option(1, "prefill workers")
+    decode: int = option(1, "decode workers")
+    engine: str = option("vllm", "worker engine: vllm, or sim (SIMULATED, for tests and "
+                         "overhead)", choices=("vllm", "sim"))
+    host: str = option("127.0.0.1")
+    port: int = option(0, "coordinator port", cli_default=50051)  # 0: pick a free port
+    kv_cache_gib: float = option(1.0, "KV cache per engine")
+    spec_tokens: int = option(0, "ngram speculation (0 = off)")
+    bind_cpus: bool = option(True, "do not pin each engine to its own core",
+                             flag="--no-cpu-bind")
+    tiers: str | None = option(None, "SLO tier table JSON for the coordinator")
+    log_dir: str | None = option(None, "where process logs go")
     extra_worker_args: list[str] = field(default_factory=list)
-    scheduler: str = "slos"  # "slos" (the planner) or "vllm" (the baseline)
-    # performance model for the planner and the engines' schedulers; None: the simulated
-    # engine's for engine "sim", else the cached profile of this machine (measured once)
-    profile: str | None = None
-    on_reject: str | None = None  # the coordinator's default policy (None: its default)
+    scheduler: str = option(
+        "slos", "slos: planner admission/routing + SLO-aware engine scheduling (default); "
+        "vllm: round-robin + vLLM's own scheduling (baseline)", choices=("slos", "vllm"))
+    # None: the simulated engine's for engine "sim", else this machine's (measured once)
+    profile: str | None = option(
+        None, "performance model JSON (default: measured once on this machine and cached "
+        "in .cache/profile-cpu.json; sim: the sim engine's)")
+    on_reject: str | None = option(None, "default for requests the planner cannot admit",
+                                   choices=("best_effort", "reject"))
+    start_timeout_s: float = option(600.0, "start-up timeout (s)", flag="--timeout")
 
     def resolve_profile(self) -> str | None:
         """The profile to use: given, shipped (sim), or measured here once and cached."""
@@ -122,63 +134,54 @@ class LocalCluster:
         self.procs.append(proc)
         return proc
 
-    def _worker_argv(
-        self, role: str, port: int, kv_port: int, cpu: int | None, metrics_port: int,
-        profile: str | None,
-    ) -> list[str]:
+    def _worker_argv(self, role: str, port: int, cpu: int | None, metrics_port: int,
+                     profile: str | None) -> list[str]:
         s = self.spec
-        argv = [f"{role}-worker", "--host", s.host, "--port", str(port), "--engine", s.engine,
-                "--kv-port", str(kv_port), "--kv-cache-gib", str(s.kv_cache_gib),
-                "--metrics-port", str(metrics_port), "--scheduler", s.scheduler]
-        if profile and s.engine == "vllm":
-            argv += ["--profile", profile]
-        if s.model:
-            argv += ["--model", s.model]
-        if s.spec_tokens:
-            argv += ["--spec-tokens", str(s.spec_tokens)]
-        if cpu is not None:
-            argv += ["--cpus", str(cpu)]
-        return argv + list(s.extra_worker_args)
+        cfg = WorkerConfig(
+            host=s.host, port=port, engine=s.engine, model=s.model, kv_port=free_port(),
+            kv_cache_gib=s.kv_cache_gib, cpus=None if cpu is None else str(cpu),
+            spec_tokens=s.spec_tokens, scheduler=s.scheduler, metrics_port=metrics_port,
+            profile=profile if s.engine == "vllm" else None,
+        )
+        return [f"{role}-worker", *cfg.to_argv(), *s.extra_worker_args]
 
-    def start(self, timeout_s: float = 600.0, progress: bool = True) -> str:
-        """Starts every process and waits until the coordinator reports SERVING."""
+    def _coordinator_argv(self, port: int, metrics_port: int, profile: str | None,
+                          workers: dict[str, list[str]]) -> list[str]:
         s = self.spec
+        assert s.model  # start() checked
+        policy = {"on_reject": s.on_reject} if s.on_reject else {}  # else the coordinator's
+        cfg = CoordinatorConfig(
+            host=s.host, port=port, metrics_port=metrics_port, prefill=workers["prefill"],
+            decode=workers["decode"], model=s.model, tiers=s.tiers, scheduler=s.scheduler,
+            profile=profile, **policy,
+        )
+        return ["coordinator", *cfg.to_argv()]
+
+    def start(self, timeout_s: float | None = None, progress: bool = True) -> str:
+        """Starts every process and waits until the coordinator reports SERVING (within
+        `timeout_s`, default the spec's `start_timeout_s`)."""
+        s = self.spec
+        if not s.model:
+            raise ValueError("ClusterSpec.model: the coordinator needs a model directory "
+                             "(for its tokenizer)")
         profile = s.resolve_profile()
         ncpu = os.cpu_count() or 1
         addresses: dict[str, list[str]] = {"prefill": [], "decode": []}
         roles = ["prefill"] * s.prefill + ["decode"] * s.decode
         for k, role in enumerate(roles):
-            port = free_port(s.host)
+            port, metrics_port = free_port(s.host), free_port(s.host)
             cpu = k % ncpu if (s.bind_cpus and s.engine == "vllm") else None
-            index = len(addresses[role])
-            metrics_port = free_port(s.host)
-            proc = self._spawn(
-                f"{role}-{index}",
-                self._worker_argv(role, port, free_port(), cpu, metrics_port, profile),
-            )
+            proc = self._spawn(f"{role}-{len(addresses[role])}",
+                               self._worker_argv(role, port, cpu, metrics_port, profile))
             proc.address, proc.metrics_port = f"{s.host}:{port}", metrics_port
             addresses[role].append(proc.address)
-        coord_port = s.port or free_port(s.host)
-        coord_metrics_port = free_port(s.host)
-        argv = ["coordinator", "--host", s.host, "--port", str(coord_port),
-                "--metrics-port", str(coord_metrics_port),
-                "--prefill", ",".join(addresses["prefill"]),
-                "--decode", ",".join(addresses["decode"])]
-        if s.model:
-            argv += ["--model", s.model]
-        if s.tiers:
-            argv += ["--tiers", s.tiers]
-        argv += ["--scheduler", s.scheduler]
-        if profile:
-            argv += ["--profile", profile]
-        if s.on_reject:
-            argv += ["--on-reject", s.on_reject]
-        coordinator = self._spawn("coordinator", argv)
-        coordinator.address = f"{s.host}:{coord_port}"
+        coord_port, coord_metrics_port = s.port or free_port(s.host), free_port(s.host)
+        coordinator = self._spawn("coordinator", self._coordinator_argv(
+            coord_port, coord_metrics_port, profile, addresses))
+        coordinator.address = self.target = f"{s.host}:{coord_port}"
         coordinator.metrics_port = coord_metrics_port
-        self.target = f"{s.host}:{coord_port}"
         try:
-            asyncio.run(self._wait_ready(timeout_s, progress))
+            asyncio.run(self._wait_ready(timeout_s or s.start_timeout_s, progress))
         except BaseException:
             self.stop()
             raise
@@ -316,41 +319,15 @@ def signal_group(pid: int, sig: int) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model directory (required for vllm)")
-    parser.add_argument("--prefill", type=int, default=1, help="prefill workers")
-    parser.add_argument("--decode", type=int, default=1, help="decode workers")
-    parser.add_argument("--engine", choices=("vllm", "sim"), default="vllm",
-                        help="worker engine: vllm, or sim (SIMULATED, for tests and overhead)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50051, help="coordinator port")
-    parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache per engine")
-    parser.add_argument("--spec-tokens", type=int, default=0, help="ngram speculation (0 = off)")
-    parser.add_argument("--no-cpu-bind", action="store_true",
-                        help="do not pin each engine to its own core")
-    parser.add_argument("--tiers", default=None, help="SLO tier table JSON for the coordinator")
-    parser.add_argument("--scheduler", choices=("slos", "vllm"), default="slos",
-                        help="slos: planner admission/routing + SLO-aware engine scheduling "
-                             "(default); vllm: round-robin + vLLM's own scheduling (baseline)")
-    parser.add_argument("--profile", default=None,
-                        help="performance model JSON (default: measured once on this machine "
-                             "and cached in .cache/profile-cpu.json; sim: the sim engine's)")
-    parser.add_argument("--on-reject", choices=("best_effort", "reject"), default=None,
-                        help="default for requests the planner cannot admit")
-    parser.add_argument("--log-dir", default=None, help="where process logs go")
-    parser.add_argument("--timeout", type=float, default=600, help="start-up timeout (s)")
+    ClusterSpec.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.engine == "vllm" and not args.model:
-        print("slos-serve up: --model is required with --engine vllm", file=sys.stderr)
+    if not args.model:
+        print("slos-serve up: --model is required (the coordinator loads its tokenizer; "
+              "vllm engines the model)", file=sys.stderr)
         return 2
-    cluster = LocalCluster(ClusterSpec(
-        model=args.model, prefill=args.prefill, decode=args.decode, engine=args.engine,
-        host=args.host, port=args.port, kv_cache_gib=args.kv_cache_gib,
-        spec_tokens=args.spec_tokens, bind_cpus=not args.no_cpu_bind, tiers=args.tiers,
-        log_dir=args.log_dir, scheduler=args.scheduler, profile=args.profile,
-        on_reject=args.on_reject,
-    ))
+    cluster = LocalCluster(ClusterSpec.from_args(args))
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -360,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        cluster.start(timeout_s=args.timeout)
+        cluster.start()
         print(f"serving at {cluster.target} (logs in {cluster.log_dir}); Ctrl-C to stop",
               flush=True)
         print("metrics: " + " ".join(f"{n}={u}" for n, u in cluster.metrics_urls().items()),

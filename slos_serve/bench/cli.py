@@ -14,10 +14,16 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from slos_serve.sim.cli import add_workload_arguments
+from slos_serve.config import Options, option
+from slos_serve.sim.cli import WorkloadArgs
 from slos_serve.sim.workloads import SCENARIOS
+
+if TYPE_CHECKING:
+    from slos_serve.bench.runner import BenchConfig, CapacityConfig
 
 DEFAULT_MODEL = ".cache/tiny-llama"
 DEFAULT_SYSTEMS = "slos,vllm-pd,vllm-serve"
@@ -29,81 +35,116 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model directory (tokenizer, engines)")
-    p.add_argument("--systems", default=DEFAULT_SYSTEMS,
-                   help="comma-separated, run one after the other: slos (planner), vllm-pd "
-                        "(same 1P+1D cluster, vLLM scheduling + round-robin), vllm-serve "
-                        "(two `vllm serve`, one per core)")
-    p.add_argument("--engine", choices=("vllm", "sim"), default="vllm",
-                   help="engine of the slos / vllm-pd clusters; sim = SIMULATED (no model "
-                        "runs; vllm-serve is then left out)")
-    p.add_argument("--spec-tokens", type=int, default=0,
-                   help="ngram speculation for every system (0 = off)")
-    add_workload_arguments(p, max_context=2048)
-    p.add_argument("--slo-scale", default="auto",
-                   help="multiply the workload's (A100-sized) SLOs; auto: measured zero-load "
-                        "TTFT / TPOT on the first system over the reference ones")
-    p.add_argument("--out", default=None, help="results folder (default bench-results/<time>)")
-    p.add_argument("--request-timeout", type=float, default=300.0, help="s per request")
-    p.add_argument("--drain", type=float, default=120.0,
-                   help="s to wait for requests in flight after the last send")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-plots", action="store_true", help="no PNG plots")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BenchSetup(Options):
+    """The systems under test and how a run is driven (every action but `report`)."""
+
+    model: str = option(DEFAULT_MODEL, "model directory (tokenizer, engines)")
+    systems: str = option(DEFAULT_SYSTEMS, "comma-separated, run one after the other: slos "
+                          "(planner), vllm-pd (same 1P+1D cluster, vLLM scheduling + "
+                          "round-robin), vllm-serve (two `vllm serve`, one per core)")
+    engine: str = option("vllm", "engine of the slos / vllm-pd clusters; sim = SIMULATED (no "
+                         "model runs; vllm-serve is then left out)", choices=("vllm", "sim"))
+    spec_tokens: int = option(0, "ngram speculation for every system (0 = off)")
+    slo_scale: str = option("auto", "multiply the workload's (A100-sized) SLOs; auto: "
+                            "measured zero-load TTFT / TPOT on the first system over the "
+                            "reference ones")
+    out: str | None = option(None, "results folder (default bench-results/<time>)")
+    request_timeout: float = option(300.0, "s per request")
+    drain: float = option(120.0, "s to wait for requests in flight after the last send")
+    progress: bool = option(True, "no progress bar", flag="--no-progress")
+    plots: bool = option(True, "no PNG plots", flag="--no-plots")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompareRun(Options):
+    """`bench`: the systems side by side at some rates."""
+
+    scenario: str = option("chatbot", choices=sorted(SCENARIOS))
+    rates: str | None = option(None, f"req/s, comma-separated (default {DEFAULT_RATES}; with "
+                               "--trace: the trace's own rate after --time-scale)")
+    requests: int = option(200, "requests per rate (at most)")
+    duration: float | None = option(None, "s of arrivals per rate (at most; default "
+                                    f"{DEFAULT_DURATION_S:g}, with --trace: the whole trace)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapacityRun(Options):
+    """`bench capacity`: the largest rate with attainment >= target, per system."""
+
+    scenarios: str = option("coding", "comma-separated or 'all'")
+    target: float = option(0.9)
+    start_rate: float = option(2.0)
+    max_probes: int = option(6, "probes per search")
+    rel_tol: float = option(0.25, "search precision")
+    window: float = option(15.0, "s of arrivals per probe")
+    min_requests: int = option(20)
+    max_requests: int = option(600, "cap on a probe's requests (a lower cap turns fast probes "
+                                    "into bursts shorter than --window)")
+
+    def config(self, scenarios: list[str]) -> CapacityConfig:
+        from slos_serve.bench.runner import CapacityConfig
+
+        return CapacityConfig(
+            scenarios=scenarios, target=self.target, start_rate=self.start_rate,
+            max_probes=self.max_probes, rel_tol=self.rel_tol, window_s=self.window,
+            min_requests=self.min_requests, max_requests=self.max_requests)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadgenCheck(Options):
+    """`bench loadgen-check`: the load generator against a SIMULATED-engine cluster."""
+
+    rates: str = option("20,50", "req/s (10x the live benchmark's)")
+    seconds: float = option(6.0, "s of arrivals per rate")
+    scenario: str = option("coding", choices=sorted(SCENARIOS))
+    max_output: int = option(16, "clip outputs (tokens)")
+    json: str | None = option(None, "write the rows here")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoordinatorOverhead(Options):
+    """`bench overhead`: coordinator vs direct worker calls, SIMULATED engine."""
+
+    prompt_tokens: int = option(64)
+    output_tokens: int = option(64)
+    requests: int = option(20, "sequential requests per path")
+    concurrency: int = option(32)
+    seconds: float = option(5.0, "per throughput measurement")
+    scheduler: str = option("slos", choices=("slos", "vllm"))
+    json: str | None = option(None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
-    parser.add_argument("--scenario", default="chatbot", choices=sorted(SCENARIOS))
-    parser.add_argument("--rates", default=None,
-                        help=f"req/s, comma-separated (default {DEFAULT_RATES}; with --trace: "
-                             "the trace's own rate after --time-scale)")
-    parser.add_argument("--requests", type=int, default=200, help="requests per rate (at most)")
-    parser.add_argument("--duration", type=float, default=None,
-                        help=f"s of arrivals per rate (at most; default {DEFAULT_DURATION_S:g}, "
-                             "with --trace: the whole trace)")
+    """Options shared with a subcommand are declared once, on `bench`, and accepted after
+    the subcommand too (`bench --engine sim capacity` = `bench capacity --engine sim`)."""
+    BenchSetup.add_arguments(parser)
+    WorkloadArgs.add_arguments(parser, defaults={"max_context": 2048})
+    CompareRun.add_arguments(parser)
     sub = parser.add_subparsers(dest="action", metavar="{report,capacity,loadgen-check,overhead}")
     rep = sub.add_parser("report", help="table, summary.json and plots from DIR/records.jsonl")
     rep.add_argument("dir")
-    rep.add_argument("--no-plots", action="store_true")
+    BenchSetup.add_arguments(rep, shared=True, only={"plots"})
     cap = sub.add_parser("capacity", help="largest rate with attainment >= target, per system")
-    _common(cap)
-    cap.add_argument("--scenarios", default="coding", help="comma-separated or 'all'")
-    cap.add_argument("--target", type=float, default=0.9)
-    cap.add_argument("--start-rate", type=float, default=2.0)
-    cap.add_argument("--max-probes", type=int, default=6, help="probes per search")
-    cap.add_argument("--rel-tol", type=float, default=0.25, help="search precision")
-    cap.add_argument("--window", type=float, default=15.0, help="s of arrivals per probe")
-    cap.add_argument("--min-requests", type=int, default=20)
-    cap.add_argument("--max-requests", type=int, default=600,
-                     help="cap on a probe's requests (a lower cap turns fast probes into "
-                          "bursts shorter than --window)")
+    BenchSetup.add_arguments(cap, shared=True)
+    WorkloadArgs.add_arguments(cap, shared=True)
+    CapacityRun.add_arguments(cap)
     lg = sub.add_parser("loadgen-check", help="load generator vs a SIMULATED-engine cluster")
-    lg.add_argument("--model", default=DEFAULT_MODEL)
-    lg.add_argument("--rates", default="20,50", help="req/s (10x the live benchmark's)")
-    lg.add_argument("--seconds", type=float, default=6.0, help="s of arrivals per rate")
-    lg.add_argument("--scenario", default="coding", choices=sorted(SCENARIOS))
-    lg.add_argument("--max-output", type=int, default=16, help="clip outputs (tokens)")
-    lg.add_argument("--json", default=None, help="write the rows here")
+    BenchSetup.add_arguments(lg, shared=True, only={"model"})
+    LoadgenCheck.add_arguments(lg)
     ov = sub.add_parser("overhead", help="coordinator vs direct worker calls, SIMULATED engine")
-    ov.add_argument("--model", default=DEFAULT_MODEL)
-    ov.add_argument("--prompt-tokens", type=int, default=64)
-    ov.add_argument("--output-tokens", type=int, default=64)
-    ov.add_argument("--requests", type=int, default=20, help="sequential requests per path")
-    ov.add_argument("--concurrency", type=int, default=32)
-    ov.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
-    ov.add_argument("--scheduler", choices=("slos", "vllm"), default="slos")
-    ov.add_argument("--json", default=None)
+    BenchSetup.add_arguments(ov, shared=True, only={"model"})
+    CoordinatorOverhead.add_arguments(ov)
 
 
-def _systems(args: argparse.Namespace) -> list[str]:
+def _systems(setup: BenchSetup) -> list[str]:
     from slos_serve.bench.systems import SYSTEMS
 
-    names = [s.strip() for s in args.systems.split(",") if s.strip()]
+    names = [s.strip() for s in setup.systems.split(",") if s.strip()]
     bad = [s for s in names if s not in SYSTEMS]
     if bad:
         raise SystemExit(f"unknown system(s) {bad}; choose from {', '.join(SYSTEMS)}")
-    if args.engine == "sim" and "vllm-serve" in names:
+    if setup.engine == "sim" and "vllm-serve" in names:
         print("--engine sim: leaving out vllm-serve (it runs vLLM itself)", file=sys.stderr)
         names.remove("vllm-serve")
     if not names:
@@ -111,25 +152,25 @@ def _systems(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def _config(args: argparse.Namespace, scenario: str, rates: list[float | None]):
+def _config(args: argparse.Namespace, scenario: str, rates: list[float | None]) -> BenchConfig:
     from slos_serve.bench.plan import WorkloadOptions
     from slos_serve.bench.runner import BenchConfig
 
-    out = Path(args.out or f"bench-results/{time.strftime('%Y%m%d-%H%M%S')}")
-    duration = getattr(args, "duration", None)
-    if duration is None and not args.trace:
+    setup, wa, run = (BenchSetup.from_args(args), WorkloadArgs.from_args(args),
+                      CompareRun.from_args(args))
+    out = Path(setup.out or f"bench-results/{time.strftime('%Y%m%d-%H%M%S')}")
+    duration = run.duration
+    if duration is None and not wa.trace:
         duration = DEFAULT_DURATION_S
-    wl = WorkloadOptions(scenario=scenario, requests=getattr(args, "requests", 40),
-                         duration_s=duration, seed=args.seed,
-                         burstiness=args.burstiness, trace=args.trace,
-                         time_scale=args.time_scale, max_context=args.max_context)
-    scale = None if args.slo_scale == "auto" else float(args.slo_scale)
+    wl = WorkloadOptions(scenario=scenario, requests=run.requests, duration_s=duration,
+                         seed=wa.seed, burstiness=wa.burstiness, trace=wa.trace,
+                         time_scale=wa.time_scale, max_context=wa.max_context)
+    scale = None if setup.slo_scale == "auto" else float(setup.slo_scale)
     return BenchConfig(
-        systems=_systems(args), model=args.model, out_dir=out, workload=wl, rates=rates,
-        engine=args.engine, spec_tokens=args.spec_tokens, slo_scale=scale,
-        request_timeout_s=args.request_timeout, drain_s=args.drain,
-        progress=not args.no_progress, plots=not args.no_plots,
-        meta={"argv": sys.argv[1:]})
+        systems=_systems(setup), model=setup.model, out_dir=out, workload=wl, rates=rates,
+        engine=setup.engine, spec_tokens=setup.spec_tokens, slo_scale=scale,
+        request_timeout_s=setup.request_timeout, drain_s=setup.drain,
+        progress=setup.progress, plots=setup.plots, meta={"argv": sys.argv[1:]})
 
 
 def _check_model(model: str) -> None:
@@ -141,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "report":
         from slos_serve.bench.report import render
 
-        render(Path(args.dir), plots=not args.no_plots)
+        render(Path(args.dir), plots=args.plots)
         return 0
     _check_model(args.model)
     from slos_serve.bench import signals
@@ -156,47 +197,62 @@ def run(args: argparse.Namespace) -> int:
         signals.restore()
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.action == "loadgen-check":
-        from slos_serve.bench.overhead import loadgen_check, loadgen_table
+def _show(table: str, data: Any, json_path: str | None) -> int:
+    """Print a measurement's table; write its data as JSON if asked."""
+    print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(data, indent=2))
+    return 0
 
-        rows = loadgen_check(args.model, _floats(args.rates), args.seconds, args.scenario,
-                             args.max_output)
-        print(loadgen_table(rows))
-        if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=2))
-        return 0
-    if args.action == "overhead":
-        from slos_serve.bench.overhead import coordinator_overhead, overhead_table
 
-        res = coordinator_overhead(args.model, args.prompt_tokens, args.output_tokens,
-                                   args.requests, args.concurrency, args.seconds,
-                                   scheduler=args.scheduler)
-        print(overhead_table(res))
-        if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2))
-        return 0
-    if args.action == "capacity":
-        from slos_serve.bench.runner import CapacityConfig, run_capacity
+def _loadgen_check(args: argparse.Namespace) -> int:
+    from slos_serve.bench.overhead import loadgen_check, loadgen_table
 
-        scenarios = (list(SCENARIOS) if args.scenarios == "all"
-                     else [s.strip() for s in args.scenarios.split(",") if s.strip()])
-        bad = [s for s in scenarios if s not in SCENARIOS]
-        if bad:
-            raise SystemExit(f"unknown scenario(s) {bad}; choose from {', '.join(SCENARIOS)}")
-        cfg = _config(args, scenarios[0], [])
-        run_capacity(cfg, CapacityConfig(
-            scenarios=scenarios, target=args.target, start_rate=args.start_rate,
-            max_probes=args.max_probes, rel_tol=args.rel_tol, window_s=args.window,
-            min_requests=args.min_requests, max_requests=args.max_requests))
-        print(f"wrote {cfg.out_dir / 'capacity.json'}")
-        return 0
+    lg = LoadgenCheck.from_args(args)
+    rows = loadgen_check(args.model, _floats(lg.rates), lg.seconds, lg.scenario, lg.max_output)
+    return _show(loadgen_table(rows), rows, lg.json)
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    from slos_serve.bench.overhead import coordinator_overhead, overhead_table
+
+    ov = CoordinatorOverhead.from_args(args)
+    res = coordinator_overhead(args.model, ov.prompt_tokens, ov.output_tokens, ov.requests,
+                               ov.concurrency, ov.seconds, scheduler=ov.scheduler)
+    return _show(overhead_table(res), res, ov.json)
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    from slos_serve.bench.runner import run_capacity
+
+    search = CapacityRun.from_args(args)
+    scenarios = (list(SCENARIOS) if search.scenarios == "all"
+                 else [s.strip() for s in search.scenarios.split(",") if s.strip()])
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad:
+        raise SystemExit(f"unknown scenario(s) {bad}; choose from {', '.join(SCENARIOS)}")
+    cfg = _config(args, scenarios[0], [])
+    run_capacity(cfg, search.config(scenarios))
+    print(f"wrote {cfg.out_dir / 'capacity.json'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
     from slos_serve.bench.runner import run_compare
 
+    run = CompareRun.from_args(args)
     rates: list[float | None]
-    if args.rates:
-        rates = list(_floats(args.rates))
+    if run.rates:
+        rates = list(_floats(run.rates))
     else:
         rates = [None] if args.trace else list(_floats(DEFAULT_RATES))
-    run_compare(_config(args, args.scenario, rates))
+    run_compare(_config(args, run.scenario, rates))
     return 0
+
+
+ACTIONS = {"loadgen-check": _loadgen_check, "overhead": _overhead, "capacity": _capacity,
+           None: _compare}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    return ACTIONS[args.action](args)

@@ -22,6 +22,12 @@ loads fast wherever a client runs.
 
 from slos_serve.client.aio import AsyncClient, AsyncGenerateStream
 from slos_serve.client.channel import DEFAULT_MAX_MESSAGE_BYTES, ChannelOptions, TlsConfig
+from slos_serve.client.request import (
+    GenerateOptions,
+    OnReject,
+    StageSpec,
+    build_generate_request,
+)
 from slos_serve.client.sync import Client, GenerateStream
 from slos_serve.client.types import (
     Chunk,
@@ -32,13 +38,10 @@ from slos_serve.client.types import (
     HealthStatus,
     LoadReport,
     ModelInfo,
-    OnReject,
     SloTier,
     StageResult,
-    StageSpec,
     Started,
     WorkerStatus,
-    build_generate_request,
 )
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "Completion",
     "Decision",
     "Event",
+    "GenerateOptions",
     "GenerateStream",
     "HealthStatus",
     "LoadReport",

@@ -1,11 +1,18 @@
-"""Configuration shared by `Client` and `AsyncClient` (channel, deadline, metadata)."""
+"""What the sync and asyncio clients share: channel, stubs, deadline, metadata; and their
+streams' state and cancellation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.client.channel import ChannelOptions, TlsConfig, make_channel, resolve_tls
+from slos_serve.client.types import Completion, Started, StreamAssembler
+from slos_serve.errors import Cancelled
 
 
 class ClientBase:
@@ -34,6 +41,9 @@ class ClientBase:
         self.metadata = tuple(metadata)
         self.wait_for_ready = wait_for_ready
         self._channel: Any = make_channel(target, self.tls, self.options, aio=self._aio)
+        # The generated stubs serve sync and grpc.aio channels alike.
+        self._stub = pb_grpc.SloServeStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     @property
     def channel(self) -> Any:
@@ -54,3 +64,56 @@ class ClientBase:
             f"{type(self).__name__}(target={self.target!r}, tls={self.tls is not None}, "
             f"timeout={self.timeout})"
         )
+
+
+class StreamBase:
+    """State and cancellation of a running Generate call, shared by `GenerateStream` and
+    `AsyncGenerateStream` (which differ only in how they read the call)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call  # a grpc (or grpc.aio) unary-stream call
+        self._asm = StreamAssembler()
+        self._done = False
+        self._iterated = False
+        self._cancelled_here = False
+
+    @property
+    def request_id(self) -> str:
+        """The coordinator's id for the request ("" until the first message arrives)."""
+        return self._asm.request_id
+
+    @property
+    def started(self) -> Started | None:
+        return self._asm.started
+
+    @property
+    def completion(self) -> Completion | None:
+        """The Completion, once the stream has ended successfully."""
+        return self._asm.completion
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _ended(self) -> bool:
+        """True once the stream is over; raises `Cancelled` if this client cancelled it
+        before its Completion."""
+        if self._done and self._cancelled_here and self._asm.completion is None:
+            raise Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client")
+        return self._done
+
+    def cancel(self) -> bool:
+        """Cancel the RPC if it is still running; True if this call cancelled it."""
+        if self._done:
+            return False
+        self._done = True
+        self._cancelled_here = True
+        return bool(self._call.cancel())
+
+    def __del__(self) -> None:
+        # Dropping an unread stream must not leave the request running on the cluster.
+        if not getattr(self, "_done", True):
+            try:
+                self._call.cancel()
+            except Exception:  # noqa: BLE001 - interpreter shutdown or loop closed
+                pass

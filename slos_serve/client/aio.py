@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from proto import slos_serve_pb2 as pb
-from proto import slos_serve_pb2_grpc as pb_grpc
-from slos_serve.client._base import ClientBase
-from slos_serve.client.channel import ChannelOptions, TlsConfig
+from slos_serve.client._base import ClientBase, StreamBase
+from slos_serve.client.request import Prompt, build_generate_request, takes_generate_options
 from slos_serve.client.types import (
     ClusterInfo,
     Completion,
     Event,
     HealthStatus,
     ModelInfo,
-    OnReject,
-    StageSpec,
-    Started,
-    StreamAssembler,
-    build_generate_request,
 )
 from slos_serve.errors import Cancelled, ProtocolError, from_rpc_error
 
@@ -40,7 +34,7 @@ def _task_is_cancelling() -> bool:
     return bool(cancelling()) if callable(cancelling) else False
 
 
-class AsyncGenerateStream:
+class AsyncGenerateStream(StreamBase):
     """A running Generate call: `async for` it for `Started`, `Chunk`..., then `Completion`.
 
     Same contract as the sync `GenerateStream`: leaving the `async for` early (break,
@@ -49,31 +43,6 @@ class AsyncGenerateStream:
     cancellation this client made surfaces as `Cancelled`, not as `asyncio.CancelledError`,
     unless the awaiting task itself is being cancelled.
     """
-
-    def __init__(self, call: Any) -> None:
-        self._call = call  # grpc.aio.UnaryStreamCall
-        self._asm = StreamAssembler()
-        self._done = False
-        self._cancelled_here = False
-        self._iterated = False
-
-    @property
-    def request_id(self) -> str:
-        """The coordinator's id for the request ("" until the first message arrives)."""
-        return self._asm.request_id
-
-    @property
-    def started(self) -> Started | None:
-        return self._asm.started
-
-    @property
-    def completion(self) -> Completion | None:
-        """The Completion, once the stream has ended successfully."""
-        return self._asm.completion
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     async def _read(self) -> Any:
         try:
@@ -92,9 +61,7 @@ class AsyncGenerateStream:
 
     async def _next_event(self) -> Event | None:
         """The next event, or None at the (successful) end of the stream."""
-        if self._done:
-            if self._cancelled_here and self._asm.completion is None:
-                raise Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client")
+        if self._ended():
             return None
         msg = await self._read()
         if msg is grpc.aio.EOF:
@@ -128,14 +95,6 @@ class AsyncGenerateStream:
         assert self._asm.completion is not None  # _next_event raises otherwise
         return self._asm.completion
 
-    def cancel(self) -> bool:
-        """Cancel the RPC if it is still running; True if this call cancelled it."""
-        if self._done:
-            return False
-        self._done = True
-        self._cancelled_here = True
-        return bool(self._call.cancel())
-
     async def aclose(self) -> None:
         self.cancel()
 
@@ -144,13 +103,6 @@ class AsyncGenerateStream:
 
     async def __aexit__(self, *exc: object) -> None:
         self.cancel()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_done", True):
-            try:
-                self._call.cancel()
-            except Exception:  # noqa: BLE001 - loop already closed; nothing to do
-                pass
 
 
 class _AsyncEventIterator:
@@ -192,23 +144,6 @@ class AsyncClient(ClientBase):
 
     _aio = True
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        tls: TlsConfig | bool | None = None,
-        timeout: float | None = None,
-        options: ChannelOptions | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-        wait_for_ready: bool | None = None,
-    ) -> None:
-        super().__init__(
-            target, tls=tls, timeout=timeout, options=options, metadata=metadata,
-            wait_for_ready=wait_for_ready,
-        )
-        self._stub = pb_grpc.SloServeStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-
     async def _unary(
         self, fn: Callable[..., Awaitable[T]], request: Any, timeout: float | None
     ) -> T:
@@ -217,56 +152,20 @@ class AsyncClient(ClientBase):
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
+    @takes_generate_options
     def stream(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_tokens: int,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: Sequence[str] | str | None = None,
-        ignore_eos: bool = False,
-        tier: str | None = None,
-        ttft_ms: float | None = None,
-        tpot_ms: float | None = None,
-        stages: Sequence[StageSpec] | None = None,
-        on_reject: OnReject | str | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
+        self, prompt: Prompt, *, timeout: float | None = None, **options: Any
     ) -> AsyncGenerateStream:
         """Start a Generate call (see `Client.stream`); `async for` the result."""
-        req = build_generate_request(
-            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            stop=stop, ignore_eos=ignore_eos, tier=tier, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
-            stages=stages, on_reject=on_reject, request_id=request_id,
-        )
+        req = build_generate_request(prompt, **options)
         return AsyncGenerateStream(self._stub.Generate(req, **self._call_kwargs(timeout)))
 
+    @takes_generate_options
     async def generate(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_tokens: int,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: Sequence[str] | str | None = None,
-        ignore_eos: bool = False,
-        tier: str | None = None,
-        ttft_ms: float | None = None,
-        tpot_ms: float | None = None,
-        stages: Sequence[StageSpec] | None = None,
-        on_reject: OnReject | str | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
+        self, prompt: Prompt, *, timeout: float | None = None, **options: Any
     ) -> Completion:
         """Generate and wait for the whole output (see `Client.stream` for the arguments)."""
-        return await self.stream(
-            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            stop=stop, ignore_eos=ignore_eos, tier=tier, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
-            stages=stages, on_reject=on_reject, request_id=request_id, timeout=timeout,
-        ).collect()
+        return await self.stream(prompt, timeout=timeout, **options).collect()
 
     async def abort(self, request_id: str, *, timeout: float | None = None) -> bool:
         """Abort a running request by id; True if it was found."""

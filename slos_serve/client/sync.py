@@ -3,36 +3,30 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from proto import slos_serve_pb2 as pb
-from proto import slos_serve_pb2_grpc as pb_grpc
-from slos_serve.client._base import ClientBase
-from slos_serve.client.channel import ChannelOptions, TlsConfig
+from slos_serve.client._base import ClientBase, StreamBase
+from slos_serve.client.request import Prompt, build_generate_request, takes_generate_options
 from slos_serve.client.types import (
     ClusterInfo,
     Completion,
     Event,
     HealthStatus,
     ModelInfo,
-    OnReject,
-    StageSpec,
-    Started,
-    StreamAssembler,
-    build_generate_request,
 )
-from slos_serve.errors import Cancelled, ProtocolError, from_rpc_error
+from slos_serve.errors import ProtocolError, from_rpc_error
 
 __all__ = ["Client", "GenerateStream"]
 
 T = TypeVar("T")
 
 
-class GenerateStream:
+class GenerateStream(StreamBase):
     """A running Generate call: iterate it for `Started`, `Chunk`..., then `Completion`.
 
     Iterating gives a generator; when that generator is closed before the stream's end
@@ -45,40 +39,14 @@ class GenerateStream:
     """
 
     def __init__(self, call: Any) -> None:
-        self._call = call  # grpc's _MultiThreadedRendezvous: an iterator and a grpc.Call
-        self._asm = StreamAssembler()
-        self._done = False
-        self._iterated = False
-        self._cancelled_here = False
+        super().__init__(call)  # grpc's _MultiThreadedRendezvous: an iterator and a grpc.Call
         self._lock = threading.Lock()
-
-    # -- state -------------------------------------------------------------------------
-
-    @property
-    def request_id(self) -> str:
-        """The coordinator's id for the request ("" until the first message arrives)."""
-        return self._asm.request_id
-
-    @property
-    def started(self) -> Started | None:
-        return self._asm.started
-
-    @property
-    def completion(self) -> Completion | None:
-        """The Completion, once the stream has ended successfully."""
-        return self._asm.completion
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     # -- reading -----------------------------------------------------------------------
 
     def _next_event(self) -> Event | None:
         """The next event, or None at the (successful) end of the stream."""
-        if self._done:
-            if self._cancelled_here and self._asm.completion is None:
-                raise Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client")
+        if self._ended():
             return None
         try:
             msg = next(self._call)
@@ -136,29 +104,13 @@ class GenerateStream:
 
     # -- cancelling --------------------------------------------------------------------
 
-    def cancel(self) -> bool:
-        """Cancel the RPC if it is still running; True if this call cancelled it."""
-        if self._done:
-            return False
-        self._done = True
-        self._cancelled_here = True
-        return bool(self._call.cancel())
-
-    close = cancel
+    close = StreamBase.cancel
 
     def __enter__(self) -> GenerateStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.cancel()
-
-    def __del__(self) -> None:
-        # Dropping an unread stream must not leave the request running on the cluster.
-        if not getattr(self, "_done", True):
-            try:
-                self._call.cancel()
-            except Exception:  # noqa: BLE001 - interpreter shutdown; nothing to do
-                pass
 
 
 class Client(ClientBase):
@@ -176,84 +128,32 @@ class Client(ClientBase):
 
     _aio = False
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        tls: TlsConfig | bool | None = None,
-        timeout: float | None = None,
-        options: ChannelOptions | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-        wait_for_ready: bool | None = None,
-    ) -> None:
-        super().__init__(
-            target, tls=tls, timeout=timeout, options=options, metadata=metadata,
-            wait_for_ready=wait_for_ready,
-        )
-        self._stub = pb_grpc.SloServeStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-
     def _unary(self, fn: Callable[..., T], request: Any, timeout: float | None) -> T:
         try:
             return fn(request, **self._call_kwargs(timeout))
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
+    @takes_generate_options
     def stream(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_tokens: int,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: Sequence[str] | str | None = None,
-        ignore_eos: bool = False,
-        tier: str | None = None,
-        ttft_ms: float | None = None,
-        tpot_ms: float | None = None,
-        stages: Sequence[StageSpec] | None = None,
-        on_reject: OnReject | str | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
+        self, prompt: Prompt, *, timeout: float | None = None, **options: Any
     ) -> GenerateStream:
         """Start a Generate call; iterate the returned stream for its events.
 
-        The SLO is a `tier` name, or explicit `ttft_ms`/`tpot_ms`, or both if they agree
-        (the coordinator checks). `on_reject` says what to do if the planner cannot admit
-        the request on time: serve it best-effort or fail with `Rejected`.
+        The keywords are `GenerateOptions`' fields: `max_tokens`, sampling, the SLO (a `tier`
+        name, or explicit `ttft_ms`/`tpot_ms`, or both if they agree), `stages`, and
+        `on_reject` (if the planner cannot admit the request on time: serve it best-effort
+        or fail with `Rejected`). `timeout` overrides the client's deadline for this call.
         """
-        req = build_generate_request(
-            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            stop=stop, ignore_eos=ignore_eos, tier=tier, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
-            stages=stages, on_reject=on_reject, request_id=request_id,
-        )
+        req = build_generate_request(prompt, **options)
         return GenerateStream(self._stub.Generate(req, **self._call_kwargs(timeout)))
 
+    @takes_generate_options
     def generate(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_tokens: int,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: Sequence[str] | str | None = None,
-        ignore_eos: bool = False,
-        tier: str | None = None,
-        ttft_ms: float | None = None,
-        tpot_ms: float | None = None,
-        stages: Sequence[StageSpec] | None = None,
-        on_reject: OnReject | str | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
+        self, prompt: Prompt, *, timeout: float | None = None, **options: Any
     ) -> Completion:
         """Generate and wait for the whole output (see `stream` for the arguments)."""
-        return self.stream(
-            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            stop=stop, ignore_eos=ignore_eos, tier=tier, ttft_ms=ttft_ms, tpot_ms=tpot_ms,
-            stages=stages, on_reject=on_reject, request_id=request_id, timeout=timeout,
-        ).collect()
+        return self.stream(prompt, timeout=timeout, **options).collect()
 
     def abort(self, request_id: str, *, timeout: float | None = None) -> bool:
         """Abort a running request by id (e.g. from another process); True if it was found."""

@@ -1,4 +1,6 @@
-"""The SDK's public data types, and the translation to and from the protobuf contract.
+"""The SDK's results and stream events, and their translation from the protobuf contract.
+
+(The request side, `GenerateOptions` and `StageSpec`, is in `slos_serve.client.request`.)
 
 Results are plain dataclasses, not protobuf messages, so callers can compare, print,
 serialise (`to_dict`) and construct them in tests without knowing the wire format, and so a
@@ -8,30 +10,12 @@ change in the proto's layout stays inside this module.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from proto import slos_serve_pb2 as pb
 from slos_serve.errors import ProtocolError
-
-__all__ = [
-    "Chunk",
-    "ClusterInfo",
-    "Completion",
-    "Decision",
-    "Event",
-    "HealthStatus",
-    "LoadReport",
-    "ModelInfo",
-    "OnReject",
-    "SloTier",
-    "StageResult",
-    "StageSpec",
-    "Started",
-    "WorkerStatus",
-]
 
 
 class Decision(str, Enum):
@@ -55,21 +39,6 @@ _DECISION_FROM_PB = {
 }
 
 
-class OnReject(str, Enum):
-    """What the coordinator should do with a request it cannot admit on time."""
-
-    DEFAULT = "default"  # the coordinator's configured default
-    BEST_EFFORT = "best_effort"  # serve it anyway, without the SLO promise
-    REJECT = "reject"  # fail fast with RESOURCE_EXHAUSTED (`Rejected`)
-
-    def to_proto(self) -> int:
-        return {
-            OnReject.DEFAULT: pb.ON_REJECT_DEFAULT,
-            OnReject.BEST_EFFORT: pb.SERVE_BEST_EFFORT,
-            OnReject.REJECT: pb.REJECT,
-        }[self]
-
-
 class HealthStatus(str, Enum):
     """grpc.health.v1 serving status, by name."""
 
@@ -77,94 +46,6 @@ class HealthStatus(str, Enum):
     SERVING = "SERVING"
     NOT_SERVING = "NOT_SERVING"
     SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
-
-
-# ------------------------------------------------------------------ request side --
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One stage of a multi-stage request (e.g. thinking, then answer), with its own SLO.
-
-    `max_tokens` 0 means "until `until`"; the SLO fields mean what `generate`'s do.
-    """
-
-    max_tokens: int = 0
-    until: str = ""
-    tier: str | None = None
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-
-
-def _slo(tier: str | None, ttft_ms: float | None, tpot_ms: float | None) -> pb.Slo:
-    slo = pb.Slo(tier=tier or "")
-    if ttft_ms is not None:
-        slo.ttft_ms = float(ttft_ms)
-    if tpot_ms is not None:
-        slo.tpot_ms = float(tpot_ms)
-    return slo
-
-
-def build_generate_request(
-    prompt: str | Sequence[int],
-    *,
-    max_tokens: int,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    stop: Sequence[str] | str | None = None,
-    ignore_eos: bool = False,
-    tier: str | None = None,
-    ttft_ms: float | None = None,
-    tpot_ms: float | None = None,
-    stages: Sequence[StageSpec] | None = None,
-    on_reject: OnReject | str | None = None,
-    request_id: str | None = None,
-) -> pb.GenerateRequest:
-    """Build the wire request.
-
-    Only types are checked here (a TypeError/ValueError is a programming error on the
-    caller's side). Values (empty prompt, max_tokens <= 0, unknown tier...) are left for the
-    coordinator to judge, because it alone knows the model's context and the tier table; it
-    answers INVALID_ARGUMENT, which surfaces as `InvalidRequest`.
-    """
-    req = pb.GenerateRequest(request_id=request_id or "")
-    if isinstance(prompt, str):
-        req.text = prompt
-    elif isinstance(prompt, (bytes, bytearray)):
-        raise TypeError("prompt must be str or a sequence of token ids, not bytes")
-    else:
-        try:
-            ids = [int(t) for t in prompt]
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"prompt must be str or a sequence of int token ids: {exc}") from exc
-        req.token_ids.CopyFrom(pb.TokenIds(ids=ids))
-
-    sampling = pb.SamplingParams(max_tokens=int(max_tokens), ignore_eos=bool(ignore_eos))
-    if temperature is not None:
-        sampling.temperature = float(temperature)
-    if top_p is not None:
-        sampling.top_p = float(top_p)
-    if seed is not None:
-        sampling.seed = int(seed)
-    if stop:
-        sampling.stop.extend([stop] if isinstance(stop, str) else list(stop))
-    req.sampling.CopyFrom(sampling)
-
-    req.slo.CopyFrom(_slo(tier, ttft_ms, tpot_ms))
-    for st in stages or ():
-        if not isinstance(st, StageSpec):
-            raise TypeError(f"stages must be StageSpec instances, got {type(st).__name__}")
-        req.stages.append(
-            pb.Stage(
-                slo=_slo(st.tier, st.ttft_ms, st.tpot_ms),
-                max_tokens=int(st.max_tokens),
-                until=st.until,
-            )
-        )
-    if on_reject is not None:
-        req.on_reject = OnReject(on_reject).to_proto()
-    return req
 
 
 # --------------------------------------------------------------- stream events --
@@ -358,13 +239,9 @@ class ModelInfo:
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfoResponse) -> ModelInfo:
-        return cls(
-            model=m.model,
-            max_model_len=m.max_model_len,
-            vocab_size=m.vocab_size,
-            tiers=[SloTier(t.name, t.ttft_ms, t.tpot_ms) for t in m.tiers],
-            default_tier=m.default_tier,
-        )
+        tiers = [SloTier(t.name, t.ttft_ms, t.tpot_ms) for t in m.tiers]
+        return cls(model=m.model, max_model_len=m.max_model_len, vocab_size=m.vocab_size,
+                   tiers=tiers, default_tier=m.default_tier)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,14 @@ import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
+from slos_serve.config import Options, option
 from slos_serve.sim.workloads import SCENARIOS, TraceOptions, WorkloadSpec
+
+if TYPE_CHECKING:
+    from slos_serve.sim.core import SimConfig
 
 SYSTEM_NAMES = ("vllm", "sarathi", "distserve", "slos", "slos-colocated")
 # rough capacities (req/s, 2 OPT-13B replicas) the searches start from; any start works
@@ -24,83 +29,115 @@ START = {"chatbot": 12.0, "coding": 24.0, "summarization": 6.0, "mixed": 10.0, "
          "reasoning": 1.0}
 
 
-def add_workload_arguments(p: argparse.ArgumentParser, max_context: int | None) -> None:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkloadArgs(Options):
     """Arrival and length options shared by `simulate` and `bench` (the same workloads)."""
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--burstiness", type=float, default=1.0,
-                   help="gamma shape of inter-arrival times (1 = Poisson, < 1 burstier)")
-    p.add_argument("--trace", default=None,
-                   help="Azure trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens): replaces "
-                        "the scenario's arrivals and lengths")
-    p.add_argument("--time-scale", type=float, default=1.0,
-                   help="multiply trace timestamps (0.5 = twice the rate)")
-    p.add_argument("--max-context", type=int, default=max_context,
-                   help="clip prompt + output to this many tokens"
-                        + (f" (default {max_context})" if max_context else ""))
+
+    seed: int = option(0)
+    burstiness: float = option(1.0, "gamma shape of inter-arrival times (1 = Poisson, < 1 "
+                                    "burstier)")
+    trace: str | None = option(None, "Azure trace CSV (TIMESTAMP,ContextTokens,"
+                               "GeneratedTokens): replaces the scenario's arrivals and lengths")
+    time_scale: float = option(1.0, "multiply trace timestamps (0.5 = twice the rate)")
+    max_context: int | None = option(None, "clip prompt + output to this many tokens "
+                                           "(default %(default)s)")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="opt-13b-a100",
-                   help="performance model: a shipped profile name or a JSON file")
-    p.add_argument("--workers", type=int, default=2, help="engines per system (default 2)")
-    p.add_argument("--pd-ratio", default=None,
-                   help="P:D split for disaggregated systems, e.g. 1:1 (default: best of "
-                        "1:1, 2:1, 1:2)")
-    add_workload_arguments(p, max_context=None)
-    p.add_argument("--length-scale", type=float, default=1.0,
-                   help="multiply trace lengths before clipping")
-    p.add_argument("--spec-alpha", type=float, default=0.7,
-                   help="draft-token acceptance rate (systems with speculative decoding)")
-    p.add_argument("--max-spec-len", type=int, default=8)
-    p.add_argument("--kv-bandwidth", type=float, default=100.0, help="GB/s prefill->decode")
-    p.add_argument("--on-decline", choices=("best_effort", "reject"), default="best_effort",
-                   help="planner systems: serve declined requests best effort, or reject them")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimulatedCluster(Options):
+    """The simulated systems' hardware, performance model and policy (`SimConfig`)."""
+
+    profile: str = option("opt-13b-a100", "performance model: a shipped profile name or a "
+                                          "JSON file")
+    workers: int = option(2, "engines per system (default 2)")
+    pd_ratio: str | None = option(None, "P:D split for disaggregated systems, e.g. 1:1 "
+                                        "(default: best of 1:1, 2:1, 1:2)")
+    length_scale: float = option(1.0, "multiply trace lengths before clipping")
+    spec_alpha: float = option(0.7, "draft-token acceptance rate (systems with speculative "
+                                    "decoding)")
+    max_spec_len: int = option(8)
+    kv_bandwidth: float = option(100.0, "GB/s prefill->decode")
+    on_decline: str = option("best_effort", "planner systems: serve declined requests best "
+                             "effort, or reject them", choices=("best_effort", "reject"))
+
+    def sim_config(self, seed: int) -> SimConfig:
+        from slos_serve.sim.core import SimConfig
+
+        ratio = None
+        if self.pd_ratio:
+            p, d = (int(x) for x in self.pd_ratio.split(":"))
+            ratio = (p, d)
+        return SimConfig(workers=self.workers, pd_ratio=ratio, seed=seed,
+                         spec_alpha=self.spec_alpha, max_spec_len=self.max_spec_len,
+                         kv_bandwidth=self.kv_bandwidth * 1e9, on_decline=self.on_decline)
+
+    def workload(self, wl: WorkloadArgs, scenario: str, rate: float, n: int) -> WorkloadSpec:
+        topts = TraceOptions(time_scale=wl.time_scale, max_context=wl.max_context,
+                             length_scale=self.length_scale)
+        return WorkloadSpec(scenario, rate, n, seed=wl.seed, burstiness=wl.burstiness,
+                            trace=wl.trace, trace_opts=topts, max_context=wl.max_context)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttainmentRun(Options):
+    """`simulate`: attainment of each system at one rate."""
+
+    scenario: str = option("chatbot", choices=sorted(SCENARIOS))
+    system: str = option("slos,vllm", f"comma-separated, from {', '.join(SYSTEM_NAMES)}")
+    rate: float = option(8.0, "requests per second")
+    num_requests: int | None = option(None, "default: 60 s of arrivals (at least 200)")
+    json: str | None = option(None, "write the summaries to this file")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapacityRun(Options):
+    """`simulate capacity`: the largest rate each system serves at the targets."""
+
+    scenarios: str = option("all", "comma-separated or 'all'")
+    systems: str = option("slos,vllm,sarathi,distserve")
+    out: str | None = option(None, "write JSON here")
+    targets: str = option("0.9,0.98", "attainment targets")
+    window: float = option(60.0, "s of arrivals per probe")
+    min_requests: int = option(200)
+    max_requests: int = option(1500)
+    rel_tol: float = option(0.05, "search precision")
+    jobs: int = option(2, "parallel processes")
+
+
+@dataclass(frozen=True, slots=True)
+class Simulation:
+    """What one `simulate` invocation configures: the systems and their workload."""
+
+    cluster: SimulatedCluster
+    workload: WorkloadArgs
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Simulation:
+        return cls(SimulatedCluster.from_args(args), WorkloadArgs.from_args(args))
+
+    def spec(self, scenario: str, rate: float, n: int) -> WorkloadSpec:
+        return self.cluster.workload(self.workload, scenario, rate, n)
+
+    def sim_config(self) -> SimConfig:
+        return self.cluster.sim_config(self.workload.seed)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
-    parser.add_argument("--scenario", default="chatbot", choices=sorted(SCENARIOS))
-    parser.add_argument("--system", default="slos,vllm",
-                        help=f"comma-separated, from {', '.join(SYSTEM_NAMES)}")
-    parser.add_argument("--rate", type=float, default=8.0, help="requests per second")
-    parser.add_argument("--num-requests", type=int, default=None,
-                        help="default: 60 s of arrivals (at least 200)")
-    parser.add_argument("--json", default=None, help="write the summaries to this file")
+    """The systems' and workload's options are declared once, on `simulate`; `capacity`
+    accepts them too (`simulate --max-spec-len 1 capacity` = `simulate capacity
+    --max-spec-len 1`)."""
+    SimulatedCluster.add_arguments(parser)
+    WorkloadArgs.add_arguments(parser)
+    AttainmentRun.add_arguments(parser)
     sub = parser.add_subparsers(dest="action", metavar="{capacity,overhead}")
     cap = sub.add_parser("capacity", help="largest rate with attainment >= 90 %% (and 98 %%)")
-    _common(cap)
-    cap.add_argument("--scenarios", default="all", help="comma-separated or 'all'")
-    cap.add_argument("--systems", default="slos,vllm,sarathi,distserve")
-    cap.add_argument("--out", default=None, help="write JSON here")
-    cap.add_argument("--targets", default="0.9,0.98", help="attainment targets")
-    cap.add_argument("--window", type=float, default=60.0, help="s of arrivals per probe")
-    cap.add_argument("--min-requests", type=int, default=200)
-    cap.add_argument("--max-requests", type=int, default=1500)
-    cap.add_argument("--rel-tol", type=float, default=0.05, help="search precision")
-    cap.add_argument("--jobs", type=int, default=2, help="parallel processes")
+    SimulatedCluster.add_arguments(cap, shared=True)
+    WorkloadArgs.add_arguments(cap, shared=True)
+    CapacityRun.add_arguments(cap)
     ov = sub.add_parser("overhead", help="planner wall time against live requests")
     from slos_serve.sim import overhead
 
     overhead.add_arguments(ov)
-
-
-def _cfg(args: argparse.Namespace):
-    from slos_serve.sim.core import SimConfig
-
-    ratio = None
-    if args.pd_ratio:
-        p, d = (int(x) for x in args.pd_ratio.split(":"))
-        ratio = (p, d)
-    return SimConfig(workers=args.workers, pd_ratio=ratio, seed=args.seed,
-                     spec_alpha=args.spec_alpha, max_spec_len=args.max_spec_len,
-                     kv_bandwidth=args.kv_bandwidth * 1e9, on_decline=args.on_decline)
-
-
-def _spec(args: argparse.Namespace, scenario: str, rate: float, n: int) -> WorkloadSpec:
-    topts = TraceOptions(time_scale=args.time_scale, max_context=args.max_context,
-                         length_scale=args.length_scale)
-    return WorkloadSpec(scenario, rate, n, seed=args.seed, burstiness=args.burstiness,
-                        trace=args.trace, trace_opts=topts, max_context=args.max_context)
 
 
 def _systems(text: str) -> list[str]:
@@ -120,15 +157,17 @@ def run_once(args: argparse.Namespace) -> int:
     from slos_serve.sim.simulator import simulate
     from slos_serve.sim.workloads import build_workload
 
-    n = args.num_requests or max(200, int(args.rate * 60))
-    reqs = build_workload(_spec(args, args.scenario, args.rate, n))
-    model = load_profile(args.profile)
+    sim, run = Simulation.from_args(args), AttainmentRun.from_args(args)
+    profile = sim.cluster.profile
+    n = run.num_requests or max(200, int(run.rate * 60))
+    reqs = build_workload(sim.spec(run.scenario, run.rate, n))
+    model = load_profile(profile)
     out = {}
-    print(f"scenario {args.scenario}, {len(reqs)} requests at {args.rate:g} req/s, "
-          f"{args.workers} workers, profile {args.profile}")
-    for system in _systems(args.system):
+    print(f"scenario {run.scenario}, {len(reqs)} requests at {run.rate:g} req/s, "
+          f"{sim.cluster.workers} workers, profile {profile}")
+    for system in _systems(run.system):
         t = time.perf_counter()
-        res = simulate(reqs, system, _cfg(args), model, args.profile)
+        res = simulate(reqs, system, sim.sim_config(), model, profile)
         s = res.summary
         print(f"\n{system} ({res.split}): attainment {100 * s.attainment:.1f} %, goodput "
               f"{s.goodput:.2f} req/s, rejected {s.rejected}, unfinished {s.unfinished} "
@@ -140,26 +179,27 @@ def run_once(args: argparse.Namespace) -> int:
                   f"{_ms(tr.ttft_p50):>6}/{_ms(tr.ttft_p90):>6}/{_ms(tr.ttft_p99):>6}   "
                   f"{_ms(tr.tpot_p50):>6}/{_ms(tr.tpot_p90):>6}/{_ms(tr.tpot_p99):>6}")
         out[system] = {"split": res.split, **asdict(s)}
-    if args.json:
-        with open(args.json, "w") as f:
+    if run.json:
+        with open(run.json, "w") as f:
             json.dump(out, f, indent=2)
     return 0
 
 
-def _capacity_job(args: argparse.Namespace, scenario: str, system: str,
+def _capacity_job(sim: Simulation, cap: CapacityRun, scenario: str, system: str,
                   targets: list[float]) -> tuple[str, str, dict]:
     from slos_serve.core.perf_model import load_profile
     from slos_serve.sim.capacity import SearchOptions, system_capacity
 
-    model = load_profile(args.profile)
-    spec = _spec(args, scenario, 1.0, args.min_requests)
+    profile = sim.cluster.profile
+    model = load_profile(profile)
+    spec = sim.spec(scenario, 1.0, cap.min_requests)
     found: dict = {}
     start = START.get(scenario, 4.0)
     for target in targets:
-        opts = SearchOptions(target=target, start=start, rel_tol=args.rel_tol,
-                             window_s=args.window, min_requests=args.min_requests,
-                             max_requests=args.max_requests)
-        res = system_capacity(system, spec, _cfg(args), model, args.profile, opts)
+        opts = SearchOptions(target=target, start=start, rel_tol=cap.rel_tol,
+                             window_s=cap.window, min_requests=cap.min_requests,
+                             max_requests=cap.max_requests)
+        res = system_capacity(system, spec, sim.sim_config(), model, profile, opts)
         found[str(target)] = {"rate": res.rate, "probes": res.probes}
         if res.rate > 0:
             start = res.rate  # a stricter target's capacity is at most this
@@ -198,20 +238,21 @@ def _table(cap: dict[str, dict[str, float]], systems: list[str], title: str) -> 
 def run_capacity(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    scenarios = list(SCENARIOS) if args.scenarios == "all" else args.scenarios.split(",")
+    sim, search = Simulation.from_args(args), CapacityRun.from_args(args)
+    scenarios = list(SCENARIOS) if search.scenarios == "all" else search.scenarios.split(",")
     for sc in scenarios:
         if sc not in SCENARIOS:
             raise SystemExit(f"unknown scenario {sc!r}; choose from {', '.join(SCENARIOS)}")
-    systems = _systems(args.systems)
-    targets = [float(t) for t in args.targets.split(",")]
+    systems = _systems(search.systems)
+    targets = [float(t) for t in search.targets.split(",")]
     jobs = [(sc, s) for sc in scenarios for s in systems]
     # the slowest (planner-driven) systems first, so parallel workers finish together
     jobs.sort(key=lambda j: (not j[1].startswith("slos"), j[0] != "reasoning"))
     found: dict[str, dict[str, dict]] = {sc: {} for sc in scenarios}
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), desc="capacity", unit="search", file=sys.stderr)
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futs = [pool.submit(_capacity_job, args, sc, s, targets) for sc, s in jobs]
+    with ProcessPoolExecutor(max_workers=max(1, search.jobs)) as pool:
+        futs = [pool.submit(_capacity_job, sim, search, sc, s, targets) for sc, s in jobs]
         for fut in as_completed(futs):
             sc, s, res = fut.result()
             found[sc][s] = res
@@ -234,7 +275,7 @@ def run_capacity(args: argparse.Namespace) -> int:
     out["geomean_ratio_to_vllm"] = {
         s: _geomean([cap[sc][s] / cap[sc]["vllm"] for sc in scenarios if cap[sc].get("vllm")])
         for s in systems}
-    out["per_worker"] = {sc: {s: v / args.workers for s, v in row.items()}
+    out["per_worker"] = {sc: {s: v / sim.cluster.workers for s, v in row.items()}
                          for sc, row in cap.items()}
     out["probes"] = {sc: {s: {t: found[sc][s][t]["probes"] for t in found[sc][s]}
                           for s in systems} for sc in scenarios}
@@ -242,10 +283,10 @@ def run_capacity(args: argparse.Namespace) -> int:
     out["elapsed_s"] = elapsed
     print("\n".join(lines))
     print(f"\n{len(jobs)} searches in {elapsed:.0f} s")
-    if args.out:
-        with open(args.out, "w") as f:
+    if search.out:
+        with open(search.out, "w") as f:
             json.dump(out, f, indent=2, default=str)
-        print(f"wrote {args.out}")
+        print(f"wrote {search.out}")
     return 0
 
 

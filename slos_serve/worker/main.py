@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 
+from kv_transfer.config import ENV_SIDE_CHANNEL_HOST, engine_env
 from proto import slos_serve_pb2 as pb
+from slos_serve.config import Options, option
 from slos_serve.grpc_util import bind, create_server, serve_until_signal
 from slos_serve.metrics import metrics_port_arg
 
@@ -17,116 +20,133 @@ log = logging.getLogger("slos_serve.worker")
 SERVING = HealthCheckResponse.SERVING
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerConfig(Options):
+    """A prefill or decode worker process: its flags, and the argv `up` starts it with."""
+
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int = option(help="gRPC port")
+    engine: str = option("vllm", "vllm (default) or sim: a SIMULATED engine, no model runs",
+                         choices=("vllm", "sim"))
+    model: str | None = option(None, "model directory (required for vllm)")
+    max_model_len: int = option(2048)
+    kv_port: int = option(5600, "NIXL side-channel port of this engine (unique per engine)")
+    kv_cache_gib: float = option(1.0, "KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    cpus: str | None = option(None, "CPU cores for this engine's threads, e.g. '0' or '0-1' "
+                                    "(VLLM_CPU_OMP_THREADS_BIND); default: vLLM's choice")
+    spec_tokens: int = option(0, "max ngram speculative tokens per step (0 = off); the "
+                                 "coordinator's plan caps them per TPOT tier")
+    scheduler: str = option(
+        "slos", "slos (default): carry out the coordinator's plan in the engine (EDF "
+        "prefill, best effort last, per-step token budgets for the tightest TPOT, "
+        "speculation capped per tier); vllm: vLLM's own fcfs scheduling, the baseline "
+        "(plans are accepted but ignored)", choices=("slos", "vllm"))
+    profile: str | None = option(
+        None, "performance model JSON (slos-serve profile's output) the engine's scheduler "
+        "sizes step token budgets with; without it only the plan's step_token_budget "
+        "applies", metavar="PATH")
+    sim_kv_blocks: int = option(4096, "simulated engine: KV blocks")
+    metrics_port: int | None = option(
+        None, "Prometheus /metrics HTTP port (default: --port + 1000; 0 = off)",
+        parse=metrics_port_arg)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, required=True, help="gRPC port")
-    parser.add_argument("--engine", choices=("vllm", "sim"), default="vllm",
-                        help="vllm (default) or sim: a SIMULATED engine, no model runs")
-    parser.add_argument("--model", default=None, help="model directory (required for vllm)")
-    parser.add_argument("--max-model-len", type=int, default=2048)
-    parser.add_argument("--kv-port", type=int, default=5600,
-                        help="NIXL side-channel port of this engine (unique per engine)")
-    parser.add_argument("--kv-cache-gib", type=float, default=1.0,
-                        help="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
-    parser.add_argument("--cpus", default=None,
-                        help="CPU cores for this engine's threads, e.g. '0' or '0-1' "
-                             "(VLLM_CPU_OMP_THREADS_BIND); default: vLLM's choice")
-    parser.add_argument("--spec-tokens", type=int, default=0,
-                        help="max ngram speculative tokens per step (0 = off); the "
-                             "coordinator's plan caps them per TPOT tier")
-    parser.add_argument("--scheduler", choices=("slos", "vllm"), default="slos",
-                        help="slos (default): carry out the coordinator's plan in the engine "
-                             "(EDF prefill, best effort last, per-step token budgets for the "
-                             "tightest TPOT, speculation capped per tier); vllm: vLLM's own "
-                             "fcfs scheduling, the baseline (plans are accepted but ignored)")
-    parser.add_argument("--profile", default=None, metavar="PATH",
-                        help="performance model JSON (slos-serve profile's output) the "
-                             "engine's scheduler sizes step token budgets with; without it "
-                             "only the plan's step_token_budget applies")
-    parser.add_argument("--sim-kv-blocks", type=int, default=4096,
-                        help="simulated engine: KV blocks")
-    parser.add_argument("--metrics-port", type=metrics_port_arg, default=None,
-                        help="Prometheus /metrics HTTP port (default: --port + 1000; 0 = off)")
+    WorkerConfig.add_arguments(parser)
 
 
-def configure_environment(args: argparse.Namespace) -> None:
-    """vLLM reads these at import and in the processes it spawns: set them first."""
-    os.environ["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(args.kv_port)
-    os.environ.setdefault("VLLM_NIXL_SIDE_CHANNEL_HOST", args.host)
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(args.kv_cache_gib)))
-    if args.cpus:
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.cpus
+def configure_environment(cfg: WorkerConfig) -> None:
+    """vLLM reads these at import and in the processes it spawns: set them first.
+
+    The side channel's host is the one peers connect to: --host, unless the environment
+    already names one (a worker listening on a wildcard address must). The simulated
+    engine moves no KV and reads none of them.
+    """
+    if cfg.engine != "vllm":
+        return
+    try:
+        env = engine_env(
+            cfg.kv_port,
+            host=os.environ.get(ENV_SIDE_CHANNEL_HOST, cfg.host),
+            kv_cache_gib=max(1, round(cfg.kv_cache_gib)),
+            cpu_bind=cfg.cpus or None,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"NIXL side channel: {exc} (set --host or {ENV_SIDE_CHANNEL_HOST})"
+                         ) from exc
+    os.environ.update(env)
 
 
-def build_engine(args: argparse.Namespace):
+def build_engine(cfg: WorkerConfig):
     from slos_serve.engine import create_engine
 
     profile = None
-    if args.profile:
+    if cfg.profile:
         from slos_serve.core.perf_model import load
 
         try:  # fail here, not silently inside vLLM's engine core
-            load(args.profile)
+            load(cfg.profile)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SystemExit(f"--profile {args.profile}: not a performance model: {exc}") from exc
-        profile = os.path.abspath(args.profile)
-    if args.engine == "vllm":
-        if not args.model:
+            raise SystemExit(f"--profile {cfg.profile}: not a performance model: {exc}") from exc
+        profile = os.path.abspath(cfg.profile)
+    if cfg.engine == "vllm":
+        if not cfg.model:
             raise SystemExit("--model is required with --engine vllm")
         return create_engine(
             "vllm",
-            model=args.model,
-            max_model_len=args.max_model_len,
-            speculative_tokens=args.spec_tokens,
-            scheduler=args.scheduler,
+            model=cfg.model,
+            max_model_len=cfg.max_model_len,
+            speculative_tokens=cfg.spec_tokens,
+            scheduler=cfg.scheduler,
             perf_profile=profile,
         )
     detokenize = None
-    if args.model:
+    if cfg.model:
         from slos_serve.tokenizer import load_detokenizer
 
-        detokenize = load_detokenizer(args.model)
+        detokenize = load_detokenizer(cfg.model)
     return create_engine(
         "sim",
-        model=args.model or "sim",
-        max_model_len=args.max_model_len,
-        kv_blocks=args.sim_kv_blocks,
+        model=cfg.model or "sim",
+        max_model_len=cfg.max_model_len,
+        kv_blocks=cfg.sim_kv_blocks,
         detokenize=detokenize,
-        scheduler=args.scheduler,
+        scheduler=cfg.scheduler,
     )
 
 
-async def serve(role: str, args: argparse.Namespace) -> None:
+async def serve(role: str, cfg: WorkerConfig) -> None:
     from proto import slos_serve_pb2_grpc as pb_grpc
     from slos_serve.metrics import REGISTRY, WorkerMetrics, kv_bytes_per_token, serve_metrics
     from slos_serve.worker.service import WorkerService
 
-    engine = build_engine(args)
+    engine = build_engine(cfg)
     # The engine starts first: vLLM spawns its engine-core process, and a fork
     # after gRPC has started its pollers can kill this process. Until the port
     # is open, the launcher's health checks simply see "not yet".
-    log.info("%s worker: starting %s engine", role, args.engine)
+    log.info("%s worker: starting %s engine", role, cfg.engine)
     await engine.start()
     server, health = create_server([pb.DESCRIPTOR.services_by_name["Worker"].full_name])
-    port = bind(server, args.host, args.port)
+    port = bind(server, cfg.host, cfg.port)
     # The simulated engine moves no KV: its hand-offs are measured in blocks only.
     # vLLM's KV cache has the engine's dtype, float32 here (VllmEngine's default).
-    bytes_per_token = kv_bytes_per_token(args.model, 4) if args.engine == "vllm" else None
-    metrics = WorkerMetrics(role, f"{args.host}:{port}", registry=REGISTRY, load=engine.load,
+    bytes_per_token = kv_bytes_per_token(cfg.model, 4) if cfg.engine == "vllm" else None
+    metrics = WorkerMetrics(role, f"{cfg.host}:{port}", registry=REGISTRY, load=engine.load,
                             kv_bytes_per_token=bytes_per_token)
     service = WorkerService(role, engine, metrics)
     pb_grpc.add_WorkerServicer_to_server(service, server)
-    serve_metrics(args.host, args.metrics_port, port, f"{role} worker")
+    serve_metrics(cfg.host, cfg.metrics_port, port, f"{role} worker")
     await server.start()
     await health.set("", SERVING)
-    log.info("%s worker ready on %s:%d (engine %s)", role, args.host, port, args.engine)
+    log.info("%s worker ready on %s:%d (engine %s)", role, cfg.host, port, cfg.engine)
     await serve_until_signal(server, health, on_stop=engine.shutdown)
 
 
 def run_role(role: str, args: argparse.Namespace) -> int:
+    cfg = WorkerConfig.from_args(args)
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(message)s"
     )
-    configure_environment(args)
-    asyncio.run(serve(role, args))
+    configure_environment(cfg)
+    asyncio.run(serve(role, cfg))
     return 0

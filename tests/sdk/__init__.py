@@ -1,0 +1,1 @@
+"""Tests of the client SDK and `slos-serve generate`, against a scripted test server."""
