@@ -6,12 +6,10 @@ from slos_serve.engine.base import (
     EngineLoad,
     EngineOutput,
     EngineRequest,
-    TierSpecStats,
 )
 
 __all__ = [
-    "Engine", "EngineInfo", "EngineLoad", "EngineOutput", "EngineRequest", "TierSpecStats",
-    "create_engine",
+    "Engine", "EngineInfo", "EngineLoad", "EngineOutput", "EngineRequest", "create_engine",
 ]
 
 
