@@ -8,6 +8,7 @@ statistics (`TierStats`), an engine's load and facts, the KV hand-off (`KvHandof
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -106,47 +107,36 @@ def plan_to_proto(plan: WorkerPlan) -> pb.WorkerPlan:
 # ------------------------------------------------------- load and facts --
 
 
+def _values(record: Any, *leave_out: str) -> dict[str, Any]:
+    """A dataclass's fields by name (the proto message has fields of the same names)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
+            if f.name not in leave_out}
+
+
 def tier_stats_to_proto(s: TierStats) -> pb.TierSpecStats:
-    return pb.TierSpecStats(tpot_ms=s.tpot_ms, tier=s.tier, steps=s.steps, drafted=s.drafted,
-                            accepted=s.accepted, spec_tokens=s.spec_tokens)
+    return pb.TierSpecStats(**_values(s))
 
 
 def tier_stats_from_proto(m: pb.TierSpecStats) -> TierStats:
-    return TierStats(m.tier, m.tpot_ms, m.steps, m.drafted, m.accepted, m.spec_tokens)
+    return TierStats(**{f.name: getattr(m, f.name) for f in dataclasses.fields(TierStats)})
 
 
 def load_to_proto(
     load: EngineLoad, role: str, active_requests: int, draining: bool
 ) -> pb.LoadReport:
     return pb.LoadReport(
-        role=role,
-        running=load.running,
-        waiting=load.waiting,
-        kv_blocks_total=load.kv_blocks_total,
-        kv_blocks_used=load.kv_blocks_used,
+        **_values(load, "spec"),
+        spec=[tier_stats_to_proto(t) for t in load.spec],
         kv_usage=load.kv_usage,
-        steps=load.steps,
-        mean_step_ms=load.mean_step_ms,
-        spec_acceptance=load.spec_acceptance,
+        role=role,
         active_requests=active_requests,
         draining=draining,
-        spec=[tier_stats_to_proto(t) for t in load.spec],
-        scheduler=load.scheduler,
-        last_step_ms=load.last_step_ms,
     )
 
 
 def info_to_proto(info: EngineInfo, role: str) -> pb.WorkerInfo:
-    return pb.WorkerInfo(
-        role=role,
-        engine=info.kind,
-        model=info.model,
-        max_model_len=info.max_model_len,
-        block_size=info.block_size,
-        engine_id=info.engine_id,
-        max_spec_tokens=info.max_spec_tokens,
-        scheduler=info.scheduler,
-    )
+    """(The coordinator knows the vocabulary from its tokenizer.)"""
+    return pb.WorkerInfo(**_values(info, "kind", "vocab_size"), engine=info.kind, role=role)
 
 
 # ------------------------------------------------------------- KV hand-off --

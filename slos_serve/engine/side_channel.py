@@ -22,13 +22,14 @@ knows their form:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from slos_serve.core.policy import RequestSlo, TierStats, acceptance
+from slos_serve.core.policy import RequestSlo, TierStats
 from slos_serve.core.stages import StageSpec
 from slos_serve.core.worker_plan import TierSpec, WorkerPlan
 from slos_serve.engine.base import EngineLoad
@@ -135,46 +136,20 @@ def read_plan(path: str | Path) -> tuple[WorkerPlan, dict[str, int]]:
 
 def write_stats(path: str | Path, load: EngineLoad, diagnostics: Mapping[str, Any]) -> None:
     """`diagnostics`: figures for a human reading the file (no reader depends on them)."""
-    stats = {
-        "running": load.running,
-        "waiting": load.waiting,
-        "kv_blocks_total": load.kv_blocks_total,
-        "kv_blocks_used": load.kv_blocks_used,
-        "steps": load.steps,
-        "mean_step_ms": load.mean_step_ms,
-        "last_step_ms": load.last_step_ms,
-        "scheduler": load.scheduler,
-        "spec": [
-            {"tier": s.tier, "tpot_ms": s.tpot_ms, "steps": s.steps, "drafted": s.drafted,
-             "accepted": s.accepted, "spec_tokens": s.spec_tokens}
-            for s in load.spec
-        ],
-        "spec_acceptance": load.spec_acceptance,
-        **diagnostics,
-    }
-    write_atomically(path, json.dumps(stats))
+    write_atomically(path, json.dumps({**dataclasses.asdict(load), **diagnostics}))
 
 
-def read_stats(path: str | Path, scheduler: str = "") -> EngineLoad | None:
-    """The last snapshot published (None: none yet, or unreadable); `scheduler`: the mode
-    to report if the snapshot does not say."""
+LOAD_FIELDS = frozenset(f.name for f in dataclasses.fields(EngineLoad)) - {"spec"}
+
+
+def read_stats(path: str | Path) -> EngineLoad | None:
+    """The last snapshot published (None: none yet, or unreadable)."""
     try:
         stats = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        spec = [TierStats(**s) for s in stats.get("spec", [])]
+        return EngineLoad(**{k: v for k, v in stats.items() if k in LOAD_FIELDS}, spec=spec)
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
-    spec = [TierStats(**s) for s in stats.get("spec", [])]
-    return EngineLoad(
-        running=stats["running"],
-        waiting=stats["waiting"],
-        kv_blocks_total=stats["kv_blocks_total"],
-        kv_blocks_used=stats["kv_blocks_used"],
-        steps=stats["steps"],
-        mean_step_ms=stats["mean_step_ms"],
-        spec_acceptance=acceptance(spec),
-        spec=spec,
-        scheduler=stats.get("scheduler", scheduler),
-        last_step_ms=stats.get("last_step_ms", 0.0),
-    )
 
 
 # ------------------------------------------------------------ request SLO --

@@ -217,7 +217,7 @@ class VllmEngine:
         return True
 
     def load(self) -> EngineLoad:
-        return read_stats(self._stats_path, self._scheduler) or EngineLoad()
+        return read_stats(self._stats_path) or EngineLoad()
 
     async def shutdown(self) -> None:
         if self._llm is not None:
