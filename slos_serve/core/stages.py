@@ -49,7 +49,7 @@ class StageSwitch:
     """A stage that began within a chunk, and what ended the one before it."""
 
     index: int
-    by: Literal["max_tokens", "until", "forced"]
+    by: Literal["max_tokens", "until"]
 
 
 @dataclass(slots=True)
