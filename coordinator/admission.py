@@ -3,7 +3,7 @@
 Pure (no gRPC): the coordinator reports what happens to each request (arrival, first token,
 tokens, stage switch, end) and what the workers report (KV capacity, speculative acceptance
 per tier); each arrival is answered with the planner's decision, and the latest plan is kept
-as one small record per worker for the workers' schedulers (`worker_plans`).
+as one WorkerPlan per worker for the workers' schedulers (`worker_plans`).
 
 Clock: unix seconds (time.time()), the clock the workers' TTFT deadlines are given in.
 
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from slos_serve.core.perf_model import PerfModel
 from slos_serve.core.planner import Decision, Plan, PlanRequest, PlanWorker, Snapshot, plan
+from slos_serve.core.policy import TierStats
+from slos_serve.core.worker_plan import TierSpec, WorkerPlan
 
 MIN_DRAFTS_FOR_ALPHA = 64  # below this many drafts a tier's acceptance is not trusted
 PRIOR_ALPHA = 0.5  # acceptance assumed before any is measured (ngram on text)
@@ -33,8 +35,8 @@ class WorkerView:
     kv_blocks_total: int
     block_size: int = 16
     max_spec_tokens: int = 0
-    # per TPOT (seconds): (drafted, accepted) tokens measured since the engine started
-    spec: dict[float, tuple[int, int]] = field(default_factory=dict)
+    # per tier: drafted and accepted tokens measured since the engine started
+    spec: list[TierStats] = field(default_factory=list)
 
 
 @dataclass
@@ -56,15 +58,6 @@ class Tracked:
     due0: float = 0.0  # when the first token after the current stage's start was due
 
 
-@dataclass(frozen=True)
-class WorkerPlanRecord:
-    """One worker's share of a plan, as sent to its scheduler (proto WorkerPlan)."""
-
-    step_token_budget: int
-    tiers: tuple[tuple[float, int, float], ...]  # (tpot_ms, spec_tokens, interval_ms)
-    pace: bool
-
-
 class Admission:
     def __init__(
         self,
@@ -81,7 +74,6 @@ class Admission:
         self.views: list[WorkerView] = []
         self.route = 0
         self.last: Plan | None = None
-        self.plans = 0
 
     # ------------------------------------------------------------ workers
 
@@ -97,10 +89,10 @@ class Admission:
     def _alphas(self) -> tuple[dict[float, float], float]:
         per: dict[float, list[int]] = {}
         for v in self.views:
-            for tpot, (drafted, accepted) in v.spec.items():
-                acc = per.setdefault(tpot, [0, 0])
-                acc[0] += drafted
-                acc[1] += accepted
+            for s in v.spec:
+                acc = per.setdefault(s.tpot_ms / 1000.0, [0, 0])
+                acc[0] += s.drafted
+                acc[1] += s.accepted
         alpha = {t: a / d for t, (d, a) in per.items() if d >= MIN_DRAFTS_FOR_ALPHA}
         drafted = sum(d for d, _ in per.values())
         accepted = sum(a for _, a in per.values())
@@ -204,26 +196,28 @@ class Admission:
         )
         self.route += 1 if new is not None else 0
         self.last = plan(snap)
-        self.plans += 1
         for d in self.last.decisions:  # reroutes of admitted requests whose worker left
             r = self.requests.get(d.request_id)
             if r is not None and d.reason == "rerouted":
                 r.prefill_worker, r.decode_worker = d.prefill_worker, d.decode_worker
         return self.last
 
-    def worker_plans(self) -> dict[str, WorkerPlanRecord]:
-        """The last plan, per worker, in the form the workers' schedulers take."""
+    def worker_plans(self) -> dict[str, WorkerPlan]:
+        """The last plan, per worker, for the workers' schedulers (plan_time_unix 0: the
+        coordinator stamps it when it sends it)."""
         if self.last is None:
             return {}
-        out: dict[str, WorkerPlanRecord] = {}
+        out: dict[str, WorkerPlan] = {}
         for wid, sched in self.last.prefill.items():
-            out[wid] = WorkerPlanRecord(sched.token_budget, (), False)
+            out[wid] = WorkerPlan(step_token_budget=sched.token_budget)
         for wid, dp in self.last.decode.items():
-            tiers = tuple(sorted(
-                (round(t.tpot * 1000, 3), t.spec_len, round(t.interval * 1000, 3))
-                for t in dp.tiers
-            ))
+            tiers = sorted(
+                (TierSpec(round(t.tpot * 1000, 3), t.spec_len, round(t.interval * 1000, 3))
+                 for t in dp.tiers),
+                key=lambda t: (t.tpot_ms, t.spec_tokens, t.interval_ms),
+            )
             role = next((w.role for w in self.workers if w.id == wid), "decode")
             budget = dp.step_token_budget if dp.feasible else 0
-            out[wid] = WorkerPlanRecord(budget, tiers, role == "mixed")
+            out[wid] = WorkerPlan(step_token_budget=budget, tiers=tuple(tiers),
+                                  pace=role == "mixed")
         return out

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proto import slos_serve_pb2 as pb
+from slos_serve.core.policy import RequestSlo
 from slos_serve.core.slo import SloError, Tier, TierTable
 from slos_serve.core.stages import StageSpec
 
@@ -42,6 +43,19 @@ class RequestSpec:
     stop: list[str] = field(default_factory=list)
     stages: list[StageSpec] = field(default_factory=list)  # always >= 1 (stage 0: `tier`)
 
+    def ttft_deadline_unix(self, received_unix: float) -> float:
+        return received_unix + self.tier.ttft_ms / 1000.0
+
+    def worker_slo(self, ttft_deadline_unix: float, best_effort: bool) -> RequestSlo:
+        """What the workers' engines act on (a multi-stage request: with its stages)."""
+        return RequestSlo(
+            ttft_deadline_unix=ttft_deadline_unix,
+            tpot_ms=self.tier.tpot_ms,
+            best_effort=best_effort,
+            tier=self.tier.name,
+            stages=tuple(self.stages) if len(self.stages) > 1 else (),
+        )
+
 
 def validate(
     request: pb.GenerateRequest,
@@ -54,8 +68,7 @@ def validate(
         raise InvalidRequest(f"request_id: longer than {MAX_REQUEST_ID_LEN} characters")
     prompt = _prompt_tokens(request, facts, tokenize)
     sampling = _sampling(request, prompt, facts)
-    stages = _stages(request, tiers)
-    tier = Tier(stages[0].tier, stages[0].ttft_ms, stages[0].tpot_ms)
+    tier, stages = _stages(request, tiers)
     on_reject = {pb.SERVE_BEST_EFFORT: "best_effort", pb.REJECT: "reject"}.get(
         request.on_reject, default_on_reject
     )
@@ -73,20 +86,23 @@ def _resolve(slo: pb.Slo, tiers: TierTable, prefix: str = "") -> Tier:
         raise InvalidRequest(f"{prefix}{exc}") from exc
 
 
-def _stages(request: pb.GenerateRequest, tiers: TierTable) -> list[StageSpec]:
-    """One stage from `slo`, or the request's `stages` (each with its own SLO)."""
+def _stages(request: pb.GenerateRequest, tiers: TierTable) -> tuple[Tier, list[StageSpec]]:
+    """Stage 0's tier, and one stage from `slo` or the request's `stages` (each with its
+    own SLO)."""
     if not request.stages:
         t = _resolve(request.slo, tiers)
-        return [StageSpec(t.name, t.ttft_ms, t.tpot_ms)]
+        return t, [StageSpec(t.name, t.ttft_ms, t.tpot_ms)]
     slo = request.slo
     if slo.tier or slo.HasField("ttft_ms") or slo.HasField("tpot_ms"):
         raise InvalidRequest("slo: with stages, give each stage its own slo instead")
     if len(request.stages) > MAX_STAGES:
         raise InvalidRequest(f"stages: at most {MAX_STAGES} stages")
     out = []
+    resolved = []
     last = len(request.stages) - 1
     for i, st in enumerate(request.stages):
         t = _resolve(st.slo, tiers, f"stages[{i}].")
+        resolved.append(t)
         if st.max_tokens < 0:
             raise InvalidRequest(f"stages[{i}].max_tokens: must be >= 0, got {st.max_tokens}")
         if i < last and st.max_tokens == 0 and not st.until:
@@ -94,7 +110,7 @@ def _stages(request: pb.GenerateRequest, tiers: TierTable) -> list[StageSpec]:
                 f"stages[{i}]: set max_tokens or until (only the last stage runs to the end)"
             )
         out.append(StageSpec(t.name, t.ttft_ms, t.tpot_ms, st.max_tokens, st.until))
-    return out
+    return resolved[0], out
 
 
 def _prompt_tokens(

@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from kv_transfer.metadata import KvHandoff
 from proto import slos_serve_pb2 as pb
-from slos_serve.core.policy import RequestSlo, StageTracker
-from slos_serve.engine import Engine
+from slos_serve.core.stages import StageTracker
+from slos_serve.engine import Engine, EngineOutput
 from slos_serve.metrics import WorkerMetrics
-from slos_serve.wire import engine_request, engine_slo
+from slos_serve.wire import engine_request, handoff_from_proto, slo_from_proto
 
 
 class FirstTokenMismatch(RuntimeError):
@@ -32,16 +31,16 @@ async def decode(
     by itself.
     """
     called, pulled = time.perf_counter(), False
-    slo = RequestSlo.from_dict(engine_slo(request.slo))
-    stages = StageTracker(slo) if any(s.until for s in slo.stages) else None
-    handoff = KvHandoff.from_proto(request.handoff)
+    slo = slo_from_proto(request.slo)
+    stages = UntilWatcher(StageTracker(slo.stages)) if any(s.until for s in slo.stages) else None
+    handoff = handoff_from_proto(request.handoff)
     sent_tokens, sent_chars = 1, len(request.first_text)
     async for out in engine.generate(
         engine_request(
             request.request_id,
-            list(request.prompt_token_ids),
+            request.prompt_token_ids,
             request.sampling,
-            request.slo,
+            slo,
             kv_transfer_params=handoff.to_vllm(),
         )
     ):
@@ -57,7 +56,7 @@ async def decode(
                 f"{request.first_token_id} (sampling not seeded identically?)"
             )
         if stages is not None and not out.finished:
-            switched = stages.update(out.text, len(out.token_ids))
+            switched = stages.update(out)
             if switched is not None:
                 engine.set_stage(request.request_id, switched)
         new_ids = out.token_ids[sent_tokens:]
@@ -67,3 +66,21 @@ async def decode(
                 token_ids=new_ids, text=new_text, finish_reason=out.finish_reason or ""
             )
             sent_tokens, sent_chars = len(out.token_ids), max(sent_chars, len(out.text))
+
+
+class UntilWatcher:
+    """Feeds a request's cumulative engine outputs to its stage tracker; reports the stage
+    a `until` string switched to (the engine's scheduler counts tokens by itself)."""
+
+    def __init__(self, tracker: StageTracker) -> None:
+        self.tracker = tracker
+        self._tokens = self._chars = 0
+
+    def update(self, out: EngineOutput) -> int | None:
+        """The stage the last `until` string in the new output switched to, or None."""
+        new_tokens = len(out.token_ids) - self._tokens
+        if new_tokens <= 0:  # (text without tokens waits for the next token)
+            return None
+        switches = self.tracker.add(new_tokens, out.text[self._chars:])
+        self._tokens, self._chars = len(out.token_ids), max(self._chars, len(out.text))
+        return next((s.index for s in reversed(switches) if s.by == "until"), None)

@@ -6,39 +6,27 @@ NIXL side channel listens, and which blocks to read. The decode engine needs tha
 exact dict back in `SamplingParams.extra_args["kv_transfer_params"]`. Between the two
 the dict crosses the coordinator over gRPC, so it is validated once here (a malformed
 hand-off must fail loudly at the coordinator, not as an assertion deep inside the
-decode engine's scheduler) and carried as the proto message `KvHandoff`.
+decode engine's scheduler) and carried as the proto message `KvHandoff` (converted in
+slos_serve/wire.py, losslessly).
 
-Round trips are lossless: for a dict a vLLM prefill engine produces,
-`KvHandoff.from_proto(KvHandoff.from_vllm(d).to_proto()).to_vllm() == d` (block ids come
-back as lists). Keys this module does not name travel in `extra_json`.
-
-This module imports neither vLLM nor torch: the coordinator and the simulator use it.
+This module imports neither vLLM nor torch nor the proto stubs.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # the generated module is only needed for to_proto/from_proto
-    from proto import slos_serve_pb2
-
-__all__ = [
-    "KvHandoff",
-    "KvTransferState",
-    "prefill_params",
-    "KNOWN_KEYS",
-]
+__all__ = ["JSON_KEYS", "KNOWN_KEYS", "PROTO_KEYS", "KvHandoff", "prefill_params"]
 
 _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
 
 # Keys of NixlConnector's kv_transfer_params that have their own proto field.
-_PROTO_KEYS = (
+PROTO_KEYS = (
     "remote_engine_id",
     "remote_request_id",
     "remote_host",
@@ -52,7 +40,7 @@ _PROTO_KEYS = (
 )
 # Keys the dataclass names but the proto carries inside extra_json (the proto has no
 # field for them; they are still typed and validated here).
-_JSON_KEYS = ("do_remote_prefill", "do_remote_decode", "remote_blocks_expiry_time")
+JSON_KEYS = ("do_remote_prefill", "do_remote_decode", "remote_blocks_expiry_time")
 # Every key the dataclass names, in the order vLLM's NixlConnector emits them.
 KNOWN_KEYS: tuple[str, ...] = (
     "do_remote_prefill",
@@ -69,39 +57,6 @@ KNOWN_KEYS: tuple[str, ...] = (
     "remote_blocks_expiry_time",
     "transfer_mode",
 )
-
-
-class KvTransferState(enum.Enum):
-    """Where one request's KV hand-off stands (as in SGLang's disaggregation `KVPoll`).
-
-    BOOTSTRAPPING: the prefill is running or the decode side has not yet reached the
-    prefill engine's side channel. TRANSFERRING: the decode engine is reading blocks.
-    SUCCESS / FAILED are terminal: the prefill engine frees its blocks in both cases
-    (on FAILED at the latest when its lease expires).
-    """
-
-    BOOTSTRAPPING = "bootstrapping"
-    TRANSFERRING = "transferring"
-    SUCCESS = "success"
-    FAILED = "failed"
-
-    @property
-    def is_terminal(self) -> bool:
-        """True once nothing more will happen to this hand-off."""
-        return self in (KvTransferState.SUCCESS, KvTransferState.FAILED)
-
-    def can_advance_to(self, new: KvTransferState) -> bool:
-        """Whether `self -> new` is a legal step; terminal states never change.
-
-        Any live state may fail; otherwise states only move forward, so a late
-        progress report can not resurrect a finished hand-off.
-        """
-        order = list(KvTransferState)
-        if self.is_terminal:
-            return False
-        if new is KvTransferState.FAILED:
-            return True
-        return order.index(new) > order.index(self)
 
 
 def prefill_params() -> dict[str, bool]:
@@ -313,59 +268,6 @@ class KvHandoff:
         }
         out.update(json.loads(json.dumps(dict(self.extra))))  # deep copy
         return out
-
-    # proto <-> dataclass
-
-    def to_proto(self) -> slos_serve_pb2.KvHandoff:
-        """The wire form (`proto.slos_serve_pb2.KvHandoff`)."""
-        from proto import slos_serve_pb2 as pb
-
-        extra = {k: getattr(self, k) for k in _JSON_KEYS}
-        extra.update(self.extra)
-        return pb.KvHandoff(
-            remote_engine_id=self.remote_engine_id,
-            remote_request_id=self.remote_request_id,
-            remote_host=self.remote_host,
-            remote_port=self.remote_port,
-            remote_block_ids=[pb.BlockIds(ids=g) for g in self.remote_block_ids],
-            remote_num_tokens=self.remote_num_tokens,
-            tp_size=self.tp_size,
-            dcp_size=self.dcp_size,
-            pp_size=self.pp_size,
-            transfer_mode=self.transfer_mode,
-            extra_json=json.dumps(extra, allow_nan=False),  # keeps key order
-        )
-
-    @classmethod
-    def from_proto(cls, msg: slos_serve_pb2.KvHandoff) -> KvHandoff:
-        """Parse and validate a `KvHandoff` message. Raises ValueError naming the field.
-
-        proto3 scalars have no presence: an unset size (0) means vLLM's default 1, an
-        unset transfer_mode means "pull"; unset strings, port or blocks are errors.
-        """
-        try:
-            extra = json.loads(msg.extra_json) if msg.extra_json else {}
-        except json.JSONDecodeError as exc:
-            raise _fail("extra_json", f"not valid JSON ({exc})", msg.extra_json) from None
-        if not isinstance(extra, dict):
-            raise _fail("extra_json", "must be a JSON object", msg.extra_json)
-        for key in _PROTO_KEYS:
-            if key in extra:  # would silently override (or be overridden by) a field
-                raise _fail("extra_json", f"must not repeat the field {key!r}", key)
-        params: dict[str, Any] = dict(extra)
-        params.update(
-            remote_engine_id=msg.remote_engine_id,
-            remote_request_id=msg.remote_request_id,
-            remote_host=msg.remote_host,
-            remote_port=msg.remote_port or None,
-            remote_block_ids=[list(b.ids) for b in msg.remote_block_ids],
-            remote_num_tokens=msg.remote_num_tokens,
-            tp_size=msg.tp_size or 1,
-            dcp_size=msg.dcp_size or 1,
-            pp_size=msg.pp_size or 1,
-            transfer_mode=msg.transfer_mode or "pull",
-        )
-        return cls.from_vllm(params)
 
     # conveniences
 

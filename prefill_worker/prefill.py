@@ -7,7 +7,7 @@ import time
 from kv_transfer.metadata import KvHandoff, prefill_params
 from proto import slos_serve_pb2 as pb
 from slos_serve.engine import Engine
-from slos_serve.wire import engine_request
+from slos_serve.wire import engine_request, handoff_to_proto, slo_from_proto
 
 
 class HandoffMissing(RuntimeError):
@@ -29,7 +29,7 @@ async def prefill(engine: Engine, request: pb.PrefillRequest) -> pb.PrefillRespo
             request.request_id,
             list(request.prompt_token_ids),
             request.sampling,
-            request.slo,
+            slo_from_proto(request.slo),
             max_tokens=1,
             kv_transfer_params=kv_params,
         )
@@ -53,5 +53,5 @@ async def prefill(engine: Engine, request: pb.PrefillRequest) -> pb.PrefillRespo
         handoff = KvHandoff.from_vllm(last.kv_transfer_params)
     except ValueError as exc:
         raise HandoffMissing(f"engine returned unusable transfer metadata: {exc}") from exc
-    response.handoff.CopyFrom(handoff.to_proto())
+    response.handoff.CopyFrom(handoff_to_proto(handoff))
     return response

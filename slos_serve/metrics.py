@@ -13,11 +13,21 @@ by a known request field, worker metrics by role and the worker's gRPC address.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -200,7 +210,7 @@ class WorkerMetrics:
             if kv_bytes_per_token:
                 self.handoff_bytes.labels(role, worker)
         if load is not None:
-            registry.register(_LoadCollector(role, worker, load))
+            registry.register(EngineLoadCollector(role, worker, load))
 
     def request_served(self, rpc: str, outcome: str) -> None:
         self.requests.labels(self.role, self.worker, rpc, outcome).inc()
@@ -215,7 +225,7 @@ class WorkerMetrics:
             )
 
 
-class _LoadCollector(Collector):
+class EngineLoadCollector(Collector):
     """Reads the engine's load report at scrape time (from the HTTP server's thread)."""
 
     def __init__(self, role: str, worker: str, load: Callable[[], Any]) -> None:
@@ -250,16 +260,12 @@ class _LoadCollector(Collector):
         yield gauge("slos_worker_spec_acceptance_ratio",
                     "Speculative tokens accepted / proposed (0 until known)",
                     load.spec_acceptance)
-        batch_tokens = getattr(load, "batch_tokens", None)  # engines that report it
-        if batch_tokens is not None:
-            yield gauge("slos_worker_batch_tokens", "Tokens in the engine's last batch",
-                        batch_tokens)
         steps = CounterMetricFamily("slos_worker_engine_steps", "Engine steps", labels=names)
         steps.add_metric(self._labels, load.steps)
         yield steps
         yield gauge("slos_worker_last_step_seconds", "The engine's last step time",
-                    getattr(load, "last_step_ms", 0.0) / 1000.0)
-        scheduler = getattr(load, "scheduler", "")
+                    load.last_step_ms / 1000.0)
+        scheduler = load.scheduler
         if scheduler:
             info = GaugeMetricFamily(
                 "slos_worker_scheduler", "The engine's scheduler (1 for the one in use): slos "
@@ -267,7 +273,7 @@ class _LoadCollector(Collector):
                 labels=[*names, "scheduler"])
             info.add_metric([*self._labels, scheduler], 1)
             yield info
-        yield from self._spec_families(getattr(load, "spec", None) or [])
+        yield from self._spec_families(load.spec)
 
     def _spec_families(self, spec: Iterable[Any]) -> Iterator[Any]:
         """Per-tier speculation (entries of one tier name with different TPOTs are summed;
@@ -303,9 +309,6 @@ def kv_bytes_per_token(model_dir: str | None, dtype_bytes: int) -> int | None:
     2 x layers x KV heads x head dim x bytes per element, from config.json; None when the
     directory or a field is missing (the hand-off is then measured in blocks only).
     """
-    import json
-    from pathlib import Path
-
     if not model_dir:
         return None
     try:
@@ -326,8 +329,6 @@ def serve_metrics(host: str, port: int | None, grpc_port: int, what: str) -> int
     and a port already taken there is logged, not fatal. 0 turns metrics off. An explicit
     port that cannot be bound raises OSError.
     """
-    from prometheus_client import disable_created_metrics, start_http_server
-
     if port == 0:
         return None
     disable_created_metrics()  # no *_created series: plain Prometheus text, as scraped

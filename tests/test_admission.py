@@ -58,7 +58,7 @@ def test_worker_plans_carry_tiers_and_speculation() -> None:
     plans = a.worker_plans()
     assert set(plans) == {"p0", "d0"}
     assert plans["p0"].tiers == () and plans["p0"].step_token_budget > 0
-    tiers = {t: k for t, k, _ in plans["d0"].tiers}
+    tiers = {t.tpot_ms: t.spec_tokens for t in plans["d0"].tiers}
     assert set(tiers) == {TIGHT * 1000, LOOSE * 1000}
     assert tiers[TIGHT * 1000] >= tiers[LOOSE * 1000]
     assert not plans["d0"].pace  # pacing is for mixed workers

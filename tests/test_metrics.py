@@ -89,87 +89,93 @@ def prompt(n: int, offset: int = 0) -> list[int]:
     return [3 + (offset * 37 + 11 * i) % 200 for i in range(n)]
 
 
-def test_metrics_match_what_was_served(cluster: LocalCluster) -> None:
-    urls = cluster.metrics_urls()
-    by_name = {p.name: p for p in cluster.procs}
-    prefill_addr, decode_addr = by_name["prefill-0"].address, by_name["decode-0"].address
-    coord0, prefill0, decode0 = (scrape(urls[n]) for n in ("coordinator", "prefill-0",
-                                                             "decode-0"))
-    # (prompt length, max_tokens, SLO): two named tiers, and an explicit TTFT no
-    # request can meet (its tier is "custom"); max_tokens=1 ends at the prefill.
-    requests = [
-        (5, 6, {"tier": "tight"}),
-        (40, 6, {"tier": "tight"}),
-        (17, 4, {"tier": "loose"}),
-        (100, 4, {"tier": "loose"}),
-        (3, 1, {"tier": "loose"}),
-        (9, 4, {"ttft_ms": 0.001}),
-    ]
+# (prompt length, max_tokens, SLO): two named tiers, and an explicit TTFT no request can
+# meet (its tier is "custom"); max_tokens=1 ends at the prefill.
+SERVED = [
+    (5, 6, {"tier": "tight"}),
+    (40, 6, {"tier": "tight"}),
+    (17, 4, {"tier": "loose"}),
+    (100, 4, {"tier": "loose"}),
+    (3, 1, {"tier": "loose"}),
+    (9, 4, {"ttft_ms": 0.001}),
+]
+
+
+def serve_requests(target: str) -> list[Completion]:
+    """Every request of SERVED, then two that validation refuses."""
     done: list[Completion] = []
-    with Client(cluster.target, timeout=30) as client:
-        for k, (n, max_tokens, slo) in enumerate(requests):
+    with Client(target, timeout=30) as client:
+        for k, (n, max_tokens, slo) in enumerate(SERVED):
             done.append(client.generate(prompt(n, k), max_tokens=max_tokens, temperature=0,
                                         ignore_eos=True, **slo))
         with pytest.raises(InvalidRequest):
             client.generate(prompt(4), max_tokens=0, tier="tight")
         with pytest.raises(InvalidRequest):
             client.generate(prompt(4), max_tokens=4, tier="no-such-tier")
-    assert [c.tier for c in done] == ["tight"] * 2 + ["loose"] * 3 + [CUSTOM_TIER]
-    assert not done[-1].ttft_met and not done[-1].slo_met
+    return done
 
-    def settled(s: Samples) -> bool:
-        return delta(coord0, s, "slos_requests_finished_total") == len(requests)
 
-    coord = wait_scrape(urls["coordinator"], settled, "every request finished")
+def check_tier_figures(coord0: Samples, coord: Samples, tier: str,
+                       mine: list[Completion]) -> None:
+    """One tier's decisions, verdicts and latency histograms match what its clients saw."""
 
     def d(name: str, **labels: str) -> float:
         return delta(coord0, coord, name, **labels)
 
+    for decision in ("admitted", "best_effort", "rejected"):
+        n = sum(c.decision.value == decision for c in mine)
+        assert d("slos_requests_total", tier=tier, decision=decision) == n
+        assert value(coord, "slos_requests_total", tier=tier, decision=decision) == n
+    assert d("slos_requests_finished_total", tier=tier, reason="length") == len(mine)
+    assert value(coord, "slos_requests_in_flight", tier=tier) == 0
+    for objective, met in (("ttft", [c.ttft_met for c in mine]),
+                           ("tpot", [c.tpot_met for c in mine]),
+                           ("both", [c.slo_met for c in mine])):
+        assert d("slos_slo_attained_total", tier=tier, objective=objective) == sum(met)
+        assert d("slos_slo_missed_total", tier=tier, objective=objective) == (
+            len(met) - sum(met))
+    assert d("slos_ttft_seconds_count", tier=tier) == len(mine)
+    assert d("slos_ttft_seconds_sum", tier=tier) == pytest.approx(
+        sum(c.ttft_ms for c in mine) / 1000, rel=1e-6)
+    several = [c for c in mine if c.completion_tokens > 1]
+    assert d("slos_tpot_seconds_count", tier=tier) == len(several)
+    assert d("slos_tpot_seconds_sum", tier=tier) == pytest.approx(
+        sum(c.tpot_ms for c in several) / 1000, rel=1e-6)
+
+
+def check_coordinator_figures(coord0: Samples, coord: Samples, done: list[Completion]) -> None:
     # the planner cannot meet a 0.001 ms TTFT: that request is served best effort
     assert [c.decision.value for c in done] == ["admitted"] * 5 + ["best_effort"]
     for tier in ("tight", "loose", CUSTOM_TIER):
-        mine = [c for c in done if c.tier == tier]
-        for decision in ("admitted", "best_effort", "rejected"):
-            n = sum(c.decision.value == decision for c in mine)
-            assert d("slos_requests_total", tier=tier, decision=decision) == n
-            assert value(coord, "slos_requests_total", tier=tier, decision=decision) == n
-        assert d("slos_requests_finished_total", tier=tier, reason="length") == len(mine)
-        assert value(coord, "slos_requests_in_flight", tier=tier) == 0
-        for objective, met in (("ttft", [c.ttft_met for c in mine]),
-                               ("tpot", [c.tpot_met for c in mine]),
-                               ("both", [c.slo_met for c in mine])):
-            assert d("slos_slo_attained_total", tier=tier, objective=objective) == sum(met)
-            assert d("slos_slo_missed_total", tier=tier, objective=objective) == (
-                len(met) - sum(met))
-        assert d("slos_ttft_seconds_count", tier=tier) == len(mine)
-        assert d("slos_ttft_seconds_sum", tier=tier) == pytest.approx(
-            sum(c.ttft_ms for c in mine) / 1000, rel=1e-6)
-        several = [c for c in mine if c.completion_tokens > 1]
-        assert d("slos_tpot_seconds_count", tier=tier) == len(several)
-        assert d("slos_tpot_seconds_sum", tier=tier) == pytest.approx(
-            sum(c.tpot_ms for c in several) / 1000, rel=1e-6)
-    assert d("slos_slo_missed_total", tier=CUSTOM_TIER, objective="ttft") == 1
-    assert d("slos_requests_invalid_total", reason="sampling.max_tokens") == 1
-    assert d("slos_requests_invalid_total", reason="slo.tier") == 1
-    assert d("slos_requests_invalid_total") == 2
+        check_tier_figures(coord0, coord, tier, [c for c in done if c.tier == tier])
+    assert delta(coord0, coord, "slos_slo_missed_total", tier=CUSTOM_TIER,
+                 objective="ttft") == 1
+    assert delta(coord0, coord, "slos_requests_invalid_total",
+                 reason="sampling.max_tokens") == 1
+    assert delta(coord0, coord, "slos_requests_invalid_total", reason="slo.tier") == 1
+    assert delta(coord0, coord, "slos_requests_invalid_total") == 2
     # TTFT and TPOT buckets span 1 ms .. 30 s.
     les = {float(dict(ls)["le"]) for n, ls in coord if n == "slos_ttft_seconds_bucket"}
     assert min(les) == 0.001 and max(les - {math.inf}) == 30.0
 
-    # Workers: every request was prefilled; all but the max_tokens=1 one were handed off.
-    handed_off = [(n, m) for n, m, _ in requests if m > 1]
+
+def check_worker_figures(urls: dict[str, str], addresses: dict[str, str],
+                         before: dict[str, Samples]) -> None:
+    """Every request was prefilled; all but the max_tokens=1 one were handed off."""
+    prefill0, decode0 = before["prefill-0"], before["decode-0"]
+    handed_off = [(n, m) for n, m, _ in SERVED if m > 1]
     prefill = wait_scrape(
         urls["prefill-0"],
-        lambda s: delta(prefill0, s, "slos_worker_requests_total") == len(requests),
+        lambda s: delta(prefill0, s, "slos_worker_requests_total") == len(SERVED),
         "every prefill counted")
     decode = wait_scrape(
         urls["decode-0"],
         lambda s: delta(decode0, s, "slos_worker_requests_total") == len(handed_off),
         "every decode counted")
-    me = {"role": "prefill", "worker": prefill_addr}
+    me = {"role": "prefill", "worker": addresses["prefill-0"]}
     assert delta(prefill0, prefill, "slos_worker_requests_total", rpc="prefill", outcome="ok",
-                 **me) == len(requests)
-    me = {"role": "decode", "worker": decode_addr}
+                 **me) == len(SERVED)
+    me = {"role": "decode", "worker": addresses["decode-0"]}
     assert delta(decode0, decode, "slos_worker_requests_total", rpc="decode", outcome="ok",
                  **me) == len(handed_off)
     assert delta(decode0, decode, "slos_worker_kv_handoff_blocks_count", **me) == len(handed_off)
@@ -179,17 +185,35 @@ def test_metrics_match_what_was_served(cluster: LocalCluster) -> None:
         handed_off)
     assert delta(decode0, decode, "slos_worker_kv_handoff_seconds_sum", **me) > 0
     assert not has(decode, "slos_worker_kv_handoff_bytes_count")  # the sim moves no KV bytes
-    for samples, role, addr in ((prefill, "prefill", prefill_addr),
-                                (decode, "decode", decode_addr)):
-        me = {"role": role, "worker": addr}
-        assert value(samples, "slos_worker_waiting", **me) == 0
-        assert value(samples, "slos_worker_running", **me) == 0
-        assert value(samples, "slos_worker_kv_blocks_used", **me) == 0
-        assert value(samples, "slos_worker_kv_blocks_total", **me) == SIM_KV_BLOCKS
-        assert value(samples, "slos_worker_kv_usage_ratio", **me) == 0
-        assert value(samples, "slos_worker_spec_acceptance_ratio", **me) == 0
-        assert value(samples, "slos_worker_engine_steps_total", **me) > 0
-        assert value(samples, "slos_worker_mean_step_seconds", **me) > 0
+    for samples, role in ((prefill, "prefill"), (decode, "decode")):
+        check_idle_worker(samples, {"role": role, "worker": addresses[f"{role}-0"]})
+
+
+def check_idle_worker(samples: Samples, me: dict[str, str]) -> None:
+    assert value(samples, "slos_worker_waiting", **me) == 0
+    assert value(samples, "slos_worker_running", **me) == 0
+    assert value(samples, "slos_worker_kv_blocks_used", **me) == 0
+    assert value(samples, "slos_worker_kv_blocks_total", **me) == SIM_KV_BLOCKS
+    assert value(samples, "slos_worker_kv_usage_ratio", **me) == 0
+    assert value(samples, "slos_worker_spec_acceptance_ratio", **me) == 0
+    assert value(samples, "slos_worker_engine_steps_total", **me) > 0
+    assert value(samples, "slos_worker_mean_step_seconds", **me) > 0
+
+
+def test_metrics_match_what_was_served(cluster: LocalCluster) -> None:
+    urls = cluster.metrics_urls()
+    addresses = {p.name: p.address for p in cluster.procs}
+    before = {n: scrape(urls[n]) for n in ("coordinator", "prefill-0", "decode-0")}
+    done = serve_requests(cluster.target)
+    assert [c.tier for c in done] == ["tight"] * 2 + ["loose"] * 3 + [CUSTOM_TIER]
+    assert not done[-1].ttft_met and not done[-1].slo_met
+    coord0 = before["coordinator"]
+    coord = wait_scrape(
+        urls["coordinator"],
+        lambda s: delta(coord0, s, "slos_requests_finished_total") == len(SERVED),
+        "every request finished")
+    check_coordinator_figures(coord0, coord, done)
+    check_worker_figures(urls, addresses, before)
 
 
 def test_in_flight_and_cancelled(cluster: LocalCluster) -> None:

@@ -46,11 +46,12 @@ def _scheduler_output() -> tuple[SimpleNamespace, dict]:
 
 
 def test_recorder_lines_parse_into_batch_shapes(tmp_path: Path) -> None:
-    from slos_serve.engine import vllm_scheduler as vs
+    from slos_serve.engine.side_channel import PROFILE_PATH_ENV
+    from slos_serve.engine.step_recorder import StepRecorder
 
-    assert vs.PROFILE_PATH_ENV == "SLOS_PROFILE_PATH"
+    assert PROFILE_PATH_ENV == "SLOS_PROFILE_PATH"
     path = tmp_path / "samples.jsonl"
-    recorder = vs._StepRecorder(str(path))
+    recorder = StepRecorder(str(path))
     output, requests = _scheduler_output()
     recorder.started(output, requests)
     recorder.finished(SimpleNamespace())  # not a step it started: ignored

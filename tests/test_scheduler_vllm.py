@@ -18,14 +18,17 @@ import pytest
 from conftest import GREEDY
 from test_slo_policy import CPU_LIKE_PROFILE
 
+from slos_serve.core.policy import RequestSlo
+from slos_serve.core.worker_plan import TierSpec, WorkerPlan
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / ".cache" / "profile-cpu.json"
-TIERS = [
-    {"tpot_ms": 30.0, "spec_tokens": 4, "interval_ms": 30.0},
-    {"tpot_ms": 300.0, "spec_tokens": 0, "interval_ms": 300.0},
-]
+TIERS = (
+    TierSpec(tpot_ms=30.0, spec_tokens=4, interval_ms=30.0),
+    TierSpec(tpot_ms=300.0, spec_tokens=0, interval_ms=300.0),
+)
 
 
 class Shared:
@@ -45,8 +48,8 @@ class Shared:
 @pytest.fixture(scope="module")
 def engine(model_dir: str, reference, tmp_path_factory) -> Shared:
     # (`reference` first: its engine has exited before this one starts)
+    from slos_serve.engine.side_channel import PROFILE_PATH_ENV
     from slos_serve.engine.vllm_engine import VllmEngine
-    from slos_serve.engine.vllm_scheduler import PROFILE_PATH_ENV
 
     tmp = tmp_path_factory.mktemp("scheduler")
     profile = PROFILE
@@ -76,9 +79,9 @@ def engine(model_dir: str, reference, tmp_path_factory) -> Shared:
                 os.environ[k] = v
 
 
-def _slo(tier: str, tpot_ms: float, ttft_s: float, **kw) -> dict:
-    return {"ttft_deadline_unix": time.time() + ttft_s, "tpot_ms": tpot_ms,
-            "best_effort": False, "spec_tokens": 0, "tier": tier, "stages": [], **kw}
+def _slo(tier: str, tpot_ms: float, ttft_s: float) -> RequestSlo:
+    return RequestSlo(ttft_deadline_unix=time.time() + ttft_s, tpot_ms=tpot_ms,
+                      best_effort=False, spec_tokens=0, tier=tier, stages=())
 
 
 async def _run(eng, request, first_seen: list[str] | None = None) -> list[int]:
@@ -107,9 +110,9 @@ def test_speculation_is_capped_per_tier_and_greedy_outputs_are_unchanged(
     from slos_serve.engine import EngineRequest
 
     eng = engine.engine
-    eng.set_plan({"plan_time_unix": time.time(), "step_token_budget": 0, "tiers": TIERS,
-                  "pace": False})
-    # The scheduler re-reads the plan file at most every _PLAN_POLL_S (20 ms): let a poll
+    eng.set_plan(WorkerPlan(plan_time_unix=time.time(), step_token_budget=0, tiers=TIERS,
+                            pace=False))
+    # The scheduler re-reads the plan file at most every PLAN_POLL_S (20 ms): let a poll
     # interval pass, so the requests' first steps already see this plan.
     time.sleep(0.1)
     requests = []
@@ -126,7 +129,7 @@ def test_speculation_is_capped_per_tier_and_greedy_outputs_are_unchanged(
 
     outs = engine.run(run_all())
     for i, (got, want) in enumerate(zip(outs, reference["greedy"], strict=True)):
-        assert got == want, f"prompt {i} ({requests[i].slo['tier']}): output differs"
+        assert got == want, f"prompt {i} ({requests[i].slo.tier}): output differs"
 
     load = _idle_load(eng)
     assert load.scheduler == "slos"
@@ -192,7 +195,7 @@ def test_a_long_prompt_is_chunked_so_a_tight_decoders_steps_keep_its_tpot(
     from slos_serve.tokenizer import load_tokenizer
 
     eng = engine.engine
-    eng.set_plan({"plan_time_unix": time.time(), "tiers": TIERS})
+    eng.set_plan(WorkerPlan(plan_time_unix=time.time(), tiers=TIERS))
     ids = load_tokenizer(model_dir).encode(inspect.getsource(argparse))
     offset = engine.steps.stat().st_size
     decoder = EngineRequest("budget-dec", ids[7000:7100], max_tokens=300, temperature=0.0,

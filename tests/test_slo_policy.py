@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from decode_worker.decode import UntilWatcher
 from slos_serve.core.perf_model import BatchShape, PerfModel, Piece
 from slos_serve.core.perf_model import load as load_perf_model
 from slos_serve.core.policy import (
@@ -14,23 +15,28 @@ from slos_serve.core.policy import (
     NO_SLO_TIER,
     DecodeClock,
     Decoder,
-    Plan,
     RequestSlo,
     Running,
     SpecStats,
-    StageTracker,
-    TierSpec,
+    TierStats,
     acceptance,
     decoders_shape,
     paced_out,
-    parse_plan,
-    plan_to_dict,
     priority,
     running_key,
     spec_cap,
     stage_index,
     step_budget,
     tier_for,
+)
+from slos_serve.core.stages import StageSpec, StageTracker
+from slos_serve.core.worker_plan import TierSpec, WorkerPlan
+from slos_serve.engine import EngineOutput
+from slos_serve.engine.side_channel import (
+    plan_from_json,
+    plan_to_json,
+    slo_from_extra_args,
+    slo_to_extra_args,
 )
 
 PROFILE = Path(__file__).resolve().parent.parent / ".cache" / "profile-cpu.json"
@@ -54,7 +60,7 @@ def cpu_profile() -> PerfModel:
 
 def slo(**kw) -> RequestSlo:
     base = {"ttft_deadline_unix": NOW + 1, "tpot_ms": 50.0, "best_effort": False, "tier": "t"}
-    return RequestSlo.from_dict({**base, **kw})
+    return RequestSlo(**{**base, **kw})
 
 
 # ------------------------------------------------------------------ priority
@@ -77,11 +83,11 @@ def test_best_effort_sorts_after_every_admitted_request_and_is_edf_among_itself(
 
 
 def test_requests_without_slo_data_are_best_effort_in_arrival_order() -> None:
-    none = RequestSlo.from_dict(None)
+    none, _ = slo_from_extra_args(None)
     assert none.empty and none.best_effort and none.tier_name() == NO_SLO_TIER
     assert priority(none, NOW) < priority(none, NOW + 0.002)
     assert priority(none, NOW) > priority(slo(ttft_deadline_unix=NOW + 3600), NOW)
-    assert RequestSlo.from_dict({}).empty
+    assert slo_from_extra_args({})[0].empty and RequestSlo().empty
     assert not slo().empty
 
 
@@ -89,7 +95,8 @@ def test_requests_without_slo_data_are_best_effort_in_arrival_order() -> None:
 
 
 def staged(*stages: tuple[float, int, str], **kw) -> RequestSlo:
-    return slo(stages=[{"tpot_ms": t, "max_tokens": n, "until": u} for t, n, u in stages], **kw)
+    return slo(stages=tuple(StageSpec(tpot_ms=t, max_tokens=n, until=u) for t, n, u in stages),
+               **kw)
 
 
 def test_stage_from_the_output_token_count_against_cumulative_max_tokens() -> None:
@@ -116,34 +123,41 @@ def test_single_stage_requests_use_their_own_tpot() -> None:
     assert s.tier_name(0) == "t" and s.tier_name(1) == "t/stage1"
 
 
+def watcher(r: RequestSlo):
+    """The decode worker's view: cumulative engine outputs (text, output tokens)."""
+    w = UntilWatcher(StageTracker(r.stages))
+    return w, lambda text, n: w.update(EngineOutput(list(range(n)), text))
+
+
 def test_stage_tracker_switches_on_until_after_the_stage_began() -> None:
     r = staged((100.0, 0, "END"), (20.0, 0, "END"), (50.0, 0, ""))
-    t = StageTracker(r)
-    assert t.update("thinking", 2) is None and t.index == 0
-    assert t.update("thinking END ans", 5) == 1 and t.index == 1
+    w, update = watcher(r)
+    assert update("thinking", 2) is None and w.tracker.index == 0
+    assert update("thinking END ans", 5) == 1 and w.tracker.index == 1
     # the same occurrence does not end stage 1 too: only text after stage 1 began counts
-    assert t.update("thinking END answer", 6) is None and t.index == 1
-    assert t.update("thinking END answer END", 8) == 2
-    assert t.update("thinking END answer END END", 9) is None  # the last stage never ends
+    assert update("thinking END answer", 6) is None and w.tracker.index == 1
+    assert update("thinking END answer END", 8) == 2
+    assert update("thinking END answer END END", 9) is None  # the last stage never ends
 
 
 def test_stage_tracker_follows_token_count_switches_before_looking_for_until() -> None:
     r = staged((100.0, 3, ""), (20.0, 0, "STOP"), (50.0, 0, ""))
-    t = StageTracker(r)
-    assert t.update("a b", 2) is None and t.index == 0
-    assert t.update("a b c d", 4) is None and t.index == 1  # by count: not reported
-    assert t.update("a b c d STOP", 5) == 2
+    w, update = watcher(r)
+    assert update("a b", 2) is None and w.tracker.index == 0
+    assert update("a b c d", 4) is None and w.tracker.index == 1  # by count: not reported
+    assert update("a b c d STOP", 5) == 2
 
 
 # --------------------------------------------------------------- speculation
 
-PLAN = Plan(tiers=(TierSpec(30.0, 4, 30.0), TierSpec(100.0, 2, 100.0), TierSpec(300.0, 0, 300.0)))
+PLAN = WorkerPlan(tiers=(TierSpec(30.0, 4, 30.0), TierSpec(100.0, 2, 100.0),
+                         TierSpec(300.0, 0, 300.0)))
 
 
 def test_cap_without_a_plan_is_the_engine_maximum() -> None:
     assert spec_cap(slo(), 0, None, 4) == 4
-    assert spec_cap(slo(), 0, Plan(), 4) == 4
-    assert spec_cap(slo(best_effort=True), 0, Plan(), 3) == 3
+    assert spec_cap(slo(), 0, WorkerPlan(), 4) == 4
+    assert spec_cap(slo(best_effort=True), 0, WorkerPlan(), 3) == 3
     assert spec_cap(slo(), 0, PLAN, 0) == 0  # speculation off
 
 
@@ -153,12 +167,12 @@ def test_cap_is_the_closest_tier_by_tpot() -> None:
     assert spec_cap(slo(tpot_ms=90.0), 0, PLAN, 4) == 2
     assert spec_cap(slo(tpot_ms=250.0), 0, PLAN, 4) == 0
     assert spec_cap(slo(tpot_ms=30.0), 0, PLAN, 3) == 3  # never above the engine's K
-    assert tier_for(PLAN, 64.0).tpot_ms == 30.0 and tier_for(Plan(), 64.0) is None
+    assert tier_for(PLAN, 64.0).tpot_ms == 30.0 and tier_for(WorkerPlan(), 64.0) is None
 
 
 def test_cap_of_best_effort_is_the_loosest_tiers() -> None:
     assert spec_cap(slo(tpot_ms=30.0, best_effort=True), 0, PLAN, 4) == 0
-    plan = Plan(tiers=(TierSpec(300.0, 1), TierSpec(30.0, 4)))
+    plan = WorkerPlan(tiers=(TierSpec(300.0, 1), TierSpec(30.0, 4)))
     assert spec_cap(RequestSlo(), 0, plan, 4) == 1
 
 
@@ -249,10 +263,10 @@ def test_pacing_holds_loose_decoders_not_yet_due_only_while_prefill_waits() -> N
     rs = [run("tight", tpot=30.0, due=NOW + 1), run("loose-due", tpot=300.0, due=NOW + 0.015),
           run("loose-later", tpot=300.0, due=NOW + 0.2), run("be", admitted=False, due=NOW + 9),
           run("pre", decoding=False)]
-    paced = Plan(pace=True)
+    paced = WorkerPlan(pace=True)
     assert paced_out(rs, NOW, 0.01, paced, prefill_waiting=True) == {"loose-later"}
     assert paced_out(rs, NOW, 0.01, paced, prefill_waiting=False) == set()
-    assert paced_out(rs, NOW, 0.01, Plan(pace=False), prefill_waiting=True) == set()
+    assert paced_out(rs, NOW, 0.01, WorkerPlan(pace=False), prefill_waiting=True) == set()
     assert paced_out(rs, NOW, 0.0, paced, prefill_waiting=True) == set()  # no step time yet
 
 
@@ -262,8 +276,8 @@ def test_pacing_holds_loose_decoders_not_yet_due_only_while_prefill_waits() -> N
 def test_plan_round_trips_and_bad_values_name_the_field() -> None:
     d = {"plan_time_unix": NOW, "step_token_budget": 256, "pace": True,
          "tiers": [{"tpot_ms": 30.0, "spec_tokens": 4, "interval_ms": 30.0}], "stages": {"r": 1}}
-    assert plan_to_dict(parse_plan(d)) == d
-    assert parse_plan({}) == Plan()
+    assert plan_to_json(*plan_from_json(d)) == d
+    assert plan_from_json({}) == (WorkerPlan(), {})
     for bad, field in (
         ({"step_token_budget": -1}, "step_token_budget"),
         ({"tiers": [{"tpot_ms": 30, "spec_tokens": 1}, {"tpot_ms": 0}]}, "tiers[1].tpot_ms"),
@@ -275,7 +289,7 @@ def test_plan_round_trips_and_bad_values_name_the_field() -> None:
         ({"stages": {"r": -1}}, "stages"),
     ):
         with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
-            parse_plan(bad)
+            plan_from_json(bad)
 
 
 def test_spec_stats_aggregate_per_tier_and_overall_acceptance() -> None:
@@ -287,12 +301,9 @@ def test_spec_stats_aggregate_per_tier_and_overall_acceptance() -> None:
     s.set_cap("other", 100.0, 1)
     snap = s.snapshot()
     assert snap == [
-        {"tier": "tight", "tpot_ms": 30.0, "steps": 2, "drafted": 8, "accepted": 7,
-         "spec_tokens": 2},
-        {"tier": "other", "tpot_ms": 100.0, "steps": 0, "drafted": 0, "accepted": 0,
-         "spec_tokens": 1},
-        {"tier": "loose", "tpot_ms": 300.0, "steps": 1, "drafted": 0, "accepted": 0,
-         "spec_tokens": 0},
+        TierStats(tier="tight", tpot_ms=30.0, steps=2, drafted=8, accepted=7, spec_tokens=2),
+        TierStats(tier="other", tpot_ms=100.0, steps=0, drafted=0, accepted=0, spec_tokens=1),
+        TierStats(tier="loose", tpot_ms=300.0, steps=1, drafted=0, accepted=0, spec_tokens=0),
     ]
     assert acceptance(snap) == pytest.approx(7 / 8)
     assert acceptance([]) == 0.0
@@ -301,11 +312,11 @@ def test_spec_stats_aggregate_per_tier_and_overall_acceptance() -> None:
 # ------------------------------------------- worker side (no engine runs: fakes)
 
 
-class _Aborted(Exception):
+class AbortCalled(Exception):
     pass
 
 
-class _Context:
+class FakeContext:
     """Stands in for grpc.aio.ServicerContext: abort raises, as gRPC's does."""
 
     def __init__(self) -> None:
@@ -313,10 +324,10 @@ class _Context:
 
     async def abort(self, code, details):
         self.code, self.details = code, details
-        raise _Aborted(details)
+        raise AbortCalled(details)
 
 
-def _plan_msg(**kw):
+def plan_message(**kw):
     from proto import slos_serve_pb2 as pb
 
     msg = pb.WorkerPlan(plan_time_unix=NOW, step_token_budget=256, pace=True, **kw)
@@ -335,36 +346,39 @@ def test_set_plan_rpc_reaches_the_engine_and_bad_values_are_invalid_argument() -
 
     engine = SimEngine(scheduler="vllm")
     service = WorkerService("mixed", engine)
-    ack = asyncio.run(service.SetPlan(_plan_msg(), _Context()))
+    ack = asyncio.run(service.SetPlan(plan_message(), FakeContext()))
     assert ack.applied
-    assert engine.plan == {"plan_time_unix": NOW, "step_token_budget": 256, "pace": True,
-                           "tiers": [{"tpot_ms": 30.0, "spec_tokens": 4, "interval_ms": 30.0}]}
-    bad = _plan_msg()
+    assert engine.plan == WorkerPlan(plan_time_unix=NOW, step_token_budget=256, pace=True,
+                                     tiers=(TierSpec(30.0, 4, 30.0),))
+    bad = plan_message()
     bad.tiers.add(tpot_ms=-1.0, spec_tokens=1)
-    ctx = _Context()
-    with pytest.raises(_Aborted):
+    ctx = FakeContext()
+    with pytest.raises(AbortCalled):
         asyncio.run(service.SetPlan(bad, ctx))
     assert ctx.code == grpc.StatusCode.INVALID_ARGUMENT and "tiers[1].tpot_ms" in ctx.details
-    assert engine.plan["tiers"][0]["tpot_ms"] == 30.0  # the previous plan stays
-    report = asyncio.run(service.GetLoad(pb.LoadRequest(), _Context()))
+    assert engine.plan.tiers[0].tpot_ms == 30.0  # the previous plan stays
+    report = asyncio.run(service.GetLoad(pb.LoadRequest(), FakeContext()))
     assert report.scheduler == "vllm" and list(report.spec) == []
 
 
 def test_worker_slo_reaches_the_engine_request_whole() -> None:
     from proto import slos_serve_pb2 as pb
-    from slos_serve.wire import engine_request
+    from slos_serve.wire import engine_request, slo_from_proto, slo_to_proto
 
     slo = pb.WorkerSlo(ttft_deadline_unix=NOW, tpot_ms=30.0, best_effort=True, spec_tokens=2,
                        tier="gold")
     slo.stages.add(tpot_ms=100.0, max_tokens=0, until="</think>")
     slo.stages.add(tpot_ms=30.0, max_tokens=64)
-    req = engine_request("r", [1, 2], pb.SamplingParams(max_tokens=3), slo)
-    assert req.slo == {
-        "ttft_deadline_unix": NOW, "tpot_ms": 30.0, "best_effort": True, "spec_tokens": 2,
-        "tier": "gold", "stages": [{"tpot_ms": 100.0, "max_tokens": 0, "until": "</think>"},
-                                   {"tpot_ms": 30.0, "max_tokens": 64, "until": ""}],
-    }
-    parsed = RequestSlo.from_dict(req.slo)
+    req = engine_request("r", [1, 2], pb.SamplingParams(max_tokens=3), slo_from_proto(slo))
+    assert req.slo == RequestSlo(
+        ttft_deadline_unix=NOW, tpot_ms=30.0, best_effort=True, spec_tokens=2, tier="gold",
+        stages=(StageSpec(tpot_ms=100.0, max_tokens=0, until="</think>"),
+                StageSpec(tpot_ms=30.0, max_tokens=64, until="")),
+    )
+    assert slo_to_proto(req.slo) == slo
+    # and on through the engine-core side channel (SamplingParams.extra_args["slo"])
+    parsed, request_id = slo_from_extra_args(slo_to_extra_args(req.slo, "r"))
+    assert parsed == req.slo and request_id == "r"
     assert parsed.stages[0].until == "</think>" and parsed.stage_tpot_ms(1) == 30.0
 
 
@@ -381,12 +395,12 @@ def test_vllm_engine_side_channel_file_merges_stages_and_drops_finished_ones() -
     path = engine._plan_path
     try:
         with pytest.raises(ValueError, match="step_token_budget"):
-            engine.set_plan({"step_token_budget": -5})
+            engine.set_plan(WorkerPlan(step_token_budget=-5))
         assert not path.exists()
         engine.set_stage("a", 1)
         assert json.loads(path.read_text())["stages"] == {"a": 1}
-        engine.set_plan({"plan_time_unix": NOW, "step_token_budget": 64,
-                         "tiers": [{"tpot_ms": 30.0, "spec_tokens": 4}], "pace": False})
+        engine.set_plan(WorkerPlan(plan_time_unix=NOW, step_token_budget=64,
+                                   tiers=(TierSpec(tpot_ms=30.0, spec_tokens=4),), pace=False))
         engine.set_stage("b", 2)
         data = json.loads(path.read_text())
         assert data["step_token_budget"] == 64 and data["stages"] == {"a": 1, "b": 2}
@@ -406,11 +420,12 @@ def test_vllm_engine_side_channel_file_merges_stages_and_drops_finished_ones() -
         engine._sampling_params = lambda r: SimpleNamespace(extra_args=engine._extra_args(r))
 
         async def consume():
-            request = EngineRequest("a", [1], 1, slo={"tpot_ms": 30.0})
+            request = EngineRequest("a", [1], 1, slo=RequestSlo(tpot_ms=30.0))
             return [o async for o in engine.generate(request)]
 
         outs = asyncio.run(consume())
-        assert outs[-1].finished and seen["slo"] == {"tpot_ms": 30.0, "request_id": "a"}
+        assert outs[-1].finished
+        assert slo_from_extra_args(seen["slo"]) == (RequestSlo(tpot_ms=30.0), "a")
         assert json.loads(path.read_text())["stages"] == {"b": 2}  # a's entry dropped
     finally:
         engine._llm = None

@@ -1,39 +1,33 @@
 """SLO-aware scheduling decisions, free of vLLM: what the engine's scheduler does with a plan.
 
-The coordinator plans; each engine's scheduler (vllm_scheduler.SloScheduler) carries the plan
-out step by step. Everything that decides, without needing vLLM's objects, lives here so that
-it is unit-tested in milliseconds (tests/test_slo_policy.py):
+The coordinator plans; each engine's scheduler (vllm_scheduler.SloScheduler) carries its
+`WorkerPlan` out step by step. Everything that decides, without needing vLLM's objects,
+lives here so that it is unit-tested in milliseconds (tests/test_slo_policy.py):
 
+* `RequestSlo`: one request's SLO as the engine sees it (EngineRequest.slo).
 * `priority`: EDF on the TTFT deadline, admitted requests before best-effort ones (vLLM's
   priority queue pops the smallest value first, and its priority preemption evicts the
   largest first, so best effort goes first).
-* `stage_index` / `RequestSlo.stage_tpot_ms`: the TPOT in force for a multi-stage request.
+* `stage_index` / `RequestSlo.stage_tpot_ms`: the TPOT in force for a multi-stage request
+  (the boundary rule is core/stages.StageTracker's).
 * `spec_cap`: speculative tokens a request's verify step may carry (its tier's cap).
 * `step_budget`: the step's token budget from the performance model, so that the predicted
   step time stays within the tightest TPOT of the admitted decoders in the batch.
 * `running_key`, `paced_out`: order of the running requests, and which loose decoders to
   hold back (pacing) while prefill waits.
-* `SpecStats`: per-tier speculation statistics.
-
-The plan side channel (`Plan`, `parse_plan`, `plan_to_dict`) and per-request SLO data
-(`RequestSlo.from_dict`, SamplingParams.extra_args["slo"]) are described in
-slos_serve/engine/vllm_scheduler.py.
+* `TierStats` / `SpecStats`: per-tier speculation statistics.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from slos_serve.core.perf_model import BatchShape, PerfModel
+from slos_serve.core.stages import StageSpec, StageTracker
+from slos_serve.core.worker_plan import TierSpec, WorkerPlan
 
-# The worker <-> engine-core side channels (vllm_scheduler.py describes them).
-STATS_PATH_ENV = "SLOS_ENGINE_STATS_PATH"
-PLAN_PATH_ENV = "SLOS_ENGINE_PLAN_PATH"
-MODE_ENV = "SLOS_SCHEDULER_MODE"
-PERF_PROFILE_ENV = "SLOS_PERF_PROFILE"
 MODES = ("slos", "vllm")  # SLO-aware execution; vLLM's own decisions (the baseline)
 
 # Added to a best-effort request's deadline (ms): every admitted deadline sorts first.
@@ -44,130 +38,21 @@ NO_SLO_TIER = "none"  # requests without SLO data (e.g. an engine used directly)
 PACE_STEPS = 2.0
 
 
-# ------------------------------------------------------------------- plan --
-
-
-@dataclass(frozen=True)
-class TierSpec:
-    tpot_ms: float
-    spec_tokens: int
-    interval_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    plan_time_unix: float = 0.0
-    step_token_budget: int = 0  # 0 = the engine's own maximum
-    tiers: tuple[TierSpec, ...] = ()
-    pace: bool = False
-    stages: Mapping[str, int] = field(default_factory=dict)  # request id -> stage index
-
-
-def _number(value: Any, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: must be a number, not {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < minimum or (strict and v <= minimum):
-        raise ValueError(f"{name}: must be {'>' if strict else '>='} {minimum:g}, not {value!r}")
-    return v
-
-
-def _integer(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{name}: must be an integer, not {value!r}")
-    if value < 0:
-        raise ValueError(f"{name}: must be >= 0, not {value!r}")
-    return value
-
-
-def parse_plan(d: Mapping[str, Any]) -> Plan:
-    """A plan from its JSON form; ValueError naming the field ("tiers[1].tpot_ms: ...")."""
-    if not isinstance(d, Mapping):
-        raise ValueError(f"plan: must be an object, not {type(d).__name__}")
-    tiers = []
-    raw_tiers = d.get("tiers", [])
-    if not isinstance(raw_tiers, (list, tuple)):
-        raise ValueError("tiers: must be a list")
-    for i, t in enumerate(raw_tiers):
-        if not isinstance(t, Mapping):
-            raise ValueError(f"tiers[{i}]: must be an object")
-        tiers.append(TierSpec(
-            tpot_ms=_number(t.get("tpot_ms"), f"tiers[{i}].tpot_ms", strict=True),
-            spec_tokens=_integer(t.get("spec_tokens", 0), f"tiers[{i}].spec_tokens"),
-            interval_ms=_number(t.get("interval_ms", 0.0), f"tiers[{i}].interval_ms"),
-        ))
-    stages = d.get("stages", {}) or {}
-    if not isinstance(stages, Mapping):
-        raise ValueError("stages: must be an object {request_id: stage_index}")
-    pace = d.get("pace", False)
-    if not isinstance(pace, bool):
-        raise ValueError(f"pace: must be true or false, not {pace!r}")
-    return Plan(
-        plan_time_unix=_number(d.get("plan_time_unix", 0.0), "plan_time_unix"),
-        step_token_budget=_integer(d.get("step_token_budget", 0), "step_token_budget"),
-        tiers=tuple(tiers),
-        pace=pace,
-        stages={str(k): _integer(v, f"stages[{k!r}]") for k, v in stages.items()},
-    )
-
-
-def plan_to_dict(plan: Plan) -> dict[str, Any]:
-    return {
-        "plan_time_unix": plan.plan_time_unix,
-        "step_token_budget": plan.step_token_budget,
-        "tiers": [
-            {"tpot_ms": t.tpot_ms, "spec_tokens": t.spec_tokens, "interval_ms": t.interval_ms}
-            for t in plan.tiers
-        ],
-        "pace": plan.pace,
-        "stages": dict(plan.stages),
-    }
-
-
 # ------------------------------------------------------------ request SLO --
 
 
-@dataclass(frozen=True)
-class Stage:
-    tpot_ms: float
-    max_tokens: int = 0  # 0: lasts until switched (its `until` string, seen by the worker)
-    until: str = ""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RequestSlo:
-    """SamplingParams.extra_args["slo"] of one request. Empty data: no objective (the
-    request is served as best effort, first come first served among its kind)."""
+    """One request's SLO as its engine's scheduler acts on it. Empty: no objective (the
+    request is served as best effort, first come first served among its kind). Stages:
+    their tpot_ms, max_tokens and until (tier and ttft_ms are the coordinator's)."""
 
     ttft_deadline_unix: float = 0.0
     tpot_ms: float = 0.0
     best_effort: bool = True
     spec_tokens: int = 0
     tier: str = ""
-    stages: tuple[Stage, ...] = ()
-    request_id: str = ""  # the worker's request id (vLLM's internal one has a suffix)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> RequestSlo:
-        if not d:
-            return cls()
-        stages = tuple(
-            Stage(float(s.get("tpot_ms", 0.0) or 0.0), int(s.get("max_tokens", 0) or 0),
-                  str(s.get("until", "") or ""))
-            for s in d.get("stages", ()) or ()
-        )
-        return cls(
-            ttft_deadline_unix=float(d.get("ttft_deadline_unix", 0.0) or 0.0),
-            tpot_ms=float(d.get("tpot_ms", 0.0) or 0.0),
-            best_effort=bool(d.get("best_effort", False)),
-            spec_tokens=int(d.get("spec_tokens", 0) or 0),
-            tier=str(d.get("tier", "") or ""),
-            stages=stages,
-            request_id=str(d.get("request_id", "") or ""),
-        )
+    stages: tuple[StageSpec, ...] = ()
 
     @property
     def admitted(self) -> bool:
@@ -182,7 +67,7 @@ class RequestSlo:
         """TPOT of stage `index` (the request's own TPOT when it has no stages)."""
         if self.stages:
             tpot = self.stages[min(max(index, 0), len(self.stages) - 1)].tpot_ms
-            if tpot > 0:
+            if tpot is not None and tpot > 0:
                 return tpot
         return self.tpot_ms
 
@@ -208,36 +93,31 @@ def priority(slo: RequestSlo, arrival_unix: float) -> int:
 def stage_index(
     slo: RequestSlo, output_tokens: int, override: tuple[int, int] | None = None
 ) -> int:
-    """The stage a request is in after `output_tokens` output tokens: stages follow each
-    other by their cumulative max_tokens; a stage with max_tokens 0 lasts until switched.
-    `override` (index, output tokens when the switch was seen) starts counting from a stage
-    the worker switched to (its `until` string)."""
-    n = len(slo.stages)
-    if n == 0:
+    """The stage a request is in after `output_tokens` output tokens, by token count (the
+    engine sees no text). `override` (index, output tokens when the switch was seen): a
+    stage the worker switched to (its `until` string), counted from there."""
+    if not slo.stages:
         return 0
-    start, left = 0, output_tokens
-    if override is not None:
-        start = min(max(override[0], 0), n - 1)
-        left = output_tokens - override[1]
-    for i in range(start, n):
-        budget = slo.stages[i].max_tokens
-        if budget <= 0 or left < budget:
-            return i
-        left -= budget
-    return n - 1
+    tracker = StageTracker(slo.stages)
+    if override is None:
+        tracker.add(output_tokens)
+    else:
+        tracker.force(override[0])
+        tracker.add(output_tokens - override[1])
+    return tracker.index
 
 
 # ------------------------------------------------------------ speculation --
 
 
-def tier_for(plan: Plan, tpot_ms: float) -> TierSpec | None:
+def tier_for(plan: WorkerPlan, tpot_ms: float) -> TierSpec | None:
     """The plan's tier closest to `tpot_ms` (None: no plan tiers)."""
     if not plan.tiers:
         return None
     return min(plan.tiers, key=lambda t: (abs(t.tpot_ms - tpot_ms), t.tpot_ms))
 
 
-def spec_cap(slo: RequestSlo, stage: int, plan: Plan | None, max_spec: int) -> int:
+def spec_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int) -> int:
     """Draft tokens the request's next verify step may carry, 0..max_spec.
 
     The request's own cap (slo spec_tokens > 0; it was chosen for the request's TPOT, so it
@@ -261,7 +141,7 @@ def spec_cap(slo: RequestSlo, stage: int, plan: Plan | None, max_spec: int) -> i
 # ----------------------------------------------------------------- budget --
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decoder:
     """A running decoder as the budget sees it, before the step."""
 
@@ -320,7 +200,7 @@ def step_budget(
 # ------------------------------------------------------- order and pacing --
 
 
-@dataclass
+@dataclass(slots=True)
 class DecodeClock:
     """When a decoder's next token is due: TPOT after TPOT from an anchor (the first output
     token seen, or the start of the current stage), so that a request ahead of its average
@@ -336,7 +216,7 @@ class DecodeClock:
         return self.anchor_unix + (output_tokens - self.anchor_tokens + 1) * self.tpot_ms / 1e3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Running:
     """A running request as the ordering sees it."""
 
@@ -360,7 +240,7 @@ def running_key(r: Running) -> tuple:
 
 
 def paced_out(
-    running: Sequence[Running], now_unix: float, step_s: float, plan: Plan | None,
+    running: Sequence[Running], now_unix: float, step_s: float, plan: WorkerPlan | None,
     prefill_waiting: bool,
 ) -> set[str]:
     """Decoders to hold out of this step (plan "pace", meant for mixed workers): while prefill
@@ -394,8 +274,10 @@ def prefill_yielding(running: Sequence[Running], waiting_priorities: Sequence[in
 # ------------------------------------------------------------------ stats --
 
 
-@dataclass
+@dataclass(slots=True)
 class TierStats:
+    """Speculative decoding of one TPOT tier since the engine started."""
+
     tier: str
     tpot_ms: float
     steps: int = 0  # decode or verify steps of the tier's requests
@@ -427,53 +309,18 @@ class SpecStats:
         s.drafted += max(0, drafted)
         s.accepted += max(0, min(accepted, drafted))
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> list[TierStats]:
+        """Copies, tightest tier first."""
         return [
-            {"tier": s.tier, "tpot_ms": s.tpot_ms, "steps": s.steps, "drafted": s.drafted,
-             "accepted": s.accepted, "spec_tokens": s.spec_tokens}
+            TierStats(s.tier, s.tpot_ms, s.steps, s.drafted, s.accepted, s.spec_tokens)
             for s in sorted(self._tiers.values(), key=lambda s: (s.tpot_ms, s.tier))
         ]
 
 
-def acceptance(spec: Iterable[Mapping[str, Any]]) -> float:
+def acceptance(spec: Iterable[TierStats]) -> float:
     """Accepted / drafted over every tier (0 when nothing was drafted)."""
     drafted = accepted = 0
     for s in spec:
-        drafted += int(s.get("drafted", 0))
-        accepted += int(s.get("accepted", 0))
+        drafted += s.drafted
+        accepted += s.accepted
     return accepted / drafted if drafted else 0.0
-
-
-class StageTracker:
-    """The worker's view of a multi-stage request's stage, from its decoded text: a stage
-    ends when its `until` string appears in the text produced since the stage began (the
-    worker then tells the engine, Engine.set_stage), or after its max_tokens output tokens
-    (the engine's scheduler counts those itself; tracked here so that the next stage's
-    `until` is looked for from the right place)."""
-
-    def __init__(self, slo: RequestSlo) -> None:
-        self.slo = slo
-        self.index = 0
-        self._override: tuple[int, int] | None = None
-        self._start_char = 0
-        self._last_len = 0
-
-    def update(self, text: str, output_tokens: int) -> int | None:
-        """The stage index a `until` string switched to (the last one), or None."""
-        stages = self.slo.stages
-        switched = None
-        while stages:
-            index = stage_index(self.slo, output_tokens, self._override)
-            if index != self.index:  # ended by its token count, somewhere in the new text
-                self.index, self._start_char = index, min(self._last_len, len(text))
-            until = stages[index].until
-            if index >= len(stages) - 1 or not until:
-                break
-            pos = text.find(until, self._start_char)
-            if pos < 0:
-                break
-            self.index = switched = index + 1
-            self._override = (self.index, output_tokens)
-            self._start_char = pos + len(until)
-        self._last_len = len(text)
-        return switched

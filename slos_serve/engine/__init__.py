@@ -1,4 +1,9 @@
-"""Engines the workers run: vLLM (the real one) and a simulated one (labelled as such)."""
+"""Engines the workers run: vLLM (the real one) and a simulated one (labelled as such).
+
+Neither module imports vLLM at import time: VllmEngine loads it when it starts.
+"""
+
+from collections.abc import Callable
 
 from slos_serve.engine.base import (
     Engine,
@@ -6,23 +11,21 @@ from slos_serve.engine.base import (
     EngineLoad,
     EngineOutput,
     EngineRequest,
-    TierSpecStats,
 )
+from slos_serve.engine.sim_engine import SimEngine
+from slos_serve.engine.vllm_engine import VllmEngine
 
 __all__ = [
-    "Engine", "EngineInfo", "EngineLoad", "EngineOutput", "EngineRequest", "TierSpecStats",
+    "ENGINES", "Engine", "EngineInfo", "EngineLoad", "EngineOutput", "EngineRequest",
     "create_engine",
 ]
 
+ENGINES: dict[str, Callable[..., Engine]] = {"vllm": VllmEngine, "sim": SimEngine}
+
 
 def create_engine(kind: str, **kwargs) -> Engine:
-    """Builds an engine by name; vLLM is imported only when asked for."""
-    if kind == "vllm":
-        from slos_serve.engine.vllm_engine import VllmEngine
-
-        return VllmEngine(**kwargs)
-    if kind == "sim":
-        from slos_serve.engine.sim_engine import SimEngine
-
-        return SimEngine(**kwargs)
-    raise ValueError(f"unknown engine {kind!r} (expected 'vllm' or 'sim')")
+    """Builds an engine by name ("vllm" or "sim")."""
+    factory = ENGINES.get(kind)
+    if factory is None:
+        raise ValueError(f"unknown engine {kind!r} (expected 'vllm' or 'sim')")
+    return factory(**kwargs)

@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from slos_serve.core.policy import RequestSlo, TierStats
+from slos_serve.core.worker_plan import WorkerPlan
+
 
 @dataclass
 class EngineRequest:
@@ -27,8 +30,8 @@ class EngineRequest:
     # NixlConnector's kv_transfer_params: the prefill side's request flags, or
     # the hand-off the decode side pulls from.
     kv_transfer_params: dict[str, Any] | None = None
-    # Per-request SLO data for the engine's scheduler (SamplingParams.extra_args).
-    slo: dict[str, Any] = field(default_factory=dict)
+    # What the engine's scheduler acts on (default: no objective, best effort).
+    slo: RequestSlo = field(default_factory=RequestSlo)
 
 
 @dataclass
@@ -55,18 +58,6 @@ class EngineInfo:
 
 
 @dataclass
-class TierSpecStats:
-    """Speculative decoding of one TPOT tier since the engine started."""
-
-    tier: str
-    tpot_ms: float
-    steps: int = 0  # decode or verify steps of the tier's requests
-    drafted: int = 0  # draft tokens scheduled
-    accepted: int = 0  # draft tokens accepted
-    spec_tokens: int = 0  # the cap in force
-
-
-@dataclass
 class EngineLoad:
     running: int = 0
     waiting: int = 0
@@ -75,7 +66,7 @@ class EngineLoad:
     steps: int = 0
     mean_step_ms: float = 0.0
     spec_acceptance: float = 0.0  # accepted / drafted, over every tier
-    spec: list[TierSpecStats] = field(default_factory=list)
+    spec: list[TierStats] = field(default_factory=list)
     scheduler: str = ""  # "slos" or "vllm"
     last_step_ms: float = 0.0
 
@@ -95,14 +86,19 @@ class Engine(Protocol):
 
     def load(self) -> EngineLoad: ...
 
-    def set_plan(self, plan: dict[str, Any]) -> None:
-        """The coordinator's plan for this engine: {"plan_time_unix", "step_token_budget",
-        "tiers": [{"tpot_ms", "spec_tokens", "interval_ms"}], "pace"}. ValueError naming
-        the field if a value is unusable."""
+    def set_plan(self, plan: WorkerPlan) -> None:
+        """The coordinator's plan for this engine (its scheduler's next steps follow it)."""
         ...
 
     def set_stage(self, request_id: str, index: int) -> None:
-        """A multi-stage request entered stage `index` (its stage's `until` string)."""
+        """A multi-stage request entered stage `index` (its stage's `until` string).
+        ValueError if `index` is not a stage index (check_stage_index)."""
         ...
 
     async def shutdown(self) -> None: ...
+
+
+def check_stage_index(index: int) -> int:
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"stage index: must be an integer >= 0, not {index!r}")
+    return index

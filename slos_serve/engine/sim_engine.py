@@ -8,10 +8,10 @@ Tokens are a deterministic function of (prompt, position, seed), so a
 prefill worker and a decode worker agree on every token without sharing
 state, as two real engines agree through the KV cache.
 
-It takes the coordinator's plans and stage switches (validated as vLLM's
-engine validates them) and reports them back (`plan`, `stages`), but does not
-act on them: it batches first come, first served, never speculates, and its
-load report's per-tier speculation list is empty.
+It takes the coordinator's plans and stage switches and reports them back
+(`plan`, `stages`), but does not act on them: it batches first come, first
+served, never speculates, and its load report's per-tier speculation list is
+empty.
 """
 
 from __future__ import annotations
@@ -23,10 +23,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from slos_serve.core.policy import MODES, parse_plan, plan_to_dict
-from slos_serve.engine.base import EngineInfo, EngineLoad, EngineOutput, EngineRequest
+from slos_serve.core.policy import MODES
+from slos_serve.core.worker_plan import WorkerPlan
+from slos_serve.engine.base import (
+    EngineInfo,
+    EngineLoad,
+    EngineOutput,
+    EngineRequest,
+    check_stage_index,
+)
 
 
 @dataclass
@@ -48,7 +54,9 @@ class SimTiming:
 
 
 @dataclass
-class _SimRequest:
+class SimRequest:
+    """A request in the simulated engine: its prefill progress and its tokens so far."""
+
     request: EngineRequest
     queue: asyncio.Queue
     prefilled: int = 0
@@ -84,7 +92,7 @@ class SimEngine:
         if scheduler not in MODES:
             raise ValueError(f"scheduler must be one of {MODES}, not {scheduler!r}")
         self.scheduler = scheduler  # reported only: the simulation does not act on plans
-        self.plan: dict[str, Any] | None = None  # the last plan set, as validated
+        self.plan: WorkerPlan | None = None  # the last plan set
         self.stages: dict[str, int] = {}  # stage switches of live requests
         self.info = EngineInfo(
             kind="sim",
@@ -98,9 +106,9 @@ class SimEngine:
         self._kv_blocks = kv_blocks
         self._timing = timing or SimTiming()
         self._detokenize = detokenize or (lambda ids: "".join(f"<{t}>" for t in ids))
-        self._waiting: list[_SimRequest] = []
-        self._running: list[_SimRequest] = []
-        self._by_id: dict[str, _SimRequest] = {}
+        self._waiting: list[SimRequest] = []
+        self._running: list[SimRequest] = []
+        self._by_id: dict[str, SimRequest] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._steps = 0
@@ -110,7 +118,7 @@ class SimEngine:
     async def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
-    def _blocks(self, r: _SimRequest) -> int:
+    def _blocks(self, r: SimRequest) -> int:
         return math.ceil((r.prefilled + len(r.tokens)) / self.info.block_size)
 
     def load(self) -> EngineLoad:
@@ -127,20 +135,16 @@ class SimEngine:
             last_step_ms=1000 * self._last_step_s,
         )
 
-    def set_plan(self, plan: dict[str, Any]) -> None:
-        parsed = parse_plan(plan)
-        self.stages.update(parsed.stages)
-        self.plan = {k: v for k, v in plan_to_dict(parsed).items() if k != "stages"}
+    def set_plan(self, plan: WorkerPlan) -> None:
+        self.plan = plan
 
     def set_stage(self, request_id: str, index: int) -> None:
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise ValueError(f"stage index: must be an integer >= 0, not {index!r}")
-        self.stages[request_id] = index
+        self.stages[request_id] = check_stage_index(index)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         if request.request_id in self._by_id:
             raise ValueError(f"request {request.request_id!r} is already running")
-        sim = _SimRequest(request, asyncio.Queue())
+        sim = SimRequest(request, asyncio.Queue())
         params = request.kv_transfer_params or {}
         if params.get("remote_num_tokens"):
             # Decode side: the hand-off carries the prompt's KV, so only the last
@@ -158,7 +162,7 @@ class SimEngine:
         finally:
             self._remove(sim)
 
-    def _remove(self, sim: _SimRequest) -> None:
+    def _remove(self, sim: SimRequest) -> None:
         sim.aborted = True
         self._by_id.pop(sim.request.request_id, None)
         self.stages.pop(sim.request.request_id, None)
@@ -202,7 +206,7 @@ class SimEngine:
                 if not sim.aborted:
                     self._emit_token(sim)
 
-    def _emit_token(self, sim: _SimRequest) -> None:
+    def _emit_token(self, sim: SimRequest) -> None:
         req = sim.request
         token = sim_token(req.prompt_token_ids, len(sim.tokens), req.seed, self.info.vocab_size)
         sim.tokens.append(token)

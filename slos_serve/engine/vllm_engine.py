@@ -1,14 +1,13 @@
 """The real engine: one vLLM AsyncLLM with NixlConnector for the KV hand-off.
 
 Its scheduler (vllm_scheduler.SloScheduler, in vLLM's engine-core process) is reached
-through files and environment variables set before the engine starts: the stats file it
-publishes (load()), the plan file this wrapper writes (set_plan / set_stage), the scheduler
-mode and the performance model's path.
+through the side channel (slos_serve/engine/side_channel.py): the stats file it publishes
+(load()), the plan file this wrapper writes (set_plan / set_stage), the scheduler mode and
+the performance model's path.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import uuid
@@ -16,22 +15,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from slos_serve.core.policy import (
-    MODE_ENV,
-    MODES,
-    PERF_PROFILE_ENV,
-    PLAN_PATH_ENV,
-    STATS_PATH_ENV,
-    acceptance,
-    parse_plan,
-    plan_to_dict,
-)
+from slos_serve.core.policy import MODES
+from slos_serve.core.worker_plan import WorkerPlan
 from slos_serve.engine.base import (
     EngineInfo,
     EngineLoad,
     EngineOutput,
     EngineRequest,
-    TierSpecStats,
+    check_stage_index,
+)
+from slos_serve.engine.side_channel import (
+    MODE_ENV,
+    PERF_PROFILE_ENV,
+    PLAN_PATH_ENV,
+    SLO_KEY,
+    STATS_PATH_ENV,
+    read_stats,
+    slo_to_extra_args,
+    write_plan,
 )
 
 SCHEDULER_CLS = "slos_serve.engine.vllm_scheduler.SloScheduler"
@@ -77,7 +78,7 @@ class VllmEngine:
         stem = Path(tempfile.gettempdir()) / f"slos-engine-{uuid.uuid4().hex}"
         self._stats_path = stem.with_suffix(".json")
         self._plan_path = stem.with_suffix(".plan.json")
-        self._plan: dict[str, Any] | None = None  # the last plan set (its JSON form)
+        self._plan: WorkerPlan | None = None  # the last plan set
         self._stages: dict[str, int] = {}  # stage overrides of live requests
         self.info = EngineInfo("vllm", model, max_model_len, 16, "")
 
@@ -158,7 +159,7 @@ class VllmEngine:
     @staticmethod
     def _extra_args(request: EngineRequest) -> dict[str, Any]:
         # The scheduler keys stage overrides by the worker's id (vLLM adds a suffix to it).
-        extra: dict[str, Any] = {"slo": {**request.slo, "request_id": request.request_id}}
+        extra: dict[str, Any] = {SLO_KEY: slo_to_extra_args(request.slo, request.request_id)}
         if request.kv_transfer_params is not None:
             extra["kv_transfer_params"] = request.kv_transfer_params
         return extra
@@ -196,51 +197,27 @@ class VllmEngine:
             if self._stages.pop(request.request_id, None) is not None:
                 self._write_plan()
 
-    def set_plan(self, plan: dict[str, Any]) -> None:
-        """The coordinator's plan; the scheduler picks it up at its next step (~20 ms).
-        ValueError (naming the field) if a value is unusable."""
-        parsed = parse_plan(plan)
-        self._stages.update(parsed.stages)
-        self._plan = {k: v for k, v in plan_to_dict(parsed).items() if k != "stages"}
+    def set_plan(self, plan: WorkerPlan) -> None:
+        """The coordinator's plan; the scheduler picks it up at its next step (~20 ms)."""
+        self._plan = plan
         self._write_plan()
 
     def set_stage(self, request_id: str, index: int) -> None:
         """Request `request_id` entered stage `index` (its `until` string was seen)."""
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise ValueError(f"stage index: must be an integer >= 0, not {index!r}")
-        if self._stages.get(request_id) == index:
+        if self._stages.get(request_id) == check_stage_index(index):
             return
         self._stages[request_id] = index
         self._write_plan()
 
     def _write_plan(self) -> None:
-        data = {**(self._plan or plan_to_dict(parse_plan({}))), "stages": dict(self._stages)}
-        tmp = self._plan_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self._plan_path)
+        write_plan(self._plan_path, self._plan or WorkerPlan(), self._stages)
 
     async def abort(self, request_id: str) -> bool:
         await self._llm.abort(request_id)
         return True
 
     def load(self) -> EngineLoad:
-        try:
-            stats = json.loads(self._stats_path.read_text())
-        except (OSError, ValueError):
-            return EngineLoad()
-        spec = stats.get("spec", [])
-        return EngineLoad(
-            running=stats["running"],
-            waiting=stats["waiting"],
-            kv_blocks_total=stats["kv_blocks_total"],
-            kv_blocks_used=stats["kv_blocks_used"],
-            steps=stats["steps"],
-            mean_step_ms=stats["mean_step_ms"],
-            spec_acceptance=acceptance(spec),
-            spec=[TierSpecStats(**s) for s in spec],
-            scheduler=stats.get("scheduler", self._scheduler),
-            last_step_ms=stats.get("last_step_ms", 0.0),
-        )
+        return read_stats(self._stats_path) or EngineLoad()
 
     async def shutdown(self) -> None:
         if self._llm is not None:

@@ -19,7 +19,7 @@ from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.engine import Engine
 from slos_serve.metrics import WorkerMetrics
-from slos_serve.wire import engine_plan
+from slos_serve.wire import info_to_proto, load_to_proto, plan_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -90,32 +90,11 @@ class WorkerService(pb_grpc.WorkerServicer):
         return pb.WorkerAbortResponse(found=found)
 
     async def GetLoad(self, request, context):
-        load = self.engine.load()
-        return pb.LoadReport(
-            role=self.role,
-            running=load.running,
-            waiting=load.waiting,
-            kv_blocks_total=load.kv_blocks_total,
-            kv_blocks_used=load.kv_blocks_used,
-            kv_usage=load.kv_usage,
-            steps=load.steps,
-            mean_step_ms=load.mean_step_ms,
-            spec_acceptance=load.spec_acceptance,
-            active_requests=len(self.active),
-            draining=self.draining,
-            spec=[
-                pb.TierSpecStats(tpot_ms=t.tpot_ms, tier=t.tier, steps=t.steps,
-                                 drafted=t.drafted, accepted=t.accepted,
-                                 spec_tokens=t.spec_tokens)
-                for t in getattr(load, "spec", ())
-            ],
-            scheduler=getattr(load, "scheduler", ""),
-            last_step_ms=getattr(load, "last_step_ms", 0.0),
-        )
+        return load_to_proto(self.engine.load(), self.role, len(self.active), self.draining)
 
     async def SetPlan(self, request, context):
         try:
-            self.engine.set_plan(engine_plan(request))
+            self.engine.set_plan(plan_from_proto(request))
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception as exc:  # the plan is advisory: never take the worker down
@@ -124,17 +103,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         return pb.WorkerPlanAck(applied=True)
 
     async def GetInfo(self, request, context):
-        info = self.engine.info
-        return pb.WorkerInfo(
-            role=self.role,
-            engine=info.kind,
-            model=info.model,
-            max_model_len=info.max_model_len,
-            block_size=info.block_size,
-            engine_id=info.engine_id,
-            max_spec_tokens=info.max_spec_tokens,
-            scheduler=info.scheduler,
-        )
+        return info_to_proto(self.engine.info, self.role)
 
     async def Drain(self, request, context):
         self.draining = True

@@ -1,0 +1,73 @@
+"""Helpers of the tests that run a real cluster on the SIMULATED engine
+(test_coordinator_sim.py, test_coordinator_sim_requests.py).
+
+Every process is real (coordinator, prefill and decode workers, gRPC on loopback); only the
+engines are simulated (slos_serve/engine/sim_engine.py), so tokens are known in advance:
+token k of a request is `sim_token(prompt_ids, k, seed, vocab)`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+
+from slos_serve.client import Client, ClusterInfo
+from slos_serve.engine.sim_engine import SimEngine, sim_token
+
+# The workers build their SimEngine without a vocab_size (slos_serve/worker/main.py), so the
+# engine's default is the vocabulary its tokens are drawn from.
+SIM_VOCAB: int = inspect.signature(SimEngine).parameters["vocab_size"].default
+MAX_MODEL_LEN = 2048  # the workers' --max-model-len default
+LONG = 1500  # max_tokens of a request that runs for seconds (>= 4 ms per simulated step)
+
+GREEDY = {"temperature": 0.0}
+SEEDED = {"temperature": 0.8, "top_p": 0.9, "seed": 1234}
+
+
+def prompt_ids(n: int, offset: int = 0) -> list[int]:
+    """A deterministic prompt of n token ids, all inside the vocabulary."""
+    return [3 + (offset * 131 + 7 * i) % 1900 for i in range(n)]
+
+
+def sim_tokens(prompt: list[int], n: int, seed: int | None) -> list[int]:
+    return [sim_token(prompt, k, seed, SIM_VOCAB) for k in range(n)]
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def all_idle(info: ClusterInfo) -> bool:
+    return all(
+        w.load is not None
+        and w.load.active_requests == 0
+        and w.load.running == 0
+        and w.load.waiting == 0
+        and w.load.kv_blocks_used == 0
+        for w in info.workers
+    )
+
+
+def all_healthy(info: ClusterInfo, n: int) -> bool:
+    return len(info.workers) == n and all(w.healthy for w in info.workers)
+
+
+def busy_decode_workers(info: ClusterInfo) -> int:
+    return sum(
+        1 for w in info.workers
+        if w.role == "decode" and w.load is not None and w.load.active_requests > 0
+        and w.load.running > 0
+    )
+
+
+def assert_serves(client: Client, offset: int = 99) -> None:
+    """The cluster still serves a valid request, correctly."""
+    prompt = prompt_ids(9, offset)
+    out = client.generate(prompt, max_tokens=3, **GREEDY)
+    assert out.finish_reason == "length"
+    assert out.token_ids == sim_tokens(prompt, 3, None)
