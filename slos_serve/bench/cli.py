@@ -112,8 +112,8 @@ def _systems(args: argparse.Namespace) -> list[str]:
 
 
 def _config(args: argparse.Namespace, scenario: str, rates: list[float | None]):
-    from slos_serve.bench.plan import WorkloadOptions
     from slos_serve.bench.runner import BenchConfig
+    from slos_serve.bench.workload import WorkloadOptions
 
     out = Path(args.out or f"bench-results/{time.strftime('%Y%m%d-%H%M%S')}")
     duration = getattr(args, "duration", None)
