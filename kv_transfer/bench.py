@@ -138,6 +138,91 @@ def _wait(agent: Any, handle: Any, state: str) -> None:
         raise RuntimeError(f"NIXL transfer failed (state {state})")
 
 
+@dataclass
+class Initiator:
+    """This process's side: its NIXL agent and buffers, connected to the target's."""
+
+    agent: Any
+    registration: Any
+    dst: np.ndarray  # NIXL READs land here
+    memcpy_dst: np.ndarray  # the baseline's copies land here
+    expected: np.ndarray  # the target's source content
+    remote_name: str
+    remote_addr: int
+    remote_len: int
+
+
+def connect(conn: Connection, max_size: int) -> Initiator:
+    """Registers this process's buffers and connects to the target once it is ready."""
+    expected = _pattern(max_size)
+    dst = np.zeros(max_size, dtype=np.uint8)
+    memcpy_dst = np.empty_like(dst)
+    agent = _make_agent(_INITIATOR_AGENT)
+    reg = agent.register_memory([(dst.ctypes.data, dst.nbytes, 0, "")], "DRAM")
+    if not conn.poll(120):
+        raise RuntimeError("target process did not come up within 120 s")
+    msg = conn.recv()
+    if msg[0] != "ready":
+        raise RuntimeError(f"target process failed: {msg[1:]}")
+    _, remote_md, remote_addr, remote_len = msg
+    remote_name = agent.add_remote_agent(remote_md)
+    return Initiator(agent, reg, dst, memcpy_dst, expected, remote_name, remote_addr,
+                     remote_len)
+
+
+def disconnect(ini: Initiator, conn: Connection) -> None:
+    """Releases this side's registration and asks the target to stop."""
+    ini.agent.deregister_memory(ini.registration)
+    ini.agent.remove_remote_agent(ini.remote_name)
+    conn.send("stop")
+    if conn.poll(10):
+        conn.recv()
+
+
+def timed_reads(ini: Initiator, size: int, reps: int, warmup: int) -> list[float]:
+    """Seconds of each timed NIXL READ of `size` bytes (after `warmup` untimed ones)."""
+    agent = ini.agent
+    local = agent.get_xfer_descs([(ini.dst.ctypes.data, size, 0)], "DRAM")
+    remote = agent.get_xfer_descs([(ini.remote_addr, size, 0)], "DRAM")
+    handle = agent.initialize_xfer("READ", local, remote, ini.remote_name)
+    try:
+        ini.dst[:size] = 0
+        times = []
+        for i in range(warmup + reps):
+            t0 = time.perf_counter()
+            _wait(agent, handle, agent.transfer(handle))
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        return times
+    finally:
+        agent.release_xfer_handle(handle)
+
+
+def measure_size(ini: Initiator, size: int, reps: int, warmup: int) -> SizeResult:
+    """NIXL READs of `size` bytes, checked against the source, and the memcpy baseline."""
+    assert size <= ini.remote_len
+    times = timed_reads(ini, size, reps, warmup)
+    ok = bool(np.array_equal(ini.dst[:size], ini.expected[:size]))
+    if not ok:
+        bad = int(np.argmax(ini.dst[:size] != ini.expected[:size]))
+        raise RuntimeError(f"data mismatch after {size} B transfer at byte {bad}")
+    mc = _timed_memcpy(ini.memcpy_dst[:size], ini.expected[:size], warmup + reps)[warmup:]
+    gbps = [size / t / 1e9 for t in times]
+    nixl_med = size / statistics.median(times) / 1e9
+    mc_med = size / statistics.median(mc) / 1e9
+    return SizeResult(
+        size=size,
+        reps=reps,
+        nixl_gbps_median=nixl_med,
+        nixl_gbps_min=min(gbps),
+        nixl_gbps_max=max(gbps),
+        nixl_latency_us_median=statistics.median(times) * 1e6,
+        memcpy_gbps_median=mc_med,
+        ratio=nixl_med / mc_med,
+        verified=ok,
+    )
+
+
 def run_bench(
     sizes: Sequence[int],
     reps: int = 5,
@@ -164,66 +249,18 @@ def run_bench(
     child_conn.close()
     try:
         say(f"target process {proc.pid} started; allocating {max_size / MIB:.1f} MiB per side")
-        expected = _pattern(max_size)
-        dst = np.zeros(max_size, dtype=np.uint8)
-        memcpy_dst = np.empty_like(dst)
-        agent = _make_agent(_INITIATOR_AGENT)
-        reg = agent.register_memory([(dst.ctypes.data, dst.nbytes, 0, "")], "DRAM")
-        if not parent_conn.poll(120):
-            raise RuntimeError("target process did not come up within 120 s")
-        msg = parent_conn.recv()
-        if msg[0] != "ready":
-            raise RuntimeError(f"target process failed: {msg[1:]}")
-        _, remote_md, remote_addr, remote_len = msg
-        remote_name = agent.add_remote_agent(remote_md)
+        ini = connect(parent_conn, max_size)
         setup_s = time.perf_counter() - t_setup
         say(f"NIXL agents connected ({setup_s:.1f} s)")
-
         results: list[SizeResult] = []
         for size in sizes:
-            assert size <= remote_len
-            local = agent.get_xfer_descs([(dst.ctypes.data, size, 0)], "DRAM")
-            remote = agent.get_xfer_descs([(remote_addr, size, 0)], "DRAM")
-            handle = agent.initialize_xfer("READ", local, remote, remote_name)
-            try:
-                dst[:size] = 0
-                times = []
-                for i in range(warmup + reps):
-                    t0 = time.perf_counter()
-                    _wait(agent, handle, agent.transfer(handle))
-                    if i >= warmup:
-                        times.append(time.perf_counter() - t0)
-            finally:
-                agent.release_xfer_handle(handle)
-            ok = bool(np.array_equal(dst[:size], expected[:size]))
-            if not ok:
-                bad = int(np.argmax(dst[:size] != expected[:size]))
-                raise RuntimeError(f"data mismatch after {size} B transfer at byte {bad}")
-            mc = _timed_memcpy(memcpy_dst[:size], expected[:size], warmup + reps)[warmup:]
-            gbps = [size / t / 1e9 for t in times]
-            nixl_med = size / statistics.median(times) / 1e9
-            mc_med = size / statistics.median(mc) / 1e9
-            res = SizeResult(
-                size=size,
-                reps=reps,
-                nixl_gbps_median=nixl_med,
-                nixl_gbps_min=min(gbps),
-                nixl_gbps_max=max(gbps),
-                nixl_latency_us_median=statistics.median(times) * 1e6,
-                memcpy_gbps_median=mc_med,
-                ratio=nixl_med / mc_med,
-                verified=ok,
-            )
+            res = measure_size(ini, size, reps, warmup)
             results.append(res)
             say(
-                f"{_fmt_size(size):>9}: NIXL {nixl_med:6.2f} GB/s, "
-                f"memcpy {mc_med:6.2f} GB/s, verified"
+                f"{_fmt_size(size):>9}: NIXL {res.nixl_gbps_median:6.2f} GB/s, "
+                f"memcpy {res.memcpy_gbps_median:6.2f} GB/s, verified"
             )
-        agent.deregister_memory(reg)
-        agent.remove_remote_agent(remote_name)
-        parent_conn.send("stop")
-        if parent_conn.poll(10):
-            parent_conn.recv()
+        disconnect(ini, parent_conn)
         env = {k: v for k, v in os.environ.items() if k.startswith("UCX_")}
         return BenchResult(sizes=results, reps=reps, warmup=warmup, env=env, setup_s=setup_s)
     finally:

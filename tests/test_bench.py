@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from slos_serve.bench import plan as planmod
 from slos_serve.bench.capacity import (
     baseline_of,
     capacity_json,
@@ -27,9 +26,24 @@ from slos_serve.bench.capacity import (
     live_search_options,
 )
 from slos_serve.bench.loadgen import run_load
-from slos_serve.bench.plan import Call, PlannedRequest, StageSlo, WorkloadOptions
 from slos_serve.bench.records import CallResult, add_tokens, make_record, read_records
 from slos_serve.bench.summary import summarize, table
+from slos_serve.bench.workload import (
+    NO_TTFT,
+    REFERENCE_DECODE_STEP_S,
+    BenchRequest,
+    Call,
+    WorkloadOptions,
+    auto_slo_scale,
+    follow_up_prompt,
+    mean_rate,
+    reference_ttft_s,
+    round_up_2,
+    to_bench_requests,
+    ttft_objective,
+    workload_requests,
+)
+from slos_serve.core.stages import StageSpec
 from slos_serve.sim.workloads import load_trace
 
 pytestmark = pytest.mark.timeout(180)
@@ -38,10 +52,16 @@ ROOT = Path(__file__).resolve().parent.parent
 TRACE = ROOT / "tests" / "data" / "azure-trace-sample.csv"
 
 
+def stage(max_tokens: int, ttft_ms: float | None, tpot_ms: float, tier: str = "t") -> StageSpec:
+    """A stage of a call (`ttft_ms` None: no TTFT objective, a stage that continues a call)."""
+    return StageSpec(tier=tier, ttft_ms=NO_TTFT if ttft_ms is None else ttft_ms,
+                     tpot_ms=tpot_ms, max_tokens=max_tokens)
+
+
 def one_call(rid: int, tier: str, out: int, ttft_ms: float, tpot_ms: float,
-             arrival: float = 0.0, prompt: int = 8) -> PlannedRequest:
-    return PlannedRequest(rid, arrival, tier, tier,
-                          (Call(tuple(range(prompt)), (StageSlo(out, ttft_ms, tpot_ms),)),))
+             arrival: float = 0.0, prompt: int = 8) -> BenchRequest:
+    return BenchRequest(rid, arrival, tier, tier,
+                        (Call(tuple(range(prompt)), (stage(out, ttft_ms, tpot_ms, tier),)),))
 
 
 def call_at(sent: float, ttft: float, gaps: Sequence[float], finish: str = "length",
@@ -104,8 +124,8 @@ def test_verdicts_and_attainment_math() -> None:
 def test_stages_of_one_call_are_judged_separately() -> None:
     """Reasoning: thinking (3 tokens, tight TPOT) then answer (2, loose) in one call; the
     answer's TPOT runs from the thinking's last token."""
-    req = PlannedRequest(0, 0.0, "FastThink", "reasoning", (Call(
-        (1, 2, 3), (StageSlo(3, 100, 10), StageSlo(2, None, 50))),))
+    req = BenchRequest(0, 0.0, "FastThink", "reasoning", (Call(
+        (1, 2, 3), (stage(3, 100, 10), stage(2, None, 50))),))
     # thinking tokens 5 ms apart (met); answer tokens 40 ms apart (met for 50)
     rec = make_record("s", "x", 1, req, [call_at(0.0, 0.02, [0.005, 0.005, 0.04, 0.04])])
     st = rec["stages"]
@@ -119,9 +139,9 @@ def test_stages_of_one_call_are_judged_separately() -> None:
 
 
 def test_tool_follow_up_is_judged_from_its_own_send() -> None:
-    req = PlannedRequest(0, 0.0, "FastTool", "tool", (
-        Call((1, 2), (StageSlo(2, 100, 12),)),
-        Call((3,), (StageSlo(2, 50, 20),), gap_s=0.2)))
+    req = BenchRequest(0, 0.0, "FastTool", "tool", (
+        Call((1, 2), (stage(2, 100, 12),)),
+        Call((3,), (stage(2, 50, 20),), gap_s=0.2)))
     calls = [call_at(0.0, 0.05, [0.01]), call_at(0.5, 0.04, [0.015])]
     rec = make_record("s", "x", 1, req, calls)
     assert [s["ttft_ms"] for s in rec["stages"]] == pytest.approx([50, 40])
@@ -131,35 +151,35 @@ def test_tool_follow_up_is_judged_from_its_own_send() -> None:
     assert not rec["finished"] and not rec["attained"] and rec["error"] == "boom"
 
 
-# ------------------------------------------------------------------------- plans --
+# ---------------------------------------------------------------------- workload --
 
 
-def test_plan_maps_stages_to_calls_and_scales_slos() -> None:
+def test_workload_maps_stages_to_calls_and_scales_slos() -> None:
     corpus = list(range(5000))
     for scenario, ncalls, nstages in (("tool", 2, 2), ("reasoning", 1, 2), ("coding", 1, 1)):
-        reqs = planmod.workload(WorkloadOptions(scenario=scenario, requests=5), 2.0)
-        plan = planmod.build_plan(reqs, corpus, slo_scale=2.0)
-        for p, r in zip(plan, reqs, strict=True):
+        reqs = workload_requests(WorkloadOptions(scenario=scenario, requests=5), 2.0)
+        sent = to_bench_requests(reqs, corpus, slo_scale=2.0)
+        for p, r in zip(sent, reqs, strict=True):
             assert len(p.calls) == ncalls and len(p.stages) == nstages
             assert len(p.calls[0].new_prompt) == r.stages[0].prompt_tokens
             assert p.output_tokens == r.output_tokens
             for s, st in zip(p.stages, r.stages, strict=True):
                 assert s.tpot_ms == pytest.approx(2000 * st.tpot_slo)
-                assert (s.ttft_ms is None) == (st.ttft_slo is None)
-                if s.ttft_ms is not None:
+                assert (ttft_objective(s) is None) == (st.ttft_slo is None)
+                if ttft_objective(s) is not None:
                     assert s.ttft_ms == pytest.approx(2000 * st.ttft_slo)
             if scenario == "tool":
                 assert p.calls[1].gap_s == r.stages[1].gap_s
     # follow-up prompt: conversation so far + new tokens, oldest dropped to fit the context
-    assert planmod.follow_up_prompt([1, 2, 3], [4, 5], [6], max_tokens=2, max_context=8) == [
+    assert follow_up_prompt([1, 2, 3], [4, 5], [6], max_tokens=2, max_context=8) == [
         1, 2, 3, 4, 5, 6]
-    assert planmod.follow_up_prompt([1, 2, 3], [4, 5], [6], max_tokens=4, max_context=8) == [
+    assert follow_up_prompt([1, 2, 3], [4, 5], [6], max_tokens=4, max_context=8) == [
         3, 4, 5, 6]
 
 
 def test_duration_and_max_output_bound_the_workload() -> None:
-    full = planmod.workload(WorkloadOptions(requests=50), 5.0)
-    cut = planmod.workload(WorkloadOptions(requests=50, duration_s=3.0, max_output=7), 5.0)
+    full = workload_requests(WorkloadOptions(requests=50), 5.0)
+    cut = workload_requests(WorkloadOptions(requests=50, duration_s=3.0, max_output=7), 5.0)
     assert 0 < len(cut) < len(full)
     assert all(r.arrival <= 3.0 for r in cut)
     assert all(s.output_tokens <= 7 for r in cut for s in r.stages)
@@ -167,10 +187,10 @@ def test_duration_and_max_output_bound_the_workload() -> None:
 
 def test_trace_replay_with_time_scale_and_max_context() -> None:
     rows = load_trace(TRACE)
-    raw = planmod.workload(WorkloadOptions(trace=str(TRACE), requests=100, max_context=4096),
-                           None)
-    half = planmod.workload(WorkloadOptions(trace=str(TRACE), requests=100, time_scale=0.5,
-                                            max_context=1024), None)
+    raw = workload_requests(WorkloadOptions(trace=str(TRACE), requests=100, max_context=4096),
+                            None)
+    half = workload_requests(WorkloadOptions(trace=str(TRACE), requests=100, time_scale=0.5,
+                                             max_context=1024), None)
     assert len(raw) == len(half) == len(rows) == 24
     for a, b, row in zip(raw, half, rows, strict=True):
         assert b.arrival == pytest.approx(a.arrival / 2)
@@ -180,24 +200,24 @@ def test_trace_replay_with_time_scale_and_max_context() -> None:
     assert half[2].stages[0].prompt_tokens == rows[2].context_tokens == 476
     assert half[0].stages[0].prompt_tokens == 1023 and half[0].output_tokens == 1
     # a rate overrides the time scale: the replay's mean rate is the rate asked
-    fast = planmod.workload(WorkloadOptions(trace=str(TRACE), requests=100), 10.0)
-    assert planmod.mean_rate([r.arrival for r in fast]) == pytest.approx(10.0)
-    limited = planmod.workload(WorkloadOptions(trace=str(TRACE), requests=5), None)
+    fast = workload_requests(WorkloadOptions(trace=str(TRACE), requests=100), 10.0)
+    assert mean_rate([r.arrival for r in fast]) == pytest.approx(10.0)
+    limited = workload_requests(WorkloadOptions(trace=str(TRACE), requests=5), None)
     assert len(limited) == 5
 
 
 def test_auto_slo_scale() -> None:
-    ref = planmod.reference_ttft_s(100)
+    ref = reference_ttft_s(100)
     # TTFT twice the reference's, TPOT below the reference step: TTFT decides
-    assert planmod.auto_slo_scale([(100, 2 * ref, 0.01)]) == pytest.approx(2.0)
+    assert auto_slo_scale([(100, 2 * ref, 0.01)]) == pytest.approx(2.0)
     # TPOT 3x the reference step decides
-    step = planmod.REFERENCE_DECODE_STEP_S
-    assert planmod.auto_slo_scale([(100, ref, 3 * step), (100, ref / 2, 0)]) == pytest.approx(3)
-    assert planmod.round_up_2(0.1234) == pytest.approx(0.13)
-    assert planmod.round_up_2(12.01) == pytest.approx(13)
-    assert planmod.round_up_2(2.0) == pytest.approx(2.0)
+    step = REFERENCE_DECODE_STEP_S
+    assert auto_slo_scale([(100, ref, 3 * step), (100, ref / 2, 0)]) == pytest.approx(3)
+    assert round_up_2(0.1234) == pytest.approx(0.13)
+    assert round_up_2(12.01) == pytest.approx(13)
+    assert round_up_2(2.0) == pytest.approx(2.0)
     with pytest.raises(ValueError):
-        planmod.auto_slo_scale([])
+        auto_slo_scale([])
 
 
 # ---------------------------------------------------------------------- capacity --
@@ -253,7 +273,7 @@ class FakeDriver:
         self.ttft, self.step, self.slow = ttft, step, slow
         self.prompts: list[list[int]] = []
 
-    async def call(self, prompt: list[int], stages: Sequence[StageSlo], result: CallResult,
+    async def call(self, prompt: list[int], stages: Sequence[StageSpec], result: CallResult,
                    clock: Callable[[], float]) -> list[int]:
         self.prompts.append(prompt)
         result.decision = "admitted"
@@ -272,13 +292,13 @@ class FakeDriver:
 
 
 def test_load_generator_sends_on_time_and_runs_follow_ups() -> None:
-    plan = [one_call(i, "t", 3, 1000, 1000, arrival=0.02 * i) for i in range(10)]
-    plan.append(PlannedRequest(10, 0.2, "tool", "tool", (
-        Call((7, 8), (StageSlo(2, 1000, 1000),)), Call((9,), (StageSlo(2, 1000, 1000),),
+    requests = [one_call(i, "t", 3, 1000, 1000, arrival=0.02 * i) for i in range(10)]
+    requests.append(BenchRequest(10, 0.2, "tool", "tool", (
+        Call((7, 8), (stage(2, 1000, 1000),)), Call((9,), (stage(2, 1000, 1000),),
                                                        gap_s=0.05))))
-    plan.append(PlannedRequest(11, 0.21, "t", "t", (Call((-1,), (StageSlo(2, 1e3, 1e3),)),)))
+    requests.append(BenchRequest(11, 0.21, "t", "t", (Call((-1,), (stage(2, 1e3, 1e3),)),)))
     driver = FakeDriver()
-    res = asyncio.run(run_load(plan, driver, system="fake", scenario="x", rate=50,
+    res = asyncio.run(run_load(requests, driver, system="fake", scenario="x", rate=50,
                                max_context=5, progress=False))
     recs = {r["id"]: r for r in res.records}
     assert res.sent == 12 and not res.stopped_early
@@ -293,8 +313,8 @@ def test_load_generator_sends_on_time_and_runs_follow_ups() -> None:
 
 
 def test_load_generator_stops_early_past_the_miss_budget_and_bounds_the_drain() -> None:
-    plan = [one_call(i, "t", 2, 1.0, 1000, arrival=0.01 * i) for i in range(40)]
-    res = asyncio.run(run_load(plan, FakeDriver(ttft=0.01), system="fake", scenario="x",
+    requests = [one_call(i, "t", 2, 1.0, 1000, arrival=0.01 * i) for i in range(40)]
+    res = asyncio.run(run_load(requests, FakeDriver(ttft=0.01), system="fake", scenario="x",
                                rate=100, max_context=100, miss_budget=3, progress=False))
     assert res.stopped_early and res.sent < 40
     assert sum(not r["attained"] for r in res.records) > 3
@@ -368,12 +388,12 @@ def test_openai_http_driver_against_a_fake_vllm_server(with_token_ids: bool) -> 
         try:
             for _ in range(2):
                 res = CallResult(sent=0.0)
-                outs.append(await driver.call([1, 2, 3], (StageSlo(4, 1e3, 1e3),), res,
+                outs.append(await driver.call([1, 2, 3], (stage(4, 1e3, 1e3),), res,
                                               lambda: 1.0))
                 results.append(res)
             err = ""
             try:
-                await driver.call([1], (StageSlo(101, 1e3, 1e3),), CallResult(0.0), lambda: 1.0)
+                await driver.call([1], (stage(101, 1e3, 1e3),), CallResult(0.0), lambda: 1.0)
             except HttpError as exc:
                 err = str(exc)
         finally:

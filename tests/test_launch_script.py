@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -77,7 +78,36 @@ def _ours(ports: list[int], leaders: set[int]) -> list[psutil.Process]:
     return found
 
 
-def test_launch_multi_start_status_stop(model_dir: str, tmp_path: Path) -> None:
+@dataclass
+class Cluster:
+    """The test cluster: its config file, ports, and how to run the launcher on it."""
+
+    tmp_path: Path
+    config: Path
+    log_dir: Path
+    env: dict[str, str]
+    decode_host: str
+    prefill_port: int
+    decode_port: int
+    coord_port: int
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.prefill_port, self.decode_port, self.coord_port]
+
+    def launch(self, action: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(SCRIPT), action, str(self.config)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def write_cluster(model_dir: str, tmp_path: Path) -> Cluster:
+    """A 1 prefill + 1 decode cluster config on free ports, and the stand-in for ssh."""
     prefill_port, decode_port, coord_port, kv1, kv2 = _free_ports(5)
     decode_host = "127.0.0.2" if _loopback_alias_works() else "localhost"
     log_dir = tmp_path / "logs"
@@ -100,67 +130,84 @@ def test_launch_multi_start_status_stop(model_dir: str, tmp_path: Path) -> None:
         f"decode  {decode_host} {decode_port} {kv2} 0\n"
     )
     env = {**os.environ, "SSH": f"{fake_ssh} -o BatchMode=yes"}
+    return Cluster(tmp_path, config, log_dir, env, decode_host, prefill_port, decode_port,
+                   coord_port)
 
-    def launch(action: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", str(SCRIPT), action, str(config)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
+
+def check_start(cluster: Cluster, leaders: set[int]) -> None:
+    """`start`: the coordinator's address on stdout, three session leaders, one per role,
+    the decode worker's started over (fake) ssh. The leaders' pids go to `leaders` as soon
+    as they are known, for the clean-up."""
+    started = cluster.launch("start", START_TIMEOUT_S * 2 + 15)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip().splitlines()[-1] == f"127.0.0.1:{cluster.coord_port}"
+    pid_files = sorted(cluster.log_dir.glob("*.pid"))
+    assert len(pid_files) == 3, pid_files
+    leaders.update(int(f.read_text()) for f in pid_files)
+    procs = _ours(cluster.ports, leaders)
+    names = [" ".join(p.cmdline()) for p in procs]
+    for role in ("prefill-worker", "decode-worker", "coordinator"):
+        assert any(role in n for n in names), (role, names)
+    for pid in leaders:  # each leads its own session, so stop reaches all it spawns
+        assert os.getsid(pid) == pid and os.getpgid(pid) == pid
+    if cluster.decode_host != "localhost":
+        assert (
+            "-o BatchMode=yes 127.0.0.2 bash -s -- start"
+            in (cluster.tmp_path / "ssh.log").read_text()
         )
 
-    ports = [prefill_port, decode_port, coord_port]
+
+def check_serves(cluster: Cluster) -> None:
+    """A request through the coordinator, decoded on the (ssh-started) decode worker."""
+    with Client(f"127.0.0.1:{cluster.coord_port}", timeout=30) as client:
+        out = client.generate("def f():", max_tokens=4, temperature=0)
+    assert out.completion_tokens == 4 and out.finish_reason == "length"
+    assert out.decode_worker == f"{cluster.decode_host}:{cluster.decode_port}"
+
+
+def check_status_running(cluster: Cluster) -> None:
+    status = cluster.launch("status", 30)
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = [line for line in status.stdout.splitlines()[1:] if line.strip()]
+    assert len(rows) == 3, status.stdout
+    for row in rows:
+        assert re.search(r"\srunning\s+SERVING$", row), row
+
+
+def check_stop(cluster: Cluster, leaders: set[int]) -> None:
+    """`stop`: no process of the cluster left, no pid file; `status` then says stopped."""
+    stopped = cluster.launch("stop", 60)
+    assert stopped.returncode == 0, stopped.stderr
+    deadline = time.monotonic() + 5  # the last ones may still be being reaped
+    while _ours(cluster.ports, leaders) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [(p.pid, " ".join(p.cmdline())) for p in _ours(cluster.ports, leaders)]
+    assert left == [], f"processes left after stop: {left}"
+    assert list(cluster.log_dir.glob("*.pid")) == []
+
+    after = cluster.launch("status", 30)
+    assert after.returncode == 1
+    assert after.stdout.count("stopped") == 3, after.stdout
+
+
+def clean_up(cluster: Cluster, leaders: set[int]) -> None:
+    """Whatever a failed step left running: stopped by the launcher, then killed."""
+    if _ours(cluster.ports, leaders):
+        cluster.launch("stop", 60)
+        for p in _ours(cluster.ports, leaders):  # test hygiene: by pid, never by name
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_launch_multi_start_status_stop(model_dir: str, tmp_path: Path) -> None:
+    cluster = write_cluster(model_dir, tmp_path)
     leaders: set[int] = set()
     try:
-        started = launch("start", START_TIMEOUT_S * 2 + 15)
-        assert started.returncode == 0, started.stderr
-        assert started.stdout.strip().splitlines()[-1] == f"127.0.0.1:{coord_port}"
-        pid_files = sorted(log_dir.glob("*.pid"))
-        assert len(pid_files) == 3, pid_files
-        leaders = {int(f.read_text()) for f in pid_files}
-        procs = _ours(ports, leaders)
-        names = [" ".join(p.cmdline()) for p in procs]
-        for role in ("prefill-worker", "decode-worker", "coordinator"):
-            assert any(role in n for n in names), (role, names)
-        for pid in leaders:  # each leads its own session, so stop reaches all it spawns
-            assert os.getsid(pid) == pid and os.getpgid(pid) == pid
-        if decode_host != "localhost":
-            assert (
-                "-o BatchMode=yes 127.0.0.2 bash -s -- start" in (tmp_path / "ssh.log").read_text()
-            )
-
-        with Client(f"127.0.0.1:{coord_port}", timeout=30) as client:
-            out = client.generate("def f():", max_tokens=4, temperature=0)
-        assert out.completion_tokens == 4 and out.finish_reason == "length"
-        assert out.decode_worker == f"{decode_host}:{decode_port}"
-
-        status = launch("status", 30)
-        assert status.returncode == 0, status.stdout + status.stderr
-        rows = [line for line in status.stdout.splitlines()[1:] if line.strip()]
-        assert len(rows) == 3, status.stdout
-        for row in rows:
-            assert re.search(r"\srunning\s+SERVING$", row), row
-
-        stopped = launch("stop", 60)
-        assert stopped.returncode == 0, stopped.stderr
-        deadline = time.monotonic() + 5  # the last ones may still be being reaped
-        while _ours(ports, leaders) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = [(p.pid, " ".join(p.cmdline())) for p in _ours(ports, leaders)]
-        assert left == [], f"processes left after stop: {left}"
-        assert list(log_dir.glob("*.pid")) == []
-
-        after = launch("status", 30)
-        assert after.returncode == 1
-        assert after.stdout.count("stopped") == 3, after.stdout
+        check_start(cluster, leaders)
+        check_serves(cluster)
+        check_status_running(cluster)
+        check_stop(cluster, leaders)
     finally:
-        leftovers = _ours(ports, leaders)
-        if leftovers:
-            launch("stop", 60)
-            for p in _ours(ports, leaders):  # test hygiene: by pid, never by name
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
+        clean_up(cluster, leaders)

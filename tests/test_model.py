@@ -1,4 +1,4 @@
-"""Tests for `slos-serve make-model` (slos_serve/model.py).
+"""Tests for `slos-serve make-model` (the slos_serve/model package).
 
 Builds use `train_steps=2`: the recipe (tokenizer, config, seeding, caching, atomic
 install) is the same as the real build, only the training is shorter. No vLLM engine
@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from slos_serve import model as mm
+from slos_serve.model import build as model_build
+from slos_serve.model import store
 
 STEPS = 2
 
@@ -162,7 +164,7 @@ def test_recipe_hash_tracks_the_recipe() -> None:
 def test_stale_build_is_not_cached(builds: tuple[Path, Path]) -> None:
     a, _ = builds
     other = mm.recipe_hash(mm.recipe(STEPS + 1, 0))
-    assert not mm._is_complete(a, other)
+    assert not store.is_complete(a, other)
 
 
 def test_refuses_to_replace_foreign_directory(tmp_path: Path) -> None:
@@ -182,7 +184,7 @@ def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 
     deterministic = torch.are_deterministic_algorithms_enabled()
     threads = torch.get_num_threads()
-    monkeypatch.setattr(mm, "train_model", interrupted)
+    monkeypatch.setattr(model_build, "train_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
         mm.build_model(tmp_path / "m", train_steps=STEPS, log=None)
     assert not (tmp_path / "m").exists()
@@ -198,7 +200,7 @@ def test_concurrent_build_waits_for_the_lock(builds: tuple[Path, Path], tmp_path
     target = tmp_path / "shared"
     messages: list[str] = []
     result: list[Path] = []
-    with mm._build_lock(target, lambda _msg: None):
+    with store.build_lock(target, lambda _msg: None):
         worker = threading.Thread(
             target=lambda: result.append(
                 mm.build_model(target, train_steps=STEPS, log=messages.append)))

@@ -118,11 +118,11 @@ def test_ensure_profile_reuses_a_matching_profile(
     model_dir.mkdir()
     (model_dir / "config.json").write_text('{"hidden_size": 256}')
     path = tmp_path / "profile.json"
-    meta = {"engine": "vllm", "simulated": False, "machine": prof._machine(),
+    meta = {"engine": "vllm", "simulated": False, "machine": prof.machine_info(),
             "model_fingerprint": prof.model_fingerprint(model_dir)}
     PerfModel(pieces=[], name="cached", meta=meta).save(path)
     runs: list[list[str]] = []
-    monkeypatch.setattr(prof.subprocess, "run", lambda cmd, **kw: runs.append(cmd))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: runs.append(cmd))
     assert prof.ensure_profile(model_dir, path) == path
     assert runs == []
     # another model build: measured again, by the CLI in a subprocess

@@ -1,6 +1,6 @@
 """`slos-serve bench`: the live benchmark suite (load generator, systems, capacity, plots).
 
-Pure logic (no gRPC, no vLLM, no HTTP): `plan` (workload -> calls to send), `records`
+Pure logic (no gRPC, no vLLM, no HTTP): `workload` (workload -> calls to send), `records`
 (per-request records and their SLO verdicts), `summary` (attainment, goodput, percentiles,
 the printed table), `capacity` (rate search over a probe function, the simulator's JSON
 format), `plots` (matplotlib, from records alone). I/O: `loadgen` (open-loop sending, one

@@ -153,8 +153,8 @@ def _systems(setup: BenchSetup) -> list[str]:
 
 
 def _config(args: argparse.Namespace, scenario: str, rates: list[float | None]) -> BenchConfig:
-    from slos_serve.bench.plan import WorkloadOptions
     from slos_serve.bench.runner import BenchConfig
+    from slos_serve.bench.workload import WorkloadOptions
 
     setup, wa, run = (BenchSetup.from_args(args), WorkloadArgs.from_args(args),
                       CompareRun.from_args(args))

@@ -1,7 +1,7 @@
 """The prompt corpus: Python standard-library sources as the model's own token ids.
 
 Real text of the kind the tiny model was trained on (so it continues code), tokenized with
-the model's tokenizer exactly as vLLM loads it; prompts are cut from it (`plan.cut_prompt`).
+the model's tokenizer exactly as vLLM loads it; prompts are cut from it (`workload.cut_prompt`).
 """
 
 from __future__ import annotations

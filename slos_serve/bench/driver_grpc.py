@@ -10,20 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from slos_serve.bench.plan import StageSlo
 from slos_serve.bench.records import CallResult, add_tokens
-from slos_serve.client import AsyncClient, Chunk, Completion, StageSpec, Started
+from slos_serve.bench.workload import ttft_objective
+from slos_serve.client import AsyncClient, Chunk, Completion, Started
+from slos_serve.client import StageSpec as SdkStage
+from slos_serve.core.stages import StageSpec
 from slos_serve.errors import Rejected
 
 
-def slo_kwargs(stages: Sequence[StageSlo]) -> dict:
+def slo_kwargs(stages: Sequence[StageSpec]) -> dict:
     """The SDK arguments that carry a call's objectives."""
     if len(stages) == 1:
         s = stages[0]
-        return {"ttft_ms": s.ttft_ms, "tpot_ms": s.tpot_ms}
+        return {"ttft_ms": ttft_objective(s), "tpot_ms": s.tpot_ms}
     last = len(stages) - 1
-    return {"stages": [StageSpec(max_tokens=0 if i == last else s.max_tokens,
-                                 ttft_ms=s.ttft_ms, tpot_ms=s.tpot_ms)
+    return {"stages": [SdkStage(max_tokens=0 if i == last else s.max_tokens,
+                                ttft_ms=ttft_objective(s), tpot_ms=s.tpot_ms)
                        for i, s in enumerate(stages)]}
 
 
@@ -34,7 +36,7 @@ class GrpcDriver:
         self.client = AsyncClient(target, timeout=timeout_s)
 
     async def call(
-        self, prompt: list[int], stages: Sequence[StageSlo], result: CallResult,
+        self, prompt: list[int], stages: Sequence[StageSpec], result: CallResult,
         clock: Callable[[], float],
     ) -> list[int]:
         out: list[int] = []

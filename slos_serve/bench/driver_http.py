@@ -19,8 +19,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from slos_serve.bench.plan import StageSlo
 from slos_serve.bench.records import CallResult, add_tokens
+from slos_serve.core.stages import StageSpec
 
 
 class HttpError(RuntimeError):
@@ -55,7 +55,7 @@ class OpenAIHttpDriver:
         return body
 
     async def call(
-        self, prompt: list[int], stages: Sequence[StageSlo], result: CallResult,
+        self, prompt: list[int], stages: Sequence[StageSpec], result: CallResult,
         clock: Callable[[], float],
     ) -> list[int]:
         url = next(self._next) + "/v1/completions"

@@ -24,11 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from slos_serve.bench import plan as planmod
 from slos_serve.bench.loadgen import run_load
 from slos_serve.bench.records import CallResult, add_tokens
 from slos_serve.bench.runner import LiveSession
 from slos_serve.bench.systems import ClusterSystem
+from slos_serve.bench.workload import (
+    WorkloadOptions,
+    cut_prompt,
+    loose_stage,
+    mean_rate,
+    to_bench_requests,
+    workload_requests,
+)
+from slos_serve.core.stages import StageSpec
 
 LOOSE_SCALE = 1000.0  # SLOs play no part in these checks
 
@@ -48,18 +56,18 @@ def loadgen_check(
     rows = []
     with LiveSession(ClusterSystem(system_name, model, engine="sim"), 60.0) as s:
         for rate in rates:
-            wl = planmod.WorkloadOptions(scenario=scenario, requests=max(2, int(rate * seconds)),
-                                         seed=seed, max_output=max_output)
-            plan = planmod.build_plan(planmod.workload(wl, rate), corpus, LOOSE_SCALE)
-            res = s.run(run_load(plan, s.driver, system=f"{system_name} (SIMULATED)",
+            wl = WorkloadOptions(scenario=scenario, requests=max(2, int(rate * seconds)),
+                                 seed=seed, max_output=max_output)
+            requests = to_bench_requests(workload_requests(wl, rate), corpus, LOOSE_SCALE)
+            res = s.run(run_load(requests, s.driver, system=f"{system_name} (SIMULATED)",
                                  scenario=scenario, rate=rate, max_context=wl.max_context,
                                  request_timeout_s=60, drain_s=30, progress=progress))
             sent = [r["sent"] for r in res.records if r["sent"] is not None]
             late = [r["lateness_ms"] for r in res.records if r["lateness_ms"] is not None]
-            scheduled = planmod.mean_rate([p.arrival for p in plan])
-            achieved = planmod.mean_rate(sent)
+            scheduled = mean_rate([p.arrival for p in requests])
+            achieved = mean_rate(sent)
             rows.append({
-                "rate": rate, "requests": len(plan), "scheduled_rate": scheduled,
+                "rate": rate, "requests": len(requests), "scheduled_rate": scheduled,
                 "achieved_rate": achieved, "achieved_over_scheduled": achieved / scheduled,
                 "achieved_over_requested": achieved / rate,
                 "lateness_ms_p50": _pct(late, 50), "lateness_ms_p99": _pct(late, 99),
@@ -100,7 +108,7 @@ class DirectDriver:
         self.prefill = pb_grpc.WorkerStub(self._channels[0])
         self.decode = pb_grpc.WorkerStub(self._channels[1])
 
-    async def call(self, prompt: list[int], stages: Sequence[planmod.StageSlo],
+    async def call(self, prompt: list[int], stages: Sequence[StageSpec],
                    result: CallResult, clock: Callable[[], float]) -> list[int]:
         from proto import slos_serve_pb2 as pb
 
@@ -136,7 +144,7 @@ class DirectDriver:
 async def _one(driver: Any, prompt: list[int], out: int, clock: Callable[[], float]
                ) -> CallResult:
     res = CallResult(sent=clock())
-    await driver.call(prompt, (planmod.StageSlo(out, 1e6, 1e6),), res, clock)
+    await driver.call(prompt, (loose_stage(out),), res, clock)
     return res
 
 
@@ -192,7 +200,7 @@ def coordinator_overhead(
     """Latency added at concurrency 1 and throughput at `concurrency`, SIMULATED engine."""
     from slos_serve.bench.corpus import load_corpus
 
-    prompt = list(planmod.cut_prompt(load_corpus(model), prompt_tokens, 1))
+    prompt = list(cut_prompt(load_corpus(model), prompt_tokens, 1))
     name = "slos" if scheduler == "slos" else "vllm-pd"
     system = ClusterSystem(name, model, engine="sim")
     with LiveSession(system, 60.0) as s:

@@ -16,13 +16,12 @@ from the actual send: the load generator's lateness is reported separately (load
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slos_serve.bench.plan import PlannedRequest
+from slos_serve.bench.workload import BenchRequest, ttft_objective
 from slos_serve.core.stages import StageSpec, StageTracker
 
 OK_FINISH = ("length", "stop")
@@ -56,13 +55,9 @@ def _groups(times: list[float]) -> Iterator[tuple[int, float]]:
         i = j
 
 
-def judge_call(plan_call_stages: Iterable, call: CallResult) -> list[dict[str, Any]]:
+def judge_call(specs: Sequence[StageSpec], call: CallResult) -> list[dict[str, Any]]:
     """Per-stage results of one call, from its token times."""
-    specs = [
-        StageSpec("", s.ttft_ms if s.ttft_ms is not None else math.inf, s.tpot_ms, s.max_tokens)
-        for s in plan_call_stages
-    ]
-    tracker = StageTracker(specs, call.sent)
+    tracker = StageTracker(list(specs), call.sent)
     for n, t in _groups(call.token_times):
         tracker.add(n, "", t)
     out = []
@@ -73,7 +68,7 @@ def judge_call(plan_call_stages: Iterable, call: CallResult) -> list[dict[str, A
             "expected_tokens": spec.max_tokens,
             "ttft_ms": res.first_token_ms if (k == 0 and reached) else None,
             "tpot_ms": res.tpot_ms if reached else None,
-            "ttft_slo_ms": None if k or math.isinf(spec.ttft_ms) else spec.ttft_ms,
+            "ttft_slo_ms": None if k else ttft_objective(spec),
             "tpot_slo_ms": spec.tpot_ms,
             # a stage never reached is judged missed here (StageTracker says "nothing was
             # promised"; a benchmark request that stopped early did not attain)
@@ -83,25 +78,25 @@ def judge_call(plan_call_stages: Iterable, call: CallResult) -> list[dict[str, A
 
 
 def make_record(
-    system: str, scenario: str, rate: float, plan: PlannedRequest, calls: list[CallResult],
+    system: str, scenario: str, rate: float, request: BenchRequest, calls: list[CallResult],
     *, skipped: bool = False, extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON record of one workload request (see the module docstring)."""
     stages: list[dict[str, Any]] = []
-    for k, pc in enumerate(plan.calls):
+    for k, call in enumerate(request.calls):
         if k < len(calls):
-            stages += judge_call(pc.stages, calls[k])
+            stages += judge_call(call.stages, calls[k])
         else:
             stages += [{"tokens": 0, "expected_tokens": s.max_tokens, "ttft_ms": None,
-                        "tpot_ms": None, "ttft_slo_ms": s.ttft_ms, "tpot_slo_ms": s.tpot_ms,
-                        "met": False} for s in pc.stages]
+                        "tpot_ms": None, "ttft_slo_ms": ttft_objective(s),
+                        "tpot_slo_ms": s.tpot_ms, "met": False} for s in call.stages]
     error = next((c.error for c in calls if c.error), "")
     if skipped and not error:
         error = "not sent: the run stopped early"
     decisions = [c.decision for c in calls if c.decision]
     decision = "rejected" if "rejected" in decisions else (
         "best_effort" if "best_effort" in decisions else (decisions[0] if decisions else ""))
-    finished = (not skipped and len(calls) == len(plan.calls) and not error
+    finished = (not skipped and len(calls) == len(request.calls) and not error
                 and decision != "rejected"
                 and all(c.finish_reason in OK_FINISH for c in calls))
     times = [t for c in calls for t in c.token_times]
@@ -117,14 +112,14 @@ def make_record(
         "system": system,
         "scenario": scenario,
         "rate": rate,
-        "id": plan.id,
-        "tier": plan.tier,
-        "kind": plan.kind,
-        "arrival": plan.arrival,
+        "id": request.id,
+        "tier": request.tier,
+        "kind": request.kind,
+        "arrival": request.arrival,
         "sent": sent0,
-        "lateness_ms": None if sent0 is None else 1000 * (sent0 - plan.arrival),
-        "prompt_tokens": [len(c.new_prompt) for c in plan.calls],
-        "output_tokens": plan.output_tokens,
+        "lateness_ms": None if sent0 is None else 1000 * (sent0 - request.arrival),
+        "prompt_tokens": [len(c.new_prompt) for c in request.calls],
+        "output_tokens": request.output_tokens,
         "completion_tokens": len(times),
         "ttft_ms": ttft_ms,
         "tpot_ms": tpot_ms,

@@ -4,7 +4,7 @@ Each system is started, measured at zero load (requests one at a time: two warm-
 the 10th, 50th and 90th percentile prompt lengths of the workload twice each, 16 output
 tokens; the fastest of each length counts), driven with every rate of the run, and stopped
 before the next one starts. The SLO scale,
-unless given, comes from the first system's zero-load measurement (`plan.auto_slo_scale`)
+unless given, comes from the first system's zero-load measurement (`workload.auto_slo_scale`)
 and holds for every system of the run, so all are judged against the same SLOs.
 """
 
@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from slos_serve.bench import plan as planmod
 from slos_serve.bench import signals
 from slos_serve.bench.capacity import (
     capacity_json,
@@ -37,6 +36,15 @@ from slos_serve.bench.loadgen import run_load
 from slos_serve.bench.records import CallResult, write_records
 from slos_serve.bench.report import render
 from slos_serve.bench.systems import make_system
+from slos_serve.bench.workload import (
+    WorkloadOptions,
+    auto_slo_scale,
+    cut_prompt,
+    loose_stage,
+    mean_rate,
+    to_bench_requests,
+    workload_requests,
+)
 
 T = TypeVar("T")
 ZERO_LOAD_OUTPUT = 16
@@ -47,7 +55,7 @@ class BenchConfig:
     systems: list[str]
     model: str
     out_dir: Path
-    workload: planmod.WorkloadOptions
+    workload: WorkloadOptions
     rates: list[float | None]  # None: a trace at its own (time-scaled) rate
     engine: str = "vllm"
     spec_tokens: int = 0
@@ -110,7 +118,7 @@ async def zero_load(driver: Any, corpus: Sequence[int], prompt_lengths: Sequence
     `warmup` requests first (2: one per `vllm serve` instance, which the driver alternates);
     then each length `repeat` times, keeping the fastest TTFT and TPOT: zero load is the
     best case, and one request descheduled by other work must not set the SLOs."""
-    loose = (planmod.StageSlo(ZERO_LOAD_OUTPUT, 1e6, 1e6),)
+    loose = (loose_stage(ZERO_LOAD_OUTPUT),)
     t0 = time.perf_counter()
 
     def clock() -> float:
@@ -120,7 +128,7 @@ async def zero_load(driver: Any, corpus: Sequence[int], prompt_lengths: Sequence
     best: dict[int, tuple[float, float]] = {}
     for k, n in enumerate(lengths):
         res = CallResult(sent=clock())
-        await driver.call(list(planmod.cut_prompt(corpus, n, 10_000 + k)), loose, res, clock)
+        await driver.call(list(cut_prompt(corpus, n, 10_000 + k)), loose, res, clock)
         times = res.token_times
         if k >= warmup and times:
             ttft = times[0] - res.sent
@@ -139,7 +147,7 @@ def probe_lengths(requests: Sequence[Any]) -> list[int]:
 def _label(rate: float | None, requests: Sequence[Any]) -> float:
     if rate is not None:
         return rate
-    r = planmod.mean_rate([q.arrival for q in requests])
+    r = mean_rate([q.arrival for q in requests])
     return float(f"{r:.3g}") if math.isfinite(r) else 0.0
 
 
@@ -152,7 +160,7 @@ class _Scale:
 
     def settle(self, system: str, samples: list[tuple[int, float, float]]) -> float:
         if self.value is None:
-            self.value = planmod.auto_slo_scale(samples)
+            self.value = auto_slo_scale(samples)
             self.source = f"auto: zero-load on {system}"
             print(f"SLO scale {self.value:g} (from zero-load on {system}: "
                   + ", ".join(f"{n} tok TTFT {1e3 * a:.0f} ms TPOT {1e3 * b:.1f} ms"
@@ -202,7 +210,7 @@ def run_compare(cfg: BenchConfig) -> Path:
     records_path = cfg.out_dir / "records.jsonl"
     records_path.unlink(missing_ok=True)
     corpus = load_corpus(cfg.model)
-    runs = [(rate, planmod.workload(cfg.workload, rate)) for rate in cfg.rates]
+    runs = [(rate, workload_requests(cfg.workload, rate)) for rate in cfg.rates]
     scale = _Scale(cfg.slo_scale)
     meta = _base_meta(cfg)
     lengths = probe_lengths(runs[0][1])
@@ -211,15 +219,15 @@ def run_compare(cfg: BenchConfig) -> Path:
             name, system = s.system.name, s.system
             for rate, reqs in runs:
                 label = _label(rate, reqs)
-                plan = planmod.build_plan(reqs, corpus, value)
+                requests = to_bench_requests(reqs, corpus, value)
                 res = s.run(run_load(
-                    plan, s.driver, system=name, scenario=cfg.workload.scenario, rate=label,
+                    requests, s.driver, system=name, scenario=cfg.workload.scenario, rate=label,
                     max_context=cfg.workload.max_context,
                     request_timeout_s=cfg.request_timeout_s, drain_s=cfg.drain_s,
                     progress=cfg.progress, extra={"slo_scale": value}))
                 write_records(records_path, res.records)
                 att = sum(r["attained"] for r in res.records) / max(1, len(res.records))
-                print(f"{name} @ {label:g} req/s: {len(plan)} requests, attainment "
+                print(f"{name} @ {label:g} req/s: {len(requests)} requests, attainment "
                       f"{100 * att:.1f} %, {res.wall_s:.0f} s", file=sys.stderr)
                 s.run(system.wait_idle())
     meta["finished_unix"] = time.time()
@@ -246,10 +254,10 @@ def _probe(s: LiveSession, cfg: BenchConfig, cap: CapacityConfig, corpus: Sequen
     name = s.system.name
     n = int(min(cap.max_requests, max(cap.min_requests, math.ceil(rate * cap.window_s))))
     wl = replace(cfg.workload, scenario=scenario, requests=n, duration_s=None)
-    plan = planmod.build_plan(planmod.workload(wl, rate), corpus, scale)
-    budget = int(math.floor((1 - cap.target) * len(plan)))
+    requests = to_bench_requests(workload_requests(wl, rate), corpus, scale)
+    budget = int(math.floor((1 - cap.target) * len(requests)))
     res = s.run(run_load(
-        plan, s.driver, system=name, scenario=scenario, rate=rate, max_context=wl.max_context,
+        requests, s.driver, system=name, scenario=scenario, rate=rate, max_context=wl.max_context,
         request_timeout_s=cfg.request_timeout_s, drain_s=cfg.drain_s, miss_budget=budget,
         progress=cfg.progress, extra={"slo_scale": scale, "probe": True}))
     for r in res.records:
@@ -274,7 +282,7 @@ def run_capacity(cfg: BenchConfig, cap: CapacityConfig) -> dict[str, Any]:
     scale = _Scale(cfg.slo_scale)
     meta = _base_meta(cfg)
     meta["capacity"] = asdict(cap)
-    pooled = [r for sc in cap.scenarios for r in planmod.workload(
+    pooled = [r for sc in cap.scenarios for r in workload_requests(
         replace(cfg.workload, scenario=sc, requests=cap.max_requests), 1.0)]
     lengths = probe_lengths(pooled)
     found: dict[str, dict[str, Any]] = {sc: {} for sc in cap.scenarios}

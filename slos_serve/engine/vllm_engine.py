@@ -85,38 +85,14 @@ class VllmEngine:
     def _engine_args(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
 
-        from kv_transfer.config import kv_transfer_config
+        from slos_serve.engine.vllm_args import engine_kwargs, serving_chunked_prefill
 
-        kwargs: dict[str, Any] = dict(
-            model=self._model,
-            dtype=self._dtype,
-            enforce_eager=True,
-            max_model_len=self._max_model_len,
-            seed=self._seed,
-            scheduler_cls=SCHEDULER_CLS,
-            scheduling_policy="priority" if self._scheduler == "slos" else "fcfs",
-            disable_log_stats=True,
-        )
-        chunked = self._chunked_prefill
-        if chunked is None:
-            from vllm.platforms import current_platform
-
-            chunked = False if current_platform.is_cpu() else None  # None: vLLM's default
-        if chunked is not None:
-            kwargs["enable_chunked_prefill"] = chunked
-            if not chunked:  # every prompt must fit one step
-                kwargs["max_num_batched_tokens"] = max(2048, self._max_model_len)
-        if self._kv_transfer:
-            kwargs["kv_transfer_config"] = kv_transfer_config()
-        if self._speculative_tokens > 0:
-            kwargs["speculative_config"] = {
-                "method": "ngram",
-                "num_speculative_tokens": self._speculative_tokens,
-                "prompt_lookup_max": 4,
-                "prompt_lookup_min": 2,
-            }
-        kwargs.update(self._extra)
-        return AsyncEngineArgs(**kwargs)
+        return AsyncEngineArgs(**engine_kwargs(
+            model=self._model, max_model_len=self._max_model_len, seed=self._seed,
+            scheduler=self._scheduler, dtype=self._dtype,
+            chunked_prefill=serving_chunked_prefill(self._chunked_prefill),
+            kv_transfer=self._kv_transfer, speculative_tokens=self._speculative_tokens,
+            extra=self._extra))
 
     async def start(self) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM

@@ -17,6 +17,12 @@ Mapping of the workloads' stages to calls (the live systems take one prompt per 
 SLOs: the workload's tiers are sized for the paper's GPUs (TTFT = factor x zero-load
 prefill of OPT-13B on A100, TPOT absolute); `slo_scale` multiplies both so that they fit
 this machine (see `auto_slo_scale`). Each call carries explicit ttft_ms / tpot_ms.
+
+A stage within a call is the core's stage SLO type, `slos_serve.core.stages.StageSpec`
+(tier: the request's; `max_tokens`: the stage's output tokens), which the records judge
+it with. A stage without a TTFT objective (one that continues a call) has `ttft_ms`
+`NO_TTFT` (infinity); `ttft_objective` turns that back into "none" where it is sent or
+recorded.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from slos_serve.core.stages import StageSpec
 from slos_serve.sim.workloads import (
     REFERENCE_DECODE_STEP_S,
     Request,
@@ -35,15 +42,19 @@ from slos_serve.sim.workloads import (
 )
 
 DEFAULT_MAX_CONTEXT = 2048  # the workers' and vllm serve's --max-model-len here
+NO_TTFT = math.inf  # a stage's ttft_ms when it has no TTFT objective
+LOOSE_MS = 1e6  # objectives every system meets: for requests whose SLOs play no part
 
 
-@dataclass(frozen=True)
-class StageSlo:
-    """One stage as served within a call: its output tokens and objectives (ms)."""
+def ttft_objective(stage: StageSpec) -> float | None:
+    """The stage's TTFT objective (ms) as sent and recorded: None where it has none."""
+    return None if math.isinf(stage.ttft_ms) else stage.ttft_ms
 
-    max_tokens: int
-    ttft_ms: float | None  # None: not judged (a stage that continues a call)
-    tpot_ms: float
+
+def loose_stage(max_tokens: int) -> StageSpec:
+    """One stage of `max_tokens` tokens under objectives every system meets (zero-load
+    probes, overhead checks)."""
+    return StageSpec(tier="", ttft_ms=LOOSE_MS, tpot_ms=LOOSE_MS, max_tokens=max_tokens)
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,7 @@ class Call:
     it is appended to the previous call's prompt and output."""
 
     new_prompt: tuple[int, ...]
-    stages: tuple[StageSlo, ...]
+    stages: tuple[StageSpec, ...]
     gap_s: float = 0.0
 
     @property
@@ -61,7 +72,9 @@ class Call:
 
 
 @dataclass(frozen=True)
-class PlannedRequest:
+class BenchRequest:
+    """One workload request as the load generator sends it: its calls with scaled SLOs."""
+
     id: int
     arrival: float  # s from the start of the run
     tier: str
@@ -73,7 +86,7 @@ class PlannedRequest:
         return sum(c.max_tokens for c in self.calls)
 
     @property
-    def stages(self) -> list[StageSlo]:
+    def stages(self) -> list[StageSpec]:
         return [s for c in self.calls for s in c.stages]
 
 
@@ -92,7 +105,7 @@ class WorkloadOptions:
     max_output: int | None = None  # clip every stage's output (load-generator checks)
 
 
-def workload(opts: WorkloadOptions, rate: float | None) -> list[Request]:
+def workload_requests(opts: WorkloadOptions, rate: float | None) -> list[Request]:
     """The simulator's requests for one run. With a trace, `rate` (if set) overrides the
     time scale so that the replay's mean rate is `rate`."""
     topts = TraceOptions(time_scale=opts.time_scale, max_context=opts.max_context,
@@ -131,12 +144,13 @@ def cut_prompt(corpus: Sequence[int], n: int, key: int) -> tuple[int, ...]:
 
 def to_calls(req: Request, corpus: Sequence[int], slo_scale: float) -> tuple[Call, ...]:
     """The calls of one workload request (see the module docstring for the mapping)."""
-    calls: list[tuple[tuple[int, ...], list[StageSlo], float]] = []
+    calls: list[tuple[tuple[int, ...], list[StageSpec], float]] = []
     for j, st in enumerate(req.stages):
-        slo = StageSlo(
-            max_tokens=st.output_tokens,
-            ttft_ms=None if st.ttft_slo is None else 1000 * st.ttft_slo * slo_scale,
+        slo = StageSpec(
+            tier=req.tier,
+            ttft_ms=NO_TTFT if st.ttft_slo is None else 1000 * st.ttft_slo * slo_scale,
             tpot_ms=1000 * st.tpot_slo * slo_scale,
+            max_tokens=st.output_tokens,
         )
         if j == 0 or st.prompt_tokens > 0:
             prompt = cut_prompt(corpus, st.prompt_tokens, req.id * 8 + j)
@@ -146,12 +160,12 @@ def to_calls(req: Request, corpus: Sequence[int], slo_scale: float) -> tuple[Cal
     return tuple(Call(p, tuple(s), g) for p, s, g in calls)
 
 
-def build_plan(
+def to_bench_requests(
     requests: Sequence[Request], corpus: Sequence[int], slo_scale: float
-) -> list[PlannedRequest]:
+) -> list[BenchRequest]:
     """Every workload request as calls with scaled SLOs, in arrival order."""
     return [
-        PlannedRequest(r.id, r.arrival, r.tier, r.scenario or r.tier,
+        BenchRequest(r.id, r.arrival, r.tier, r.scenario or r.tier,
                        to_calls(r, corpus, slo_scale))
         for r in sorted(requests, key=lambda r: r.arrival)
     ]
