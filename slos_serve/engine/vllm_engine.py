@@ -35,8 +35,6 @@ from slos_serve.engine.side_channel import (
     write_plan,
 )
 
-SCHEDULER_CLS = "slos_serve.engine.vllm_scheduler.SloScheduler"
-
 
 class VllmEngine:
     """Wraps AsyncLLM. Created in the worker process; vLLM spawns its engine core."""

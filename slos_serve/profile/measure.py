@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from slos_serve.core.perf_model import BatchShape
-from slos_serve.core.policy import MODE_ENV
+from slos_serve.engine.side_channel import MODE_ENV, PROFILE_PATH_ENV
 from slos_serve.engine.sim_engine import SimTiming
 from slos_serve.engine.vllm_args import engine_kwargs, ngram_speculation
 from slos_serve.profile.grid import MIN_PHASES, WARM_UP, Phase, PromptSource, code_tokens, grid
 from slos_serve.profile.machine import package_version, pick_core
 from slos_serve.profile.samples import count_lines, read_records
 
-PROFILE_PATH_ENV = "SLOS_PROFILE_PATH"  # read by the scheduler's sample recorder
 MODE = "vllm"  # measure vLLM's own steps: no SLO policy
 MAX_NUM_SEQS = 64  # the grid's largest decode batch
 
