@@ -18,7 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from slos_serve.core.perf_model import PerfModel
-from slos_serve.core.planner import Decision, Plan, PlanRequest, PlanWorker, Snapshot, plan
+from slos_serve.core.planner import (
+    Plan,
+    PlanRequest,
+    PlanWorker,
+    Snapshot,
+    Verdict,
+    plan,
+    plan_request,
+)
 
 MIN_DRAFTS_FOR_ALPHA = 64  # below this many drafts a tier's acceptance is not trusted
 PRIOR_ALPHA = 0.5  # acceptance assumed before any is measured (ngram on text)
@@ -118,13 +126,13 @@ class Admission:
         prompt_tokens: int,
         max_tokens: int,
         on_decline: str,
-    ) -> Decision:
+    ) -> Verdict:
         """The planner's decision for a new request; it is tracked unless rejected."""
         r = Tracked(request_id, now, ttft_deadline, tpot, prompt_tokens, max_tokens, on_decline)
         p = self.replan(now, new=r)
-        d = p.decision(request_id) if p is not None else None
+        d = p.verdict(request_id) if p is not None else None
         if d is None:
-            d = Decision(request_id, "reject" if on_decline == "reject" else "best_effort",
+            d = Verdict(request_id, "reject" if on_decline == "reject" else "best_effort",
                          None, None, "no worker is ready")
         if d.action != "reject":
             r.state = "admitted" if d.action == "admit" else "best_effort"
@@ -161,23 +169,22 @@ class Admission:
     # ------------------------------------------------------------ planning
 
     def _plan_request(self, r: Tracked) -> PlanRequest:
-        prefilling = r.stage == "prefill"
-        return PlanRequest(
-            id=r.id,
-            stage="prefill" if prefilling else "decode",
+        # a prompt counts as wholly unprefilled until its prefill worker answers
+        return plan_request(
+            r.id,
+            prefilling=r.stage == "prefill",
             arrival=r.arrival,
             ttft_deadline=r.ttft_deadline,
             tpot=r.tpot,
             prompt_tokens=r.prompt_tokens,
-            remaining_prefill=r.prompt_tokens if prefilling else 0,
+            prefill_left=r.prompt_tokens,
             generated=r.generated,
-            expected_output=max(r.max_tokens - r.generated, 0),
-            is_new=r.state == "new",
+            expected_output=r.max_tokens - r.generated,
             state=r.state,  # type: ignore[arg-type]
-            on_decline=r.on_decline,  # type: ignore[arg-type]
+            on_reject=r.on_decline,  # type: ignore[arg-type]
             prefill_worker=r.prefill_worker,
             decode_worker=r.decode_worker,
-            token_deadline=None if prefilling else r.due0 + r.generated * r.tpot,
+            pace_anchor=r.due0,
         )
 
     def replan(self, now: float, new: Tracked | None = None) -> Plan | None:
@@ -205,7 +212,7 @@ class Admission:
         self.route += 1 if new is not None else 0
         self.last = plan(snap)
         self.plans += 1
-        for d in self.last.decisions:  # reroutes of admitted requests whose worker left
+        for d in self.last.verdicts:  # reroutes of admitted requests whose worker left
             r = self.requests.get(d.request_id)
             if r is not None and d.reason == "rerouted":
                 r.prefill_worker, r.decode_worker = d.prefill_worker, d.decode_worker

@@ -28,7 +28,7 @@ from coordinator.pool import WorkerHandle, WorkerPool
 from coordinator.validate import InvalidRequest, ModelFacts, RequestSpec, validate
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
-from slos_serve.core.planner import Decision
+from slos_serve.core.planner import Verdict
 from slos_serve.core.slo import TierTable
 from slos_serve.core.stages import StageTracker
 from slos_serve.metrics import CoordinatorMetrics
@@ -140,10 +140,10 @@ class CoordinatorService(pb_grpc.SloServeServicer):
 
     def _decide(
         self, rid: str, spec: RequestSpec, received_unix: float
-    ) -> tuple[Decision, WorkerHandle | None, WorkerHandle | None]:
+    ) -> tuple[Verdict, WorkerHandle | None, WorkerHandle | None]:
         """The decision and the workers: the planner's, or round-robin for "vllm"."""
         if self.admission is None:
-            decision = Decision(rid, "admit", None, None, "")
+            decision = Verdict(rid, "admit", None, None, "")
         else:
             self.admission.set_workers(self._views())
             decision = self.admission.admit(
@@ -269,7 +269,7 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         received: float,
         received_unix: float,
         context: grpc.aio.ServicerContext,
-        decision: Decision,
+        decision: Verdict,
         prefill_worker: WorkerHandle | None,
         decode_worker: WorkerHandle | None,
     ) -> AsyncIterator[pb.GenerateResponse]:

@@ -93,7 +93,7 @@ def _cfg(args: argparse.Namespace):
         ratio = (p, d)
     return SimConfig(workers=args.workers, pd_ratio=ratio, seed=args.seed,
                      spec_alpha=args.spec_alpha, max_spec_len=args.max_spec_len,
-                     kv_bandwidth=args.kv_bandwidth * 1e9, on_decline=args.on_decline)
+                     kv_bandwidth=args.kv_bandwidth * 1e9, on_reject=args.on_decline)
 
 
 def _spec(args: argparse.Namespace, scenario: str, rate: float, n: int) -> WorkloadSpec:

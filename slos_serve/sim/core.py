@@ -50,7 +50,7 @@ class SimConfig:
     max_spec_len: int = 8
     seed: int = 0
     pd_ratio: tuple[int, int] | None = None  # disaggregated systems: P:D (None: best of)
-    on_decline: str = "best_effort"  # planner systems: what a declined request asks for
+    on_reject: str = "best_effort"  # planner systems: what a declined request asks for
     miss_budget: int | None = None  # stop early once this many requests have missed
     horizon_s: float = 600.0  # stop this long after the last arrival
 

@@ -37,15 +37,15 @@ reserves in KV on top of its current context (1.0: its peak; 0.5: its average ov
 growth -- an overcommit that the eviction above covers); PREFILL_BATCH_TOKENS is a prefill
 worker's batch size as the planner sees it (the planner's budgets count partial batches, so
 short prompts with a TTFT shorter than one full batch are no longer declined for it);
-ON_DECLINE is what a declined request asks for by default ("best_effort" or "reject";
-SimConfig.on_decline and `--on-decline` override it).
+ON_REJECT is what a declined request asks for by default ("best_effort" or "reject";
+SimConfig.on_reject and `--on-decline` override it).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from slos_serve.core.planner import Plan, PlanRequest, PlanWorker, Snapshot, plan
+from slos_serve.core.planner import Plan, PlanRequest, PlanWorker, Snapshot, plan, plan_request
 from slos_serve.sim.core import Batch, Cluster, SimRequest, Worker
 
 BLOCK = 16  # KV block size the planner counts in
@@ -53,7 +53,7 @@ KV_OVERCOMMIT = 1.0
 KV_OUTPUT_RESERVE = 0.5  # planner reserves context + this fraction of the remaining output
 MAX_BATCH_TOKENS = 2048  # vLLM's default chunked-prefill budget, as the baselines
 PREFILL_BATCH_TOKENS = 2048
-ON_DECLINE = "best_effort"
+ON_REJECT = "best_effort"
 HOLD_KV_FRACTION = 0.7  # mixed workers hold decoders back only below this KV use
 NEW_GAP = 0.02  # s between plans while new requests wait for a decision
 PERIOD = 0.5  # s between plans otherwise (if anything changed): decode cadences
@@ -98,21 +98,20 @@ class _Exec:
 
 
 class SlosSystem:
-    def __init__(self, colocated: bool = False, on_decline: str | None = None) -> None:
+    def __init__(self, colocated: bool = False, on_reject: str | None = None) -> None:
         self.name = "slos-colocated" if colocated else "slos"
         self.colocated = colocated
-        self.on_decline = on_decline  # None: SimConfig.on_decline
+        self.on_reject = on_reject  # None: SimConfig.on_reject
         self.undecided: dict[int, SimRequest] = {}
         self.last_plan = -1.0
         self.dirty = False
         self.route = 0
-        self.plans = 0
 
     # ------------------------------------------------------------ setup and events
 
     def setup(self, cluster: Cluster) -> None:
         self.c = cluster
-        self.on_decline = self.on_decline or cluster.cfg.on_decline or ON_DECLINE
+        self.on_reject = self.on_reject or cluster.cfg.on_reject or ON_REJECT
         self.ex = [_Exec(w) for w in cluster.workers]
         cap = int(cluster.workers[0].kv_capacity * KV_OVERCOMMIT) // BLOCK
         self.pworkers = [
@@ -236,23 +235,22 @@ class SlosSystem:
             state = "admitted" if r.decision == "admit" else "best_effort"
         computed = r.context if prefilling else r.context - r.generated
         pp, pd = r.pinned_prefill, r.pinned_decode
-        return PlanRequest(
+        return plan_request(
             str(r.id),
-            "prefill" if prefilling else "decode",
-            r.req.arrival,
-            r.stage_start[r.stage] + (st.ttft_slo if st.ttft_slo is not None else 1e9),
-            st.tpot_slo,
-            computed + r.todo_prefill if prefilling else max(computed, 1),
-            r.todo_prefill if prefilling else 0,
-            r.generated,
-            st.output_tokens - r.generated + tail[1],
-            None,
-            state == "new",
-            state,
-            self.on_decline,
-            None if pp is None else self.names[pp],
-            None if pd is None else self.names[pd],
-            r.due0 + r.generated * r.tpot if r.phase == "decode" else None,
+            prefilling=prefilling,
+            arrival=r.req.arrival,
+            ttft_deadline=r.stage_start[r.stage] + (st.ttft_slo if st.ttft_slo is not None
+                                                    else 1e9),
+            tpot=st.tpot_slo,
+            prompt_tokens=computed + r.todo_prefill if prefilling else max(computed, 1),
+            prefill_left=r.todo_prefill,
+            generated=r.generated,
+            expected_output=st.output_tokens - r.generated + tail[1],
+            state=state,
+            on_reject=self.on_reject,
+            prefill_worker=None if pp is None else self.names[pp],
+            decode_worker=None if pd is None else self.names[pd],
+            pace_anchor=r.due0 if r.phase == "decode" else None,
         )
 
     def _replan(self) -> None:
@@ -266,7 +264,6 @@ class SlosSystem:
         live = [r for r in self.live.values() if r.phase not in ("done", "gap") and not (
             r.decision == "best_effort" and r.phase == "prefill" and r.context == 0
             and r.id not in self.undecided)]
-        prompts = [r.cur.prompt_tokens for r in live if r.phase == "prefill"] or [0]
         snap = Snapshot(
             now=now,
             requests=[self._plan_request(r) for r in live],
@@ -276,12 +273,9 @@ class SlosSystem:
             max_spec_len=c.cfg.max_spec_len,
             route_start=self.route,
             kv_output_reserve=KV_OUTPUT_RESERVE,
-            kv_transfer_time=0.0 if self.colocated else c.transfer_time(
-                sum(prompts) // len(prompts)),
         )
         self.route += len(self.undecided)
         p = plan(snap)
-        self.plans += 1
         self.last_plan = now
         self.dirty = False
         self._apply(p)
@@ -289,7 +283,7 @@ class SlosSystem:
     def _apply(self, p: Plan) -> None:
         new = {str(r.id): r for r in self.undecided.values()}
         self.undecided = {}
-        for d in p.decisions:
+        for d in p.verdicts:
             r = new.pop(d.request_id, None)
             if r is None:
                 continue
