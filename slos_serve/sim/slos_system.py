@@ -4,11 +4,11 @@ simulated cluster through the same records the live coordinator uses (Snapshot -
 The planner decides admission (admit / best effort / reject) and routing for new requests and
 publishes per-worker schedules; the workers here execute them as the live workers' schedulers
 do between plans:
-- prefill chunks in earliest-TTFT-deadline order (the plan's order; a tool call's second stage
+- prefill chunks in earliest-TTFT-deadline order (the plan's order; a tool call's second segment
   that started since the last plan takes its place by deadline), admitted before best effort,
   within the plan's per-batch token budget (on mixed workers, what the batch period leaves
   after the decodes);
-- decodes by earliest next-token deadline (the stage's first token + k * TPOT) with the
+- decodes by earliest next-token deadline (the segment's first token + k * TPOT) with the
   speculative length the plan chose for the request's TPOT tier. On a mixed worker with prefill
   waiting and KV memory not short (use below HOLD_KV_FRACTION), a decoder is held back until
   its token is due within two periods (the paper's EDF cadence, which frees room for
@@ -60,16 +60,16 @@ PERIOD = 0.5  # s between plans otherwise (if anything changed): decode cadences
 
 
 def _set_pace(r: SimRequest) -> None:
-    """Fix r's token schedule for its stage: token k after the stage's first is due at
-    first + k * TPOT (a stage without a prompt: its start + (k + 1) * TPOT), which keeps the
-    stage's average TPOT within the SLO."""
+    """Fix r's token schedule for its segment: token k after the segment's first is due at
+    first + k * TPOT (a segment without a prompt: its start + (k + 1) * TPOT), which keeps the
+    segment's average TPOT within the SLO."""
     st = r.cur
-    first = r.first_token[r.stage]
+    first = r.first_token[r.segment]
     r.tpot = st.tpot_slo
     if st.prompt_tokens > 0 and first is not None:
         r.due0 = first
     else:
-        r.due0 = r.stage_start[r.stage] + st.tpot_slo
+        r.due0 = r.segment_start[r.segment] + st.tpot_slo
 
 
 def _due(r: SimRequest) -> float:
@@ -129,8 +129,8 @@ class SlosSystem:
         if any(e.w.batch is None and e.w.role != "decode" for e in self.ex):
             self._replan()
 
-    def on_stage_start(self, r: SimRequest) -> None:
-        """A later stage (tool result) needs a prefill: keep r's decision and decode worker."""
+    def on_segment_start(self, r: SimRequest) -> None:
+        """A later segment (tool result) needs a prefill: keep r's decision and decode worker."""
         self.live[r.id] = r
         if self.colocated:
             idx = r.pinned_prefill
@@ -166,7 +166,7 @@ class SlosSystem:
         self.ex[w.idx].decoders[r.id] = r
         self.ex[w.idx].changed = True
 
-    def on_stage_switch(self, r: SimRequest) -> None:
+    def on_segment_switch(self, r: SimRequest) -> None:
         _set_pace(r)
         self.dirty = True
 
@@ -174,7 +174,7 @@ class SlosSystem:
         for e in self.ex:
             e.decoders.pop(r.id, None)
             e.prefill.pop(r.id, None)
-        self.live.pop(r.id, None)  # done, or paused until its next stage starts
+        self.live.pop(r.id, None)  # done, or paused until its next segment starts
         self.dirty = True
 
     # ------------------------------------------------------------ memory
@@ -225,9 +225,10 @@ class SlosSystem:
     def _plan_request(self, r: SimRequest) -> PlanRequest:
         st = r.cur
         tail = r.extra.get("tail")
-        if tail is None or tail[0] != r.stage:
-            rest = r.req.stages[r.stage + 1:]
-            tail = r.extra["tail"] = (r.stage, sum(s.prompt_tokens + s.output_tokens for s in rest))
+        if tail is None or tail[0] != r.segment:
+            rest = r.req.segments[r.segment + 1:]
+            tail = r.extra["tail"] = (r.segment,
+                                      sum(s.prompt_tokens + s.output_tokens for s in rest))
         prefilling = r.todo_prefill > 0 and r.phase == "prefill"
         if r.id in self.undecided:
             state = "new"
@@ -239,7 +240,7 @@ class SlosSystem:
             str(r.id),
             prefilling=prefilling,
             arrival=r.req.arrival,
-            ttft_deadline=r.stage_start[r.stage] + (st.ttft_slo if st.ttft_slo is not None
+            ttft_deadline=r.segment_start[r.segment] + (st.ttft_slo if st.ttft_slo is not None
                                                     else 1e9),
             tpot=st.tpot_slo,
             prompt_tokens=computed + r.todo_prefill if prefilling else max(computed, 1),
@@ -386,11 +387,12 @@ class SlosSystem:
             room = min(room, e.budget)
         if room <= 0 or not e.prefill:
             return
-        # admitted first, earliest TTFT deadline first (the plan's order; a later stage that
+        # admitted first, earliest TTFT deadline first (the plan's order; a later segment that
         # started since the last plan takes its place by deadline), then best effort
         todo = sorted(
             e.prefill.values(),
-            key=lambda r: (r.decision != "admit", r.stage_start[r.stage] + (r.cur.ttft_slo or 1e9)),
+            key=lambda r: (r.decision != "admit",
+                           r.segment_start[r.segment] + (r.cur.ttft_slo or 1e9)),
         )
         now, model = self.c.now, self.c.model
         limit = float("inf")  # the batch ends by the TTFT deadline of each prompt it finishes
@@ -400,7 +402,7 @@ class SlosSystem:
             if r.todo_prefill <= 0:
                 continue
             n = min(room, r.todo_prefill)
-            due = r.stage_start[r.stage] + (r.cur.ttft_slo or 1e9)
+            due = r.segment_start[r.segment] + (r.cur.ttft_slo or 1e9)
             lim = min(limit, due) if n == r.todo_prefill and r.decision == "admit" else limit
             if lim < limit or (limit < float("inf") and n > 0):
                 sh = b.shape()
