@@ -45,7 +45,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from slos_serve.core.planner import Plan, PlanRequest, PlanWorker, Snapshot, plan, plan_request
+from slos_serve.core import policy
+from slos_serve.core.planner import (
+    Plan,
+    PlanRequest,
+    PlanWorker,
+    Snapshot,
+    engine_plan,
+    plan,
+    plan_request,
+)
 from slos_serve.sim.core import Batch, Cluster, SimRequest, Worker
 
 BLOCK = 16  # KV block size the planner counts in
@@ -72,6 +81,24 @@ def _set_pace(r: SimRequest) -> None:
         r.due0 = r.segment_start[r.segment] + st.tpot_slo
 
 
+def request_slo(r: SimRequest) -> policy.RequestSlo:
+    """r's SLO as the engines get it (SamplingParams.extra_args["slo"]) for its current
+    segment: its TTFT deadline (of the call the segment belongs to), TPOT and class."""
+    key = (r.segment, r.decision)
+    cached = r.extra.get("slo")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    call = r.segment
+    while call > 0 and r.req.segments[call].ttft_slo is None:
+        call -= 1  # a segment without a prompt continues its call
+    ttft = r.req.segments[call].ttft_slo
+    slo = policy.RequestSlo(
+        ttft_deadline_unix=r.segment_start[call] + ttft if ttft is not None else 0.0,
+        tpot_ms=r.cur.tpot_slo * 1000.0, best_effort=r.decision != "admit", tier=r.req.tier)
+    r.extra["slo"] = (key, slo)
+    return slo
+
+
 def _due(r: SimRequest) -> float:
     """When r's next token is due (see _set_pace)."""
     return r.due0 + r.generated * r.tpot
@@ -88,7 +115,7 @@ class _Exec:
         self.budget = MAX_BATCH_TOKENS
         self.period = 0.05
         self.step_tokens = MAX_BATCH_TOKENS
-        self.spec: dict[float, int] = {}  # TPOT -> speculative length
+        self.plan = policy.Plan()  # this worker's share of the last plan, as engines get it
         self.wake_at: float | None = None
         self.changed = True  # work arrived since the worker last went to sleep
 
@@ -317,7 +344,8 @@ class SlosSystem:
             if dp.step_time > 0:
                 e.period = dp.step_time
                 e.step_tokens = dp.step_token_budget
-            e.spec = {t.tpot: t.spec_len for t in dp.tiers}
+        for e in self.ex:
+            e.plan = engine_plan(p, e.w.name, e.w.role, p.now)
 
     # ------------------------------------------------------------ batches
 
@@ -365,7 +393,7 @@ class SlosSystem:
                 break
             if r.phase != "decode":  # evicted by an earlier request of this batch
                 continue
-            s = min(e.spec.get(r.tpot, 0), max(r.remaining_output - 1, 0))
+            s = self._spec_len(r, e)
             if not self._alloc(r, e, r.context + 1 + s):
                 continue
             b.decode.append((r, s))
@@ -377,10 +405,17 @@ class SlosSystem:
         for d, r in be:
             if room <= 0 or d >= horizon:
                 break
-            if r.phase == "decode" and self._alloc(r, e, r.context + 1):
-                b.decode.append((r, 0))
-                room -= 1
+            s = min(self._spec_len(r, e), max(room - 1, 0))
+            if r.phase == "decode" and self._alloc(r, e, r.context + 1 + s):
+                b.decode.append((r, s))
+                room -= 1 + s
         return room
+
+    def _spec_len(self, r: SimRequest, e: _Exec) -> int:
+        """Drafts of r's next verify step: the engines' cap (policy.spec_cap), and no more
+        than the tokens r still has to generate."""
+        cap = policy.spec_cap(request_slo(r), 0, e.plan, self.c.cfg.max_spec_len)
+        return min(cap, max(r.remaining_output - 1, 0))
 
     def _prefills(self, e: _Exec, b: Batch, room: int) -> None:
         if e.w.role == "prefill":

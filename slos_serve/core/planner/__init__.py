@@ -80,10 +80,11 @@ from slos_serve.core.planner.records import (
     plan_request,
 )
 from slos_serve.core.planner.schedule import PREFILL_HORIZON
+from slos_serve.core.planner.shares import engine_plan
 from slos_serve.core.planner.steps import plan
 
 __all__ = [
     "PREFILL_HORIZON", "Action", "DecodePlan", "OnReject", "Phase", "Plan", "PlanRequest",
     "PlanWorker", "PlannedBatch", "PrefillSchedule", "Role", "Snapshot", "State", "TierCadence",
-    "Verdict", "plan", "plan_request",
+    "Verdict", "engine_plan", "plan", "plan_request",
 ]
