@@ -54,19 +54,20 @@ class BatchDraft:
     prefill: list[tuple[str, int]] = field(default_factory=list)
     served: list[DueDecoder] = field(default_factory=list)  # admitted decoders it serves
     finished: list[QueuedPrompt] = field(default_factory=list)  # committed prompts it ends
-    prefill_tokens: int = 0
-    decode_tokens: int = 0
-    verify_tokens: int = 0
-    num_requests: int = 0
-    context_tokens: int = 0
-    spec_steps: int = 0
+    admitted: BatchShape = BatchShape()  # the admitted decoders' part
     reserved: int = 0  # decode tokens held in aggregate (beyond the decode horizon)
+    # what the rest adds: prompt chunks (tokens, their KV context), best-effort decodes
+    prefill_tokens: int = 0
+    chunk_context: int = 0
+    best_effort: int = 0
+    chunks: int = 0
 
     def shape(self, *, prefill_tokens: int = 0, more_requests: int = 0,
               more_context: int = 0) -> BatchShape:
-        return BatchShape(prefill_tokens, self.decode_tokens, self.verify_tokens,
-                          self.num_requests + more_requests, self.context_tokens + more_context,
-                          self.spec_steps)
+        a = self.admitted
+        return BatchShape(prefill_tokens, a.decode_tokens + self.best_effort, a.verify_tokens,
+                          a.num_requests + self.best_effort + self.chunks + more_requests,
+                          a.context_tokens + self.chunk_context + more_context, a.spec_steps)
 
     def empty(self) -> bool:
         return not self.prefill and not self.decode and not self.reserved
@@ -182,11 +183,8 @@ class ScheduleEmitter:
             if self.agg is None:
                 self.agg = decode_shape(self.ctx.tier_loads(self.load.counts), cfg.spec,
                                         cfg.every)
-            a = self.agg
-            b.decode_tokens, b.verify_tokens, b.num_requests = (a.decode_tokens, a.verify_tokens,
-                                                                a.num_requests)
-            b.context_tokens, b.spec_steps = a.context_tokens, a.spec_steps
-            b.reserved = b.decode_tokens + b.verify_tokens
+            b.admitted = self.agg  # (no prefill part)
+            b.reserved = self.agg.decode_tokens + self.agg.verify_tokens
             return
         heap, spec, pop = self.heap, cfg.spec, heapq.heappop
         horizon, claim_from = s + PACE_STEPS * u, s + u - EPS
@@ -208,13 +206,14 @@ class ScheduleEmitter:
             if self.feasible and due >= claim_from:
                 claim = min(claim, due)
             served.append(e)
-        b.decode_tokens, b.verify_tokens, b.num_requests = dec, ver, nreq
-        b.context_tokens, b.spec_steps, b.claim = ctxt, steps, claim
+        b.admitted = BatchShape(0, dec, ver, nreq, ctxt, steps)
+        b.claim = claim
 
     def _prefill_room(self, b: BatchDraft) -> int:
         if not self.prefills:
             return 0
-        room = self.load.worker.max_batch_tokens - b.decode_tokens - b.verify_tokens
+        room = (self.load.worker.max_batch_tokens - b.admitted.decode_tokens
+                - b.admitted.verify_tokens)
         if self.load.role == "mixed":
             room = min(room, self.model.prefill_capacity(self.u, b.shape()))
         return room
@@ -239,12 +238,12 @@ class ScheduleEmitter:
                     if n <= 0:
                         break
             b.prefill.append((q.prompt.req.id, n))
-            b.context_tokens += q.computed
+            b.chunk_context += q.computed
             q.left -= n
             q.computed += n
             room -= n
             b.prefill_tokens += n
-            b.num_requests += 1
+            b.chunks += 1
             if q.left == 0:
                 b.finished.append(q.prompt)
                 self.qi += 1
@@ -255,8 +254,7 @@ class ScheduleEmitter:
         while not b.reserved and be and be[0].due < b.start + PACE_STEPS * u and room > 0:
             e = heapq.heappop(be)
             b.decode.append((e.req.id, 1))
-            b.decode_tokens += 1
-            b.num_requests += 1
+            b.best_effort += 1
             room -= 1
         return room
 
@@ -267,7 +265,7 @@ class ScheduleEmitter:
             self.be_left[self.bi] -= n
             room -= n
             b.prefill_tokens += n
-            b.num_requests += 1
+            b.chunks += 1
             if self.be_left[self.bi] == 0:
                 self.bi += 1
 
