@@ -18,9 +18,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from slos_serve.core.perf_model import PerfModel
-from slos_serve.core.planner import Decision, Plan, PlanRequest, PlanWorker, Snapshot, plan
+from slos_serve.core.planner import (
+    Plan,
+    PlanRequest,
+    PlanWorker,
+    Snapshot,
+    Verdict,
+    engine_plan,
+    plan,
+    plan_request,
+)
 from slos_serve.core.policy import TierStats
-from slos_serve.core.worker_plan import TierSpec, WorkerPlan
+from slos_serve.core.worker_plan import WorkerPlan
 
 MIN_DRAFTS_FOR_ALPHA = 64  # below this many drafts a tier's acceptance is not trusted
 PRIOR_ALPHA = 0.5  # acceptance assumed before any is measured (ngram on text)
@@ -49,7 +58,7 @@ class Tracked:
     tpot: float  # seconds, of the current stage
     prompt_tokens: int
     max_tokens: int
-    on_decline: str
+    on_reject: str
     state: str = "new"  # "admitted" | "best_effort"
     prefill_worker: str | None = None
     decode_worker: str | None = None
@@ -109,14 +118,14 @@ class Admission:
         tpot: float,
         prompt_tokens: int,
         max_tokens: int,
-        on_decline: str,
-    ) -> Decision:
+        on_reject: str,
+    ) -> Verdict:
         """The planner's decision for a new request; it is tracked unless rejected."""
-        r = Tracked(request_id, now, ttft_deadline, tpot, prompt_tokens, max_tokens, on_decline)
+        r = Tracked(request_id, now, ttft_deadline, tpot, prompt_tokens, max_tokens, on_reject)
         p = self.replan(now, new=r)
-        d = p.decision(request_id) if p is not None else None
+        d = p.verdict(request_id) if p is not None else None
         if d is None:
-            d = Decision(request_id, "reject" if on_decline == "reject" else "best_effort",
+            d = Verdict(request_id, "reject" if on_reject == "reject" else "best_effort",
                          None, None, "no worker is ready")
         if d.action != "reject":
             r.state = "admitted" if d.action == "admit" else "best_effort"
@@ -153,23 +162,22 @@ class Admission:
     # ------------------------------------------------------------ planning
 
     def _plan_request(self, r: Tracked) -> PlanRequest:
-        prefilling = r.stage == "prefill"
-        return PlanRequest(
-            id=r.id,
-            stage="prefill" if prefilling else "decode",
+        # a prompt counts as wholly unprefilled until its prefill worker answers
+        return plan_request(
+            r.id,
+            prefilling=r.stage == "prefill",
             arrival=r.arrival,
             ttft_deadline=r.ttft_deadline,
             tpot=r.tpot,
             prompt_tokens=r.prompt_tokens,
-            remaining_prefill=r.prompt_tokens if prefilling else 0,
+            prefill_left=r.prompt_tokens,
             generated=r.generated,
-            expected_output=max(r.max_tokens - r.generated, 0),
-            is_new=r.state == "new",
+            expected_output=r.max_tokens - r.generated,
             state=r.state,  # type: ignore[arg-type]
-            on_decline=r.on_decline,  # type: ignore[arg-type]
+            on_reject=r.on_reject,  # type: ignore[arg-type]
             prefill_worker=r.prefill_worker,
             decode_worker=r.decode_worker,
-            token_deadline=None if prefilling else r.due0 + r.generated * r.tpot,
+            pace_anchor=r.due0,
         )
 
     def replan(self, now: float, new: Tracked | None = None) -> Plan | None:
@@ -196,7 +204,7 @@ class Admission:
         )
         self.route += 1 if new is not None else 0
         self.last = plan(snap)
-        for d in self.last.decisions:  # reroutes of admitted requests whose worker left
+        for d in self.last.verdicts:  # reroutes of admitted requests whose worker left
             r = self.requests.get(d.request_id)
             if r is not None and d.reason == "rerouted":
                 r.prefill_worker, r.decode_worker = d.prefill_worker, d.decode_worker
@@ -207,17 +215,6 @@ class Admission:
         coordinator stamps it when it sends it)."""
         if self.last is None:
             return {}
-        out: dict[str, WorkerPlan] = {}
-        for wid, sched in self.last.prefill.items():
-            out[wid] = WorkerPlan(step_token_budget=sched.token_budget)
-        for wid, dp in self.last.decode.items():
-            tiers = sorted(
-                (TierSpec(round(t.tpot * 1000, 3), t.spec_len, round(t.interval * 1000, 3))
-                 for t in dp.tiers),
-                key=lambda t: (t.tpot_ms, t.spec_tokens, t.interval_ms),
-            )
-            role = next((w.role for w in self.workers if w.id == wid), "decode")
-            budget = dp.step_token_budget if dp.feasible else 0
-            out[wid] = WorkerPlan(step_token_budget=budget, tiers=tuple(tiers),
-                                  pace=role == "mixed")
-        return out
+        roles = {w.id: w.role for w in self.workers}
+        return {wid: engine_plan(self.last, wid, roles.get(wid, "decode"))
+                for wid in {*self.last.prefill, *self.last.decode}}

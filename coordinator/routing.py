@@ -21,7 +21,7 @@ import grpc
 from coordinator.admission import Admission, WorkerView
 from coordinator.pool import WorkerHandle, WorkerPool
 from coordinator.validate import RequestSpec
-from slos_serve.core.planner import Decision
+from slos_serve.core.planner import Verdict
 from slos_serve.core.worker_plan import WorkerPlan
 from slos_serve.wire import plan_to_proto, tier_stats_from_proto
 
@@ -36,7 +36,7 @@ SET_PLAN_TIMEOUT_S = 2.0
 class Route:
     """The decision on a request and the workers that serve it (None: none is healthy)."""
 
-    decision: Decision
+    decision: Verdict
     prefill: WorkerHandle | None
     decode: WorkerHandle | None
 
@@ -55,7 +55,7 @@ class RoundRobinRouting:
 
     def decide(self, rid: str, spec: RequestSpec, received_unix: float,
                ttft_deadline_unix: float) -> Route:
-        return Route(Decision(rid, "admit", None, None, ""), self.pool.pick("prefill"),
+        return Route(Verdict(rid, "admit", None, None, ""), self.pool.pick("prefill"),
                      self.pool.pick("decode"))
 
     def first_token(self, rid: str) -> None:

@@ -161,15 +161,15 @@ def test_workload_maps_stages_to_calls_and_scales_slos() -> None:
         sent = to_bench_requests(reqs, corpus, slo_scale=2.0)
         for p, r in zip(sent, reqs, strict=True):
             assert len(p.calls) == ncalls and len(p.stages) == nstages
-            assert len(p.calls[0].new_prompt) == r.stages[0].prompt_tokens
+            assert len(p.calls[0].new_prompt) == r.segments[0].prompt_tokens
             assert p.output_tokens == r.output_tokens
-            for s, st in zip(p.stages, r.stages, strict=True):
+            for s, st in zip(p.stages, r.segments, strict=True):
                 assert s.tpot_ms == pytest.approx(2000 * st.tpot_slo)
                 assert (ttft_objective(s) is None) == (st.ttft_slo is None)
                 if ttft_objective(s) is not None:
                     assert s.ttft_ms == pytest.approx(2000 * st.ttft_slo)
             if scenario == "tool":
-                assert p.calls[1].gap_s == r.stages[1].gap_s
+                assert p.calls[1].gap_s == r.segments[1].gap_s
     # follow-up prompt: conversation so far + new tokens, oldest dropped to fit the context
     assert follow_up_prompt([1, 2, 3], [4, 5], [6], max_tokens=2, max_context=8) == [
         1, 2, 3, 4, 5, 6]
@@ -182,7 +182,7 @@ def test_duration_and_max_output_bound_the_workload() -> None:
     cut = workload_requests(WorkloadOptions(requests=50, duration_s=3.0, max_output=7), 5.0)
     assert 0 < len(cut) < len(full)
     assert all(r.arrival <= 3.0 for r in cut)
-    assert all(s.output_tokens <= 7 for r in cut for s in r.stages)
+    assert all(s.output_tokens <= 7 for r in cut for s in r.segments)
 
 
 def test_trace_replay_with_time_scale_and_max_context() -> None:
@@ -195,10 +195,10 @@ def test_trace_replay_with_time_scale_and_max_context() -> None:
     for a, b, row in zip(raw, half, rows, strict=True):
         assert b.arrival == pytest.approx(a.arrival / 2)
         assert a.arrival == pytest.approx(row.t)
-        assert b.total_tokens <= 1024 and b.stages[0].output_tokens >= 1
+        assert b.total_tokens <= 1024 and b.segments[0].output_tokens >= 1
     # a short trace row keeps its lengths; a long one is clipped (prompt first)
-    assert half[2].stages[0].prompt_tokens == rows[2].context_tokens == 476
-    assert half[0].stages[0].prompt_tokens == 1023 and half[0].output_tokens == 1
+    assert half[2].segments[0].prompt_tokens == rows[2].context_tokens == 476
+    assert half[0].segments[0].prompt_tokens == 1023 and half[0].output_tokens == 1
     # a rate overrides the time scale: the replay's mean rate is the rate asked
     fast = workload_requests(WorkloadOptions(trace=str(TRACE), requests=100), 10.0)
     assert mean_rate([r.arrival for r in fast]) == pytest.approx(10.0)

@@ -32,7 +32,7 @@ def disagg(kv: int = 10_000, prefill_tokens: int = 100, n_prefill: int = 1) -> l
 
 
 def actions(p: Plan) -> dict[str, str]:
-    return {d.request_id: d.action for d in p.decisions}
+    return {d.request_id: d.action for d in p.verdicts}
 
 
 def test_only_one_of_two_requests_can_meet_its_ttft() -> None:
@@ -41,7 +41,7 @@ def test_only_one_of_two_requests_can_meet_its_ttft() -> None:
     p = plan(Snapshot(0.0, reqs, disagg()))
     acts = actions(p)
     assert sorted(acts.values()) == ["admit", "best_effort"]
-    reqs = [replace(r, on_decline="reject") for r in reqs]
+    reqs = [replace(r, on_reject="reject") for r in reqs]
     assert sorted(actions(plan(Snapshot(0.0, reqs, disagg()))).values()) == ["admit", "reject"]
     # with a later deadline both fit (two batches end at 0.22 s)
     reqs = [prefill_req("a", 100, 0.25), prefill_req("b", 100, 0.25)]
@@ -68,7 +68,7 @@ def test_admission_is_bounded_by_kv_memory() -> None:
     p = plan(Snapshot(0.0, reqs, [PlanWorker("p0", "prefill", TOY, 100),
                                   PlanWorker("d0", "decode", TOY, 10)]))
     assert list(actions(p).values()).count("admit") == 2
-    declined = [d for d in p.decisions if d.action != "admit"]
+    declined = [d for d in p.verdicts if d.action != "admit"]
     assert "decode" in declined[0].reason
     # colocated: prompt and output share the same 10 blocks
     p = plan(Snapshot(0.0, reqs, [PlanWorker("m0", "mixed", TOY, 10)]))
@@ -125,7 +125,7 @@ def test_admitted_request_is_kept_even_when_it_is_already_late() -> None:
     new = prefill_req("new", 50, 0.2)
     p = plan(Snapshot(0.0, [old, new], disagg()))
     assert "old" in p.admitted and "old" in p.prefill["p0"].order
-    assert p.decision("old") is None  # no decision revisits an admitted request
+    assert p.verdict("old") is None  # no decision revisits an admitted request
     # "old" (300 tokens) is served first in EDF order, so "new" cannot finish by 0.2 s
     assert actions(p) == {"new": "best_effort"}
 
@@ -133,7 +133,7 @@ def test_admitted_request_is_kept_even_when_it_is_already_late() -> None:
 def test_routing_starts_at_i_mod_r_and_moves_on_when_full() -> None:
     reqs = [prefill_req(f"r{i}", 100, 0.15) for i in range(3)]
     p = plan(Snapshot(0.0, reqs, disagg(n_prefill=2), route_start=1))
-    d = {x.request_id: x for x in p.decisions}
+    d = {x.request_id: x for x in p.verdicts}
     assert d["r0"].prefill_worker == "p1" and d["r1"].prefill_worker == "p0"
     assert d["r0"].action == d["r1"].action == "admit"
     assert d["r2"].action == "best_effort"  # both workers hold one 0.11 s batch before 0.15 s
@@ -161,14 +161,14 @@ def arrivals(draw, now: float, n: int, tag: str) -> list[PlanRequest]:
             f"{tag}{i}", "prefill", now, now + draw(st.floats(0.02, 1.0)),
             draw(st.sampled_from([0.05, 0.1, 0.2])), draw(st.integers(1, 300)),
             expected_output=draw(st.integers(1, 64)),
-            on_decline=draw(st.sampled_from(["best_effort", "reject"]))))
+            on_reject=draw(st.sampled_from(["best_effort", "reject"]))))
     return out
 
 
 def advance(snap: Snapshot, p: Plan, dt: float, news: list[PlanRequest]) -> Snapshot:
     """Apply the plan's decisions, let time pass, move some admitted prompts to decode."""
     now = snap.now + dt
-    by_id = {d.request_id: d for d in p.decisions}
+    by_id = {d.request_id: d for d in p.verdicts}
     out = []
     for r in snap.requests:
         d = by_id.get(r.id)
@@ -178,8 +178,8 @@ def advance(snap: Snapshot, p: Plan, dt: float, news: list[PlanRequest]) -> Snap
             r = replace(r, is_new=False, state="admitted" if d.action == "admit" else
                         "best_effort", prefill_worker=d.prefill_worker,
                         decode_worker=d.decode_worker)
-        if r.stage == "prefill" and r.ttft_deadline <= now and r.decode_worker is not None:
-            r = replace(r, stage="decode", remaining_prefill=0, generated=1,
+        if r.phase == "prefill" and r.ttft_deadline <= now and r.decode_worker is not None:
+            r = replace(r, phase="decode", remaining_prefill=0, generated=1,
                         token_deadline=now + r.tpot)
         out.append(r)
     return replace(snap, now=now, requests=out + news, route_start=snap.route_start + 1)
@@ -204,9 +204,9 @@ def test_admitted_requests_are_never_dropped_and_batches_meet_their_claims(data)
         p = plan(snap)
         check_batches(p)
         assert admitted <= set(p.admitted), "an admitted request was dropped"
-        for d in p.decisions:
+        for d in p.verdicts:
             assert d.request_id not in admitted or d.action == "admit"
-        admitted |= {d.request_id for d in p.decisions if d.action == "admit"}
+        admitted |= {d.request_id for d in p.verdicts if d.action == "admit"}
         assert admitted <= set(p.admitted)
         dt = draw(st.floats(0.0, 0.3))
         snap = advance(snap, p, dt, arrivals(draw, snap.now + dt, draw(st.integers(0, 6)),

@@ -8,7 +8,7 @@ from slos_serve.core.perf_model import load_profile
 from slos_serve.sim.core import SimConfig, SimRequest
 from slos_serve.sim.metrics import attained, result
 from slos_serve.sim.simulator import SYSTEMS, pd_splits, roles_for, simulate
-from slos_serve.sim.workloads import Request, Stage, WorkloadSpec, build_workload
+from slos_serve.sim.workloads import Request, Segment, WorkloadSpec, build_workload
 
 MODEL = load_profile("opt-13b-a100")
 
@@ -35,7 +35,7 @@ def test_every_request_ends_with_a_result(system: str, scenario: str) -> None:
 
 
 def _same_prompt_requests(n: int, gap: float) -> list[Request]:
-    return [Request(i, i * gap, "t", (Stage(512, 20, 10.0, 1.0),)) for i in range(n)]
+    return [Request(i, i * gap, "t", (Segment(512, 20, 10.0, 1.0),)) for i in range(n)]
 
 
 @pytest.mark.parametrize("system", ["vllm", "sarathi", "distserve"])
@@ -57,7 +57,7 @@ def test_attainment_falls_as_rate_rises() -> None:
 
 
 def test_kv_transfer_time_counts() -> None:
-    reqs = [Request(0, 0.0, "t", (Stage(1000, 50, 10.0, 1.0),))]
+    reqs = [Request(0, 0.0, "t", (Segment(1000, 50, 10.0, 1.0),))]
     fast = _run(reqs, "distserve", kv_bandwidth=1e12).results[0]
     slow = _run(reqs, "distserve", kv_bandwidth=1e9).results[0]
     assert fast.ttft == pytest.approx(slow.ttft)  # the first token comes from prefill
@@ -73,16 +73,16 @@ def test_speculation_is_seeded() -> None:
 
 
 def test_metrics_definitions() -> None:
-    req = Request(0, 1.0, "t", (Stage(10, 5, 0.5, 0.1), Stage(0, 4, None, 0.2)))
-    r = SimRequest(req, stage=1, phase="done", decision="admit",
-                   stage_start=[1.0, 1.8], first_token=[1.2, 2.0], stage_end=[1.8, 2.6])
+    req = Request(0, 1.0, "t", (Segment(10, 5, 0.5, 0.1), Segment(0, 4, None, 0.2)))
+    r = SimRequest(req, segment=1, phase="done", decision="admit",
+                   segment_start=[1.0, 1.8], first_token=[1.2, 2.0], segment_end=[1.8, 2.6])
     out = result(r)
     assert out.ttft == pytest.approx(0.2)
-    assert out.stage_tpot[0] == pytest.approx((1.8 - 1.2) / 4)
-    assert out.stage_tpot[1] == pytest.approx((2.6 - 1.8) / 4)  # no prompt: from stage start
+    assert out.segment_tpot[0] == pytest.approx((1.8 - 1.2) / 4)
+    assert out.segment_tpot[1] == pytest.approx((2.6 - 1.8) / 4)  # no prompt: from segment start
     assert out.tpot == pytest.approx((1.6 - 0.2) / 8)  # vLLM: (E2E - TTFT) / (out - 1)
-    assert out.stage_ok == (False, True) and not attained(r)
-    r.stage_end[0] = 1.6
+    assert out.segment_ok == (False, True) and not attained(r)
+    r.segment_end[0] = 1.6
     assert attained(r)
     r.decision = "reject"
     assert not attained(r)

@@ -230,7 +230,7 @@ def test_simulated_and_live_attainment_agree_at_a_moderate_load(
     from slos_serve.core.perf_model import PerfModel
     from slos_serve.sim.core import SimConfig
     from slos_serve.sim.simulator import simulate_split
-    from slos_serve.sim.workloads import Request, Stage
+    from slos_serve.sim.workloads import Request, Segment
 
     rng = np.random.default_rng(7)
     n, rate = 30, 2.0
@@ -239,7 +239,7 @@ def test_simulated_and_live_attainment_agree_at_a_moderate_load(
     prompts = rng.integers(100, 900, n)
     outputs = rng.integers(16, 48, n)
     requests = [
-        Request(i, float(arrivals[i]), str(tiers[i]), (Stage(
+        Request(i, float(arrivals[i]), str(tiers[i]), (Segment(
             int(prompts[i]), int(outputs[i]), TIERS[tiers[i]]["ttft_ms"] / 1000,
             TIERS[tiers[i]]["tpot_ms"] / 1000),))
         for i in range(n)

@@ -35,7 +35,7 @@ def test_same_requests_at_every_rate() -> None:
     slow = build_workload(WorkloadSpec("mixed", 2.0, 40, seed=1))
     fast = build_workload(WorkloadSpec("mixed", 8.0, 80, seed=1))
     for x, y in zip(slow, fast, strict=False):
-        assert x.stages == y.stages and x.tier == y.tier
+        assert x.segments == y.segments and x.tier == y.tier
         assert x.arrival == pytest.approx(4 * y.arrival)
 
 
@@ -52,19 +52,19 @@ def test_lengths_roughly_as_specified() -> None:
     assert mean["summarization"][0] > 4 * mean["coding"][0]
 
 
-def test_tiers_and_stages() -> None:
+def test_tiers_and_segments() -> None:
     zl = reference_zero_load()
     tool = build_workload(WorkloadSpec("tool", 1.0, 20, seed=0))
     for r in tool:
-        s1, s2 = r.stages
+        s1, s2 = r.segments
         assert r.tier == "FastTool"
         assert s1.tpot_slo == pytest.approx(0.05) and s2.tpot_slo == pytest.approx(0.1)
         assert s1.ttft_slo == pytest.approx(3 * zl.prefill_s(s1.prompt_tokens))
         assert s2.prompt_tokens > 0 and s2.gap_s >= 0
     think = build_workload(WorkloadSpec("reasoning", 1.0, 20, seed=0))
     for r in think:
-        assert r.stages[1].prompt_tokens == 0 and r.stages[1].ttft_slo is None
-        assert r.stages[0].tpot_slo < r.stages[1].tpot_slo
+        assert r.segments[1].prompt_tokens == 0 and r.segments[1].ttft_slo is None
+        assert r.segments[0].tpot_slo < r.segments[1].tpot_slo
     mixed = build_workload(WorkloadSpec("mixed", 1.0, 300, seed=0))
     assert {r.tier for r in mixed} == {"HumanDcd", "FastDcd", "FastPF"}
     assert set(TIERS) >= {r.tier for r in mixed}
@@ -74,14 +74,14 @@ def test_relative_tpot_scales_with_decode_step() -> None:
     zl = ZeroLoad(prefill_s=lambda n: 0.001 * n, decode_step_s=0.0317721 * 2,
                   tpot_mode="relative")
     r = build_workload(WorkloadSpec("coding", 1.0, 5, seed=0), zl)[0]
-    assert r.stages[0].tpot_slo == pytest.approx(0.1)
-    assert r.stages[0].ttft_slo == pytest.approx(5 * 0.001 * r.prompt_tokens)
+    assert r.segments[0].tpot_slo == pytest.approx(0.1)
+    assert r.segments[0].ttft_slo == pytest.approx(5 * 0.001 * r.prompt_tokens)
 
 
 def test_max_context_clips() -> None:
     w = build_workload(WorkloadSpec("reasoning", 1.0, 200, seed=0, max_context=1024))
     assert max(r.total_tokens for r in w) <= 1024
-    assert min(s.output_tokens for r in w for s in r.stages) >= 1
+    assert min(s.output_tokens for r in w for s in r.segments) >= 1
 
 
 def test_gamma_burstiness() -> None:
@@ -130,7 +130,7 @@ def test_trace_replaces_arrivals_and_lengths(tmp_path) -> None:
     assert [r.output_tokens for r in w] == [20 + i for i in range(10)]
     assert [r.arrival for r in w] == pytest.approx([i * 0.5 for i in range(10)])
     two = build_workload(WorkloadSpec("tool", 1.0, 10, seed=0, trace=str(p)))
-    assert all(len(r.stages) == 2 and r.stages[0].prompt_tokens == 100 + r.id for r in two)
+    assert all(len(r.segments) == 2 and r.segments[0].prompt_tokens == 100 + r.id for r in two)
 
 
 def test_bad_trace(tmp_path) -> None:

@@ -140,7 +140,7 @@ async def zero_load(driver: Any, corpus: Sequence[int], prompt_lengths: Sequence
 
 def probe_lengths(requests: Sequence[Any]) -> list[int]:
     """10th, 50th and 90th percentile first-call prompt lengths of a workload."""
-    lengths = [r.stages[0].prompt_tokens for r in requests] or [128]
+    lengths = [r.segments[0].prompt_tokens for r in requests] or [128]
     return [int(np.percentile(lengths, q)) for q in (10, 50, 90)]
 
 

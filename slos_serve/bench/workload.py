@@ -2,14 +2,14 @@
 
 Pure: no I/O but reading a trace CSV through the workloads module.
 
-Mapping of the workloads' stages to calls (the live systems take one prompt per call):
+Mapping of the workloads' segments to calls (the live systems take one prompt per call):
 
-- Stage 0 starts call 0 with a prompt of `prompt_tokens` real token ids cut from a corpus.
-- A later stage *without* a new prompt (reasoning's answer) is another stage of the same
-  call: the SDK's `StageSpec(max_tokens=..., ttft_ms, tpot_ms)`, one call carrying
-  max_tokens = the sum of its stages' outputs (vLLM serve: one request, judged per stage on
+- Segment 0 starts call 0 with a prompt of `prompt_tokens` real token ids cut from a corpus.
+- A later segment *without* a new prompt (reasoning's answer) is another SLO stage of the
+  same call: the SDK's `StageSpec(max_tokens=..., ttft_ms, tpot_ms)`, one call carrying
+  max_tokens = the sum of its segments' outputs (vLLM serve: one request, judged per stage on
   the client from token arrival times).
-- A later stage *with* a new prompt (tool calling: the tool's response) is a follow-up call,
+- A later segment *with* a new prompt (tool calling: the tool's response) is a follow-up call,
   sent `gap_s` after the previous call's last token, with prompt = previous prompt +
   previous output + `prompt_tokens` new corpus tokens, clipped from the front so that
   prompt + max_tokens <= max_context. Its TTFT is judged from its own send time.
@@ -117,9 +117,9 @@ def workload_requests(opts: WorkloadOptions, rate: float | None) -> list[Request
     if opts.duration_s is not None:
         reqs = [r for r in reqs if r.arrival <= opts.duration_s]
     if opts.max_output:
-        reqs = [replace(r, stages=tuple(replace(s, output_tokens=min(s.output_tokens,
+        reqs = [replace(r, segments=tuple(replace(s, output_tokens=min(s.output_tokens,
                                                                      opts.max_output))
-                                        for s in r.stages)) for r in reqs]
+                                        for s in r.segments)) for r in reqs]
     return reqs
 
 
@@ -145,7 +145,7 @@ def cut_prompt(corpus: Sequence[int], n: int, key: int) -> tuple[int, ...]:
 def to_calls(req: Request, corpus: Sequence[int], slo_scale: float) -> tuple[Call, ...]:
     """The calls of one workload request (see the module docstring for the mapping)."""
     calls: list[tuple[tuple[int, ...], list[StageSpec], float]] = []
-    for j, st in enumerate(req.stages):
+    for j, st in enumerate(req.segments):
         slo = StageSpec(
             tier=req.tier,
             ttft_ms=NO_TTFT if st.ttft_slo is None else 1000 * st.ttft_slo * slo_scale,

@@ -259,6 +259,12 @@ def paced_out(
     }
 
 
+def recent_step_time(previous_s: float, step_s: float) -> float:
+    """The step time pacing counts in (`paced_out`'s step_s): a moving average of the steps
+    run, 0.3 weight on the newest."""
+    return step_s if not previous_s else 0.7 * previous_s + 0.3 * step_s
+
+
 def prefill_yielding(running: Sequence[Running], waiting_priorities: Sequence[int]) -> set[str]:
     """Prompts being prefilled in chunks that yield this step to a waiting prompt with an
     earlier deadline (EDF at chunk granularity: vLLM schedules running chunks before waiting

@@ -137,16 +137,6 @@ def _config_at(
     return DecodeConfig(u, spec_t, every_t, tuple(exp), dec, dec + room, room, base, t)
 
 
-def spec_lengths(
-    tiers: list[TierLoad], model: PerfModel, max_spec_len: int, max_batch_tokens: int
-) -> dict[float, int]:
-    """Speculative length per TPOT tier under the chosen configuration ({} if infeasible)."""
-    cfg = choose_config(model, tiers, max_spec_len, max_batch_tokens)
-    if cfg is None:
-        return {}
-    return {t.tpot: s for t, s in zip(tiers, cfg.spec, strict=True)}
-
-
 def batches_within(seconds: float, period: float) -> int:
     return max(0, math.floor(seconds / period + 1e-9))
 

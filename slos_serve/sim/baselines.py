@@ -42,7 +42,7 @@ class ColocatedFcfs:
         r.pinned_prefill = e.w.idx
         e.add(r)
 
-    def on_stage_start(self, r: SimRequest) -> None:
+    def on_segment_start(self, r: SimRequest) -> None:
         self.engines[r.pinned_prefill].add(r)  # its prefix is cached there
 
     def on_prefill_done(self, r: SimRequest, w: Worker) -> None:
@@ -51,7 +51,7 @@ class ColocatedFcfs:
     def on_kv_arrived(self, r: SimRequest, w: Worker) -> None:  # never: colocated
         raise AssertionError("colocated systems move no KV")
 
-    def on_stage_switch(self, r: SimRequest) -> None:
+    def on_segment_switch(self, r: SimRequest) -> None:
         pass
 
     def on_leave(self, r: SimRequest, w: Worker | None) -> None:
@@ -64,7 +64,7 @@ class ColocatedFcfs:
 
 def sarathi_budget(cluster: Cluster) -> int:
     """Largest batch (tokens) the performance model runs within the tightest TPOT SLO."""
-    tpot = min(s.tpot_slo for r in cluster.requests for s in r.req.stages)
+    tpot = min(s.tpot_slo for r in cluster.requests for s in r.req.segments)
     return max(16, cluster.model.prefill_capacity(tpot))
 
 
@@ -117,7 +117,7 @@ class DistServe:
         p = min(self.prefill.values(), key=lambda e: (e.queued_tokens, e.w.idx))
         p.add(r)
 
-    def on_stage_start(self, r: SimRequest) -> None:
+    def on_segment_start(self, r: SimRequest) -> None:
         self.on_arrival(r)
 
     def on_prefill_done(self, r: SimRequest, w: Worker) -> None:
@@ -133,7 +133,7 @@ class DistServe:
     def on_kv_arrived(self, r: SimRequest, w: Worker) -> None:
         self.decode[w.idx].kv_arrived(r)
 
-    def on_stage_switch(self, r: SimRequest) -> None:
+    def on_segment_switch(self, r: SimRequest) -> None:
         pass
 
     def on_leave(self, r: SimRequest, w: Worker | None) -> None:

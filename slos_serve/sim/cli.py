@@ -57,7 +57,7 @@ class SimulatedCluster(Options):
                                     "decoding)")
     max_spec_len: int = option(8)
     kv_bandwidth: float = option(100.0, "GB/s prefill->decode")
-    on_decline: str = option("best_effort", "planner systems: serve declined requests best "
+    on_reject: str = option("best_effort", "planner systems: serve declined requests best "
                              "effort, or reject them", choices=("best_effort", "reject"))
 
     def sim_config(self, seed: int) -> SimConfig:
@@ -69,7 +69,7 @@ class SimulatedCluster(Options):
             ratio = (p, d)
         return SimConfig(workers=self.workers, pd_ratio=ratio, seed=seed,
                          spec_alpha=self.spec_alpha, max_spec_len=self.max_spec_len,
-                         kv_bandwidth=self.kv_bandwidth * 1e9, on_decline=self.on_decline)
+                         kv_bandwidth=self.kv_bandwidth * 1e9, on_reject=self.on_reject)
 
     def workload(self, wl: WorkloadArgs, scenario: str, rate: float, n: int) -> WorkloadSpec:
         topts = TraceOptions(time_scale=wl.time_scale, max_context=wl.max_context,

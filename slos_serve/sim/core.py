@@ -4,11 +4,11 @@ A *system* (vLLM-like FCFS, Sarathi, DistServe, the SLOs-Serve planner) decides 
 worker runs next; this module owns everything systems share: when a batch ends (the
 performance model), what its tokens do to each request (prefill progress, first token,
 speculative acceptance drawn per token from a seeded RNG), KV moves between workers
-(latency + bytes / bandwidth), and per-stage timestamps the metrics are computed from.
+(latency + bytes / bandwidth), and per-segment timestamps the metrics are computed from.
 
 Approximations, stated once: KV memory is counted in tokens (block rounding ignored); the
-prefix of a later stage (a tool call's second turn) stays cached where it was computed, so only
-the stage's new prompt tokens are prefilled and moved; prefill workers' KV memory is not a
+prefix of a later segment (a tool call's second turn) stays cached where it was computed, so only
+the segment's new prompt tokens are prefilled and moved; prefill workers' KV memory is not a
 constraint (prompts pass through them in well under a second).
 """
 
@@ -23,6 +23,8 @@ from typing import Protocol
 import numpy as np
 
 from slos_serve.core.perf_model import BatchShape, PerfModel
+from slos_serve.sim.metrics import attained
+from slos_serve.sim.request import SimRequest
 from slos_serve.sim.workloads import Request
 
 # Sizes of the paper's setups: KV bytes per token (2 * layers * hidden * 2 B, fp16) and the
@@ -50,49 +52,9 @@ class SimConfig:
     max_spec_len: int = 8
     seed: int = 0
     pd_ratio: tuple[int, int] | None = None  # disaggregated systems: P:D (None: best of)
-    on_decline: str = "best_effort"  # planner systems: what a declined request asks for
+    on_reject: str = "best_effort"  # planner systems: what a declined request asks for
     miss_budget: int | None = None  # stop early once this many requests have missed
     horizon_s: float = 600.0  # stop this long after the last arrival
-
-
-@dataclass
-class SimRequest:
-    """A request's mutable state in the simulation."""
-
-    req: Request
-    stage: int = 0
-    todo_prefill: int = 0  # tokens to compute before the next token is emitted
-    context: int = 0  # tokens whose KV exists (where the request lives)
-    generated: int = 0  # tokens of the current stage emitted
-    kv_alloc: int = 0  # KV tokens reserved on `worker`
-    worker: int | None = None  # worker holding the request's KV / running it
-    phase: str = "new"  # new, prefill, kvwait, transfer, decode, gap, done
-    stage_start: list[float] = field(default_factory=list)
-    first_token: list[float | None] = field(default_factory=list)
-    stage_end: list[float | None] = field(default_factory=list)
-    decision: str = "fcfs"
-    pinned_prefill: int | None = None
-    pinned_decode: int | None = None
-    spec_len: int = 0
-    due0: float = 0.0  # token schedule of the current stage (systems that pace decoding)
-    tpot: float = 0.0
-    extra: dict = field(default_factory=dict)  # per-system bookkeeping
-
-    @property
-    def id(self) -> int:
-        return self.req.id
-
-    @property
-    def cur(self):
-        return self.req.stages[self.stage]
-
-    @property
-    def remaining_output(self) -> int:
-        return self.cur.output_tokens - self.generated
-
-    @property
-    def peak_context(self) -> int:
-        return self.req.total_tokens
 
 
 @dataclass
@@ -143,20 +105,20 @@ class System(Protocol):
 
     def on_arrival(self, r: SimRequest) -> None: ...
 
-    def on_stage_start(self, r: SimRequest) -> None: ...  # a later stage with a new prompt
+    def on_segment_start(self, r: SimRequest) -> None: ...  # a later segment with a new prompt
 
     def on_prefill_done(self, r: SimRequest, w: Worker) -> None: ...
 
     def on_kv_arrived(self, r: SimRequest, w: Worker) -> None: ...
 
-    def on_stage_switch(self, r: SimRequest) -> None: ...  # decoding continues, new TPOT
+    def on_segment_switch(self, r: SimRequest) -> None: ...  # decoding continues, new TPOT
 
     def on_leave(self, r: SimRequest, w: Worker | None) -> None: ...  # finished or paused
 
     def next_batch(self, w: Worker) -> Batch | None: ...
 
 
-ARRIVAL, BATCH_END, KV_DONE, STAGE_START, TIMER = range(5)
+ARRIVAL, BATCH_END, KV_DONE, SEGMENT_START, TIMER = range(5)
 
 
 class Cluster:
@@ -206,9 +168,9 @@ class Cluster:
                 r = payload
                 r.phase = "prefill"
                 r.todo_prefill = r.cur.prompt_tokens
-                r.stage_start.append(t)
+                r.segment_start.append(t)
                 r.first_token.append(None)
-                r.stage_end.append(None)
+                r.segment_end.append(None)
                 self.system.on_arrival(r)
             elif kind == BATCH_END:
                 self._finish_batch(payload)
@@ -216,8 +178,8 @@ class Cluster:
                 r, w = payload
                 r.phase = "decode"
                 self.system.on_kv_arrived(r, w)
-            elif kind == STAGE_START:
-                self._start_stage(payload)
+            elif kind == SEGMENT_START:
+                self._start_segment(payload)
             else:
                 payload()
             self.kick()
@@ -265,47 +227,47 @@ class Cluster:
         return np.minimum(k, s)
 
     def emit(self, r: SimRequest, n: int, w: Worker | None) -> None:
-        """r's current stage produces n tokens at the current time."""
+        """r's current segment produces n tokens at the current time."""
         take = min(n, r.remaining_output)
         if take <= 0:
             return
         if r.generated == 0:
-            r.first_token[r.stage] = self.now
+            r.first_token[r.segment] = self.now
         r.generated += take
         r.context += take
         if r.generated >= r.cur.output_tokens:
-            self._end_stage(r, w)
+            self._end_segment(r, w)
 
-    def _end_stage(self, r: SimRequest, w: Worker | None) -> None:
-        r.stage_end[r.stage] = self.now
-        if r.stage + 1 >= len(r.req.stages):
+    def _end_segment(self, r: SimRequest, w: Worker | None) -> None:
+        r.segment_end[r.segment] = self.now
+        if r.segment + 1 >= len(r.req.segments):
             r.phase = "done"
             self.system.on_leave(r, w)
             self.free(r)
             self._account(r)
             return
-        nxt = r.req.stages[r.stage + 1]
+        nxt = r.req.segments[r.segment + 1]
         if nxt.prompt_tokens > 0 or nxt.gap_s > 0:
             r.phase = "gap"
             self.system.on_leave(r, w)
             self.free(r)
-            self.push(self.now + nxt.gap_s, STAGE_START, r)
+            self.push(self.now + nxt.gap_s, SEGMENT_START, r)
             return
         self._advance(r)
-        self.system.on_stage_switch(r)
+        self.system.on_segment_switch(r)
 
     def _advance(self, r: SimRequest) -> None:
-        r.stage += 1
+        r.segment += 1
         r.generated = 0
-        r.stage_start.append(self.now)
+        r.segment_start.append(self.now)
         r.first_token.append(None)
-        r.stage_end.append(None)
+        r.segment_end.append(None)
 
-    def _start_stage(self, r: SimRequest) -> None:
+    def _start_segment(self, r: SimRequest) -> None:
         self._advance(r)
         r.todo_prefill = r.cur.prompt_tokens
         r.phase = "prefill"
-        self.system.on_stage_start(r)
+        self.system.on_segment_start(r)
 
     # ------------------------------------------------------------ resources
 
@@ -342,8 +304,6 @@ class Cluster:
         self._account(r)
 
     def _account(self, r: SimRequest) -> None:
-        from slos_serve.sim.metrics import attained
-
         self.done += 1
         if not attained(r) and not r.extra.get("late"):
             self._miss()
@@ -356,7 +316,7 @@ class Cluster:
 
     def _check_late(self) -> None:
         """Count requests that can no longer attain (a TTFT deadline passed without a first
-        token, or a stage's TPOT already exceeded) as missed, once, so that an overloaded
+        token, or a segment's TPOT already exceeded) as missed, once, so that an overloaded
         run stops early; then again in 1 s."""
         for r in self.requests:
             if r.req.arrival > self.now:
@@ -364,10 +324,11 @@ class Cluster:
             if r.phase == "done" or r.extra.get("late") or not r.first_token:
                 continue
             st = r.cur
-            first = r.first_token[r.stage]
+            first = r.first_token[r.segment]
             if first is None:
-                late = st.ttft_slo is not None and r.stage_start[r.stage] + st.ttft_slo < self.now
-            else:  # even if every remaining token came now, the stage's TPOT is too long
+                start = r.segment_start[r.segment]
+                late = st.ttft_slo is not None and start + st.ttft_slo < self.now
+            else:  # even if every remaining token came now, the segment's TPOT is too long
                 late = self.now - first > st.tpot_slo * max(st.output_tokens - 1, 1)
             if late:
                 r.extra["late"] = True

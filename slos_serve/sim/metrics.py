@@ -1,10 +1,10 @@
 """Per-request metrics and summaries, with the project's definitions (reference/slos-serve.md).
 
 TTFT = first token - arrival. TPOT = (E2E - TTFT) / (output tokens - 1), vLLM's `bench serve`
-definition, over the whole request. A stage attains iff its TTFT (from the stage's start) is
-within its SLO and its own TPOT (tokens after the stage's first one; for a stage without a
-prompt, from the previous stage's last token) is within its SLO; a request attains iff every
-stage does. Attainment = attained / all sent (rejected and unfinished count as missed);
+definition, over the whole request. A segment attains iff its TTFT (from the segment's start) is
+within its SLO and its own TPOT (tokens after the segment's first one; for a segment without a
+prompt, from the previous segment's last token) is within its SLO; a request attains iff every
+segment does. Attainment = attained / all sent (rejected and unfinished count as missed);
 goodput = attained requests per second of the arrival window.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slos_serve.sim.core import SimRequest
+from slos_serve.sim.request import SimRequest
 
 EPS = 1e-9
 
@@ -30,18 +30,18 @@ class RequestResult:
     ttft: float | None
     tpot: float | None
     e2e: float | None
-    stage_ttft: tuple[float | None, ...]
-    stage_tpot: tuple[float | None, ...]
-    stage_ok: tuple[bool, ...]
+    segment_ttft: tuple[float | None, ...]
+    segment_tpot: tuple[float | None, ...]
+    segment_ok: tuple[bool, ...]
     attained: bool
 
 
-def _stage_times(r: SimRequest, i: int) -> tuple[float | None, float | None]:
-    """(TTFT, TPOT) of stage i, None where not reached."""
-    if i >= len(r.stage_start):
+def _segment_times(r: SimRequest, i: int) -> tuple[float | None, float | None]:
+    """(TTFT, TPOT) of segment i, None where not reached."""
+    if i >= len(r.segment_start):
         return None, None
-    st = r.req.stages[i]
-    start, first, end = r.stage_start[i], r.first_token[i], r.stage_end[i]
+    st = r.req.segments[i]
+    start, first, end = r.segment_start[i], r.first_token[i], r.segment_end[i]
     ttft = None if first is None else first - start
     if end is None:
         return ttft, None
@@ -52,9 +52,9 @@ def _stage_times(r: SimRequest, i: int) -> tuple[float | None, float | None]:
     return ttft, tpot
 
 
-def _stage_ok(r: SimRequest, i: int) -> bool:
-    st = r.req.stages[i]
-    ttft, tpot = _stage_times(r, i)
+def _segment_ok(r: SimRequest, i: int) -> bool:
+    st = r.req.segments[i]
+    ttft, tpot = _segment_times(r, i)
     if tpot is None:
         return False
     if st.ttft_slo is not None and (ttft is None or ttft > st.ttft_slo + EPS):
@@ -63,18 +63,18 @@ def _stage_ok(r: SimRequest, i: int) -> bool:
 
 
 def attained(r: SimRequest) -> bool:
-    """Every stage of r met its SLO (rejected requests never do)."""
+    """Every segment of r met its SLO (rejected requests never do)."""
     if r.decision == "reject" or r.phase != "done":
         return False
-    return all(_stage_ok(r, i) for i in range(len(r.req.stages)))
+    return all(_segment_ok(r, i) for i in range(len(r.req.segments)))
 
 
 def result(r: SimRequest) -> RequestResult:
-    n = len(r.req.stages)
-    times = [_stage_times(r, i) for i in range(n)]
+    n = len(r.req.segments)
+    times = [_segment_times(r, i) for i in range(n)]
     finished = r.phase == "done" and r.decision != "reject"
     ttft = times[0][0]
-    e2e = (r.stage_end[-1] - r.req.arrival) if finished and r.stage_end else None
+    e2e = (r.segment_end[-1] - r.req.arrival) if finished and r.segment_end else None
     tpot = None
     if finished and ttft is not None:
         out = r.req.output_tokens
@@ -88,9 +88,9 @@ def result(r: SimRequest) -> RequestResult:
         ttft=ttft,
         tpot=tpot,
         e2e=e2e,
-        stage_ttft=tuple(t for t, _ in times),
-        stage_tpot=tuple(p for _, p in times),
-        stage_ok=tuple(_stage_ok(r, i) for i in range(n)),
+        segment_ttft=tuple(t for t, _ in times),
+        segment_tpot=tuple(p for _, p in times),
+        segment_ok=tuple(_segment_ok(r, i) for i in range(n)),
         attained=attained(r),
     )
 

@@ -49,7 +49,7 @@ def make_snapshot(
         p = pre[j]
         d = p if mode == "colocated" else dec[rng.randrange(len(dec))]
         reqs.append(PlanRequest(
-            id=f"r{i}", stage="prefill" if prefilling else "decode", arrival=arrival,
+            id=f"r{i}", phase="prefill" if prefilling else "decode", arrival=arrival,
             ttft_deadline=arrival + ttft, tpot=tpot, prompt_tokens=prompt,
             remaining_prefill=prompt if prefilling else 0,
             generated=0 if prefilling else rng.randint(1, out), expected_output=out,

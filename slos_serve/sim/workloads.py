@@ -14,19 +14,19 @@ long summarization prompts, long reasoning outputs...) and rough means match. Ap
   (mean ~150), completions of ~50-300 tokens.
 - summarization: arXiv summarization (Cohan et al., 2018): papers far longer than OPT's
   2048-token context, so prompts are truncated to ~1-2k tokens; abstracts of ~100-300 tokens.
-- tool: ToolBench / ToolLLaMA (Qin et al., 2023), two stages: a long prompt carrying the tool
+- tool: ToolBench / ToolLLaMA (Qin et al., 2023), two segments: a long prompt carrying the tool
   documentation (~1k tokens) and a short function call (tight TPOT); then, after the tool
   runs (an exponential delay, mean 0.2 s, an assumption), the tool's response is prefilled as
   a new prompt and the answer decoded (loose TPOT).
 - reasoning: s1K (Muennighoff et al., 2025) answered by DeepSeek-R1-Distill-Qwen-1.5B: short
-  questions, a long thinking stage (tight TPOT), then a shorter answer (loose TPOT). Thinking
+  questions, a long thinking segment (tight TPOT), then a shorter answer (loose TPOT). Thinking
   traces of s1K run to many thousand tokens; they are clipped to 3k here so that the scenario
   fits the KV memory and context of the OPT-13B profile the paper's other scenarios use.
 - mixed: chatbot, coding and summarization requests interleaved in equal shares, each with its
   own tier (the paper's "all at once" scenario).
 
 SLO tiers follow the presets of the authors' code (reference/slos-serve.md): a TTFT SLO is a
-multiple of the zero-load prefill time of the stage's new prompt tokens; a TPOT SLO is absolute
+multiple of the zero-load prefill time of the segment's new prompt tokens; a TPOT SLO is absolute
 (calibrated on A100 + OPT-13B) or, with `tpot_mode="relative"`, the same multiple of the
 measured zero-load decode step as on the reference hardware. The scenario -> tier mapping
 (chatbot: HumanDcd, coding: FastDcd, summarization: FastPF, tool: FastTool, reasoning:
@@ -55,13 +55,16 @@ REFERENCE_DECODE_STEP_S = 0.0317721
 
 
 @dataclass(frozen=True)
-class Stage:
-    """One stage of a request: prefill `prompt_tokens` new tokens, then decode `output_tokens`.
+class Segment:
+    """One segment of a request: prefill `prompt_tokens` new tokens, then decode `output_tokens`
+    under the segment's own SLO. A segment with a prompt is a turn (tool calling's tool
+    response starts one); one without continues the output under another TPOT (reasoning's
+    answer after its thinking), as the live API's SLO stages do.
 
-    `ttft_slo` (s) runs from the stage's start to its first token; None for a stage that just
-    continues decoding (reasoning's answer). `tpot_slo` (s) bounds the stage's time per output
-    token. `gap_s` is the external delay between the previous stage's end and this stage's
-    start (a tool call executing); 0 for the first stage.
+    `ttft_slo` (s) runs from the segment's start to its first token; None for a segment that just
+    continues decoding (reasoning's answer). `tpot_slo` (s) bounds the segment's time per output
+    token. `gap_s` is the external delay between the previous segment's end and this segment's
+    start (a tool call executing); 0 for the first segment.
     """
 
     prompt_tokens: int
@@ -73,28 +76,28 @@ class Stage:
 
 @dataclass(frozen=True)
 class Request:
-    """A request as sent: arrival time (s from the start), tier name and its stages."""
+    """A request as sent: arrival time (s from the start), tier name and its segments."""
 
     id: int
     arrival: float
     tier: str
-    stages: tuple[Stage, ...]
+    segments: tuple[Segment, ...]
     scenario: str = ""
 
     @property
     def prompt_tokens(self) -> int:
-        """Prompt of the first stage (what the client sends)."""
-        return self.stages[0].prompt_tokens
+        """Prompt of the first segment (what the client sends)."""
+        return self.segments[0].prompt_tokens
 
     @property
     def output_tokens(self) -> int:
-        """Tokens generated over all stages."""
-        return sum(s.output_tokens for s in self.stages)
+        """Tokens generated over all segments."""
+        return sum(s.output_tokens for s in self.segments)
 
     @property
     def total_tokens(self) -> int:
-        """Context length at the end: every prompt and output token of every stage."""
-        return sum(s.prompt_tokens + s.output_tokens for s in self.stages)
+        """Context length at the end: every prompt and output token of every segment."""
+        return sum(s.prompt_tokens + s.output_tokens for s in self.segments)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -107,8 +110,8 @@ class Request:
 
 
 @dataclass(frozen=True)
-class StageSLO:
-    """A stage's objective: TTFT factor over zero-load prefill (None: none), TPOT seconds."""
+class SegmentSlo:
+    """A segment's objective: TTFT factor over zero-load prefill (None: none), TPOT seconds."""
 
     ttft_factor: float | None
     tpot_s: float
@@ -116,20 +119,20 @@ class StageSLO:
 
 @dataclass(frozen=True)
 class Tier:
-    """A named SLO preset: one StageSLO per stage."""
+    """A named SLO preset: one SegmentSlo per segment."""
 
     name: str
-    stages: tuple[StageSLO, ...]
+    segments: tuple[SegmentSlo, ...]
 
 
 TIERS: dict[str, Tier] = {
     t.name: t
     for t in (
-        Tier("HumanDcd", (StageSLO(5.0, 0.100),)),
-        Tier("FastDcd", (StageSLO(5.0, 0.050),)),
-        Tier("FastPF", (StageSLO(3.0, 0.100),)),
-        Tier("FastThink", (StageSLO(3.0, 0.050), StageSLO(None, 0.100))),
-        Tier("FastTool", (StageSLO(3.0, 0.050), StageSLO(3.0, 0.100))),
+        Tier("HumanDcd", (SegmentSlo(5.0, 0.100),)),
+        Tier("FastDcd", (SegmentSlo(5.0, 0.050),)),
+        Tier("FastPF", (SegmentSlo(3.0, 0.100),)),
+        Tier("FastThink", (SegmentSlo(3.0, 0.050), SegmentSlo(None, 0.100))),
+        Tier("FastTool", (SegmentSlo(3.0, 0.050), SegmentSlo(3.0, 0.100))),
     )
 }
 
@@ -174,8 +177,8 @@ class LogNormal:
 
 
 @dataclass(frozen=True)
-class StageShape:
-    """Length distributions of one stage (prompt None: no new prompt) and its tool delay."""
+class SegmentShape:
+    """Length distributions of one segment (prompt None: no new prompt) and its tool delay."""
 
     output: LogNormal
     prompt: LogNormal | None = None
@@ -184,11 +187,11 @@ class StageShape:
 
 @dataclass(frozen=True)
 class Profile:
-    """One kind of request: its stages' shapes and the tier it is served under."""
+    """One kind of request: its segments' shapes and the tier it is served under."""
 
     name: str
     tier: str
-    stages: tuple[StageShape, ...]
+    segments: tuple[SegmentShape, ...]
 
 
 PROFILES: dict[str, Profile] = {
@@ -197,18 +200,20 @@ PROFILES: dict[str, Profile] = {
         Profile(
             "chatbot",
             "HumanDcd",
-            (StageShape(prompt=LogNormal(200, 1.0, 4, 1536), output=LogNormal(180, 0.9, 4, 1024)),),
+            (SegmentShape(prompt=LogNormal(200, 1.0, 4, 1536),
+                          output=LogNormal(180, 0.9, 4, 1024)),),
         ),
         Profile(
             "coding",
             "FastDcd",
-            (StageShape(prompt=LogNormal(140, 0.45, 32, 600), output=LogNormal(100, 0.6, 8, 512)),),
+            (SegmentShape(prompt=LogNormal(140, 0.45, 32, 600),
+                          output=LogNormal(100, 0.6, 8, 512)),),
         ),
         Profile(
             "summarization",
             "FastPF",
             (
-                StageShape(
+                SegmentShape(
                     prompt=LogNormal(1400, 0.35, 256, 1900), output=LogNormal(150, 0.5, 16, 400)
                 ),
             ),
@@ -217,10 +222,10 @@ PROFILES: dict[str, Profile] = {
             "tool",
             "FastTool",
             (
-                StageShape(
+                SegmentShape(
                     prompt=LogNormal(900, 0.3, 300, 1600), output=LogNormal(60, 0.5, 8, 256)
                 ),
-                StageShape(
+                SegmentShape(
                     prompt=LogNormal(150, 0.6, 16, 512),
                     output=LogNormal(100, 0.6, 8, 512),
                     gap_mean_s=0.2,
@@ -231,10 +236,10 @@ PROFILES: dict[str, Profile] = {
             "reasoning",
             "FastThink",
             (
-                StageShape(
+                SegmentShape(
                     prompt=LogNormal(120, 0.6, 16, 1024), output=LogNormal(1200, 0.6, 64, 3000)
                 ),
-                StageShape(output=LogNormal(200, 0.5, 16, 600)),
+                SegmentShape(output=LogNormal(200, 0.5, 16, 600)),
             ),
         ),
     )
@@ -252,11 +257,6 @@ SCENARIOS: dict[str, tuple[tuple[str, float], ...]] = {
 
 
 # ---------------------------------------------------------------- arrivals
-
-
-def poisson_arrivals(rate: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n Poisson arrival times at `rate` req/s, starting at the first inter-arrival."""
-    return gamma_arrivals(rate, 1.0, n, rng)
 
 
 def gamma_arrivals(
@@ -368,12 +368,12 @@ class WorkloadSpec:
     max_context: int | None = None
 
 
-def _stage_slos(
+def _segment_slos(
     profile: Profile, prompts: list[int], zl: ZeroLoad
 ) -> list[tuple[float | None, float]]:
     tier = TIERS[profile.tier]
     out = []
-    for slo, prompt in zip(tier.stages, prompts, strict=True):
+    for slo, prompt in zip(tier.segments, prompts, strict=True):
         ttft = None if slo.ttft_factor is None else slo.ttft_factor * zl.prefill_s(max(prompt, 1))
         out.append((ttft, zl.tpot(slo.tpot_s)))
     return out
@@ -382,12 +382,12 @@ def _stage_slos(
 def _sample_profile(
     profile: Profile, seed: int, n: int
 ) -> list[list[tuple[int, int, float]]]:
-    """n requests of a profile: per stage (prompt, output, gap). Each quantity has its own
+    """n requests of a profile: per segment (prompt, output, gap). Each quantity has its own
     random stream, so request i's lengths do not depend on n (a capacity search changes n
     with the rate and must still see the same requests)."""
     tag = sum(ord(ch) for ch in profile.name)
     cols = []
-    for j, shape in enumerate(profile.stages):
+    for j, shape in enumerate(profile.segments):
         streams = [np.random.default_rng([seed, tag, j, f]) for f in range(3)]
         prompt = shape.prompt.sample(streams[0], n) if shape.prompt else np.zeros(n, dtype=int)
         output = shape.output.sample(streams[1], n)
@@ -398,26 +398,26 @@ def _sample_profile(
     ]
 
 
-def _fit_context(stages: list[tuple[int, int, float]], max_context: int | None) -> None:
-    """Shrink outputs (last stage first), then the first prompt, to fit max_context in place."""
+def _fit_context(segments: list[tuple[int, int, float]], max_context: int | None) -> None:
+    """Shrink outputs (last segment first), then the first prompt, to fit max_context in place."""
     if not max_context:
         return
-    excess = sum(p + o for p, o, _ in stages) - max_context
-    for i in reversed(range(len(stages))):
+    excess = sum(p + o for p, o, _ in segments) - max_context
+    for i in reversed(range(len(segments))):
         if excess <= 0:
             return
-        p, o, g = stages[i]
+        p, o, g = segments[i]
         cut = min(excess, o - 1)
-        stages[i] = (p, o - cut, g)
+        segments[i] = (p, o - cut, g)
         excess -= cut
     if excess > 0:
-        p, o, g = stages[0]
-        stages[0] = (max(1, p - excess), o, g)
+        p, o, g = segments[0]
+        segments[0] = (max(1, p - excess), o, g)
 
 
 def _split_output(profile: Profile, total: int) -> list[int]:
-    """Split a trace's generated tokens over a profile's stages in proportion to their medians."""
-    medians = [s.output.median for s in profile.stages]
+    """Split a trace's generated tokens over a profile's segments in proportion to their medians."""
+    medians = [s.output.median for s in profile.segments]
     outs = [max(1, int(round(total * m / sum(medians)))) for m in medians]
     return outs
 
@@ -446,22 +446,22 @@ def build_workload(spec: WorkloadSpec, zl: ZeroLoad | None = None) -> list[Reque
     reqs = []
     for i in range(n):
         profile = PROFILES[mix[kinds[i]][0]]
-        stages = list(samples[int(kinds[i])][i])
+        segments = list(samples[int(kinds[i])][i])
         if spec.trace:
             outs = _split_output(profile, int(t_out[i]))
-            stages = [(int(t_prompt[i]) if j == 0 else p, outs[j], g)
-                      for j, (p, _, g) in enumerate(stages)]
-        _fit_context(stages, spec.max_context or spec.trace_opts.max_context)
-        slos = _stage_slos(profile, [p for p, _, _ in stages], zl)
+            segments = [(int(t_prompt[i]) if j == 0 else p, outs[j], g)
+                      for j, (p, _, g) in enumerate(segments)]
+        _fit_context(segments, spec.max_context or spec.trace_opts.max_context)
+        slos = _segment_slos(profile, [p for p, _, _ in segments], zl)
         reqs.append(
             Request(
                 id=i,
                 arrival=float(arrivals[i]),
                 tier=profile.tier,
                 scenario=profile.name,
-                stages=tuple(
-                    Stage(p, o, ttft, tpot, g)
-                    for (p, o, g), (ttft, tpot) in zip(stages, slos, strict=True)
+                segments=tuple(
+                    Segment(p, o, ttft, tpot, g)
+                    for (p, o, g), (ttft, tpot) in zip(segments, slos, strict=True)
                 ),
             )
         )

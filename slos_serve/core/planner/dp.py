@@ -1,0 +1,143 @@
+"""SLOs-Serve's admission DP on one prefill-capable worker.
+
+Candidates and the committed queue in deadline order; states keyed by the admitted counts
+per TPOT tier (mixed workers: decode load shapes the prefill budget) or by the admitted count
+(prefill workers), each a Pareto set of (prefill tokens so far, KV blocks). Admitting a
+candidate needs its tokens within the budget at its deadline and its blocks within the KV left.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from slos_serve.core.planner.context import INF, PlanContext, with_one_more
+from slos_serve.core.planner.load import QueuedPrompt, WorkerLoad
+from slos_serve.core.spec import DecodeConfig, prefill_within
+
+
+class Chain(NamedTuple):
+    """The candidates a DP state admitted, newest first (a linked list shared by states)."""
+
+    prompt: QueuedPrompt
+    rest: Chain | None
+
+
+class DpState(NamedTuple):
+    tokens: int  # prefill tokens of the committed and admitted prompts so far
+    kv: int  # KV blocks of the admitted candidates
+    chain: Chain | None
+
+
+class PrefillBudget:
+    """Prefill tokens the worker can finish by a deadline with some more decoders admitted."""
+
+    def __init__(self, ctx: PlanContext, load: WorkerLoad) -> None:
+        self.ctx = ctx
+        self.worker = load.worker
+        self.mixed = load.role == "mixed"
+        self.t0 = max(ctx.now, load.worker.busy_until)
+        self.base = tuple(load.counts)
+        self._configs: dict[tuple, DecodeConfig | None] = {}
+
+    def feasible(self) -> bool:
+        return self.ctx.config(self.worker, self.base) is not None
+
+    def __call__(self, deadline: float, key: tuple) -> int:
+        """-1: no configuration sustains the decoders of `key` (added to the base load)."""
+        k = key if self.mixed else ()
+        if k in self._configs:
+            cfg = self._configs[k]
+        else:
+            counts = (tuple(b + x for b, x in zip(self.base, k, strict=True)) if self.mixed
+                      else self.base)
+            cfg = self.ctx.config(self.worker, counts)
+            if cfg is not None and cfg.prefill_tokens <= 0:
+                cfg = None
+            self._configs[k] = cfg
+        if cfg is None:
+            return -1
+        return prefill_within(self.worker.model, cfg, deadline - self.t0)
+
+
+def select(ctx: PlanContext, load: WorkerLoad, cands: list[QueuedPrompt]) -> list[QueuedPrompt]:
+    """The largest subset of `cands` the worker can admit next to its committed queue."""
+    budget = PrefillBudget(ctx, load)
+    if not budget.feasible():
+        return []
+    items = sorted(load.queue + cands, key=lambda it: (it.deadline, not it.committed))
+    zero = (0,) * len(budget.base) if budget.mixed else (0,)
+    excess = _committed_excess(load, items, budget, zero)
+    cap = load.worker.kv_capacity_blocks - load.kv_used
+    states: dict[tuple, list[DpState]] = {zero: [DpState(0, 0, None)]}
+    for it, ex in zip(items, excess, strict=True):
+        if it.committed:
+            states = _keep_committed(states, it, ex, budget, zero)
+        else:
+            states = _try_candidate(states, it, budget, cap)
+    # the most admissions; among those the fewest prefill tokens, then the fewest KV blocks
+    best_key = max(states, key=lambda k: (sum(k), -min(c for c, _, _ in states[k])))
+    chain = min(states[best_key], key=lambda s: (s.tokens, s.kv)).chain
+    out: list[QueuedPrompt] = []
+    while chain is not None:
+        out.append(chain.prompt)
+        chain = chain.rest
+    return out
+
+
+def _committed_excess(
+    load: WorkerLoad, items: list[QueuedPrompt], budget: PrefillBudget, zero: tuple
+) -> list[int]:
+    """How late the committed queue already is at each committed deadline: allowed to it (not
+    blamed on candidates); such prompts are marked unprotected (no batch claims them)."""
+    excess: list[int] = []
+    cum = 0
+    for it in items:
+        if it.committed:
+            cum += it.tokens
+            excess.append(max(0, cum - budget(it.deadline, zero)))
+            if excess[-1] > 0:
+                load.unprotected.add(it.req.id)
+        else:
+            excess.append(0)
+    return excess
+
+
+def _keep_committed(
+    states: dict[tuple, list[DpState]], it: QueuedPrompt, excess: int, budget: PrefillBudget,
+    zero: tuple,
+) -> dict[tuple, list[DpState]]:
+    """Every state must still fit the committed prompt by its deadline (plus its excess)."""
+    nxt: dict[tuple, list[DpState]] = {}
+    for key, lst in states.items():
+        lim = INF if key == zero else budget(it.deadline, key) + excess
+        n = it.tokens
+        keep = [DpState(c + n, m, ch) for c, m, ch in lst if c + n <= lim]
+        if keep:
+            nxt[key] = keep
+    return nxt
+
+
+def _try_candidate(
+    states: dict[tuple, list[DpState]], it: QueuedPrompt, budget: PrefillBudget, cap: int
+) -> dict[tuple, list[DpState]]:
+    """Each state either skips the candidate or admits it, if it fits by its deadline."""
+    nxt = {k: list(v) for k, v in states.items()}
+    for key, lst in states.items():
+        nkey = with_one_more(key, it.tier) if budget.mixed else (key[0] + 1,)
+        b = budget(it.deadline, nkey)
+        if b < 0:
+            continue
+        for c, m, ch in lst:
+            c2, m2 = c + it.tokens, m + it.kv
+            if c2 <= b and m2 <= cap:
+                _pareto_add(nxt.setdefault(nkey, []), DpState(c2, m2, Chain(it, ch)))
+    return nxt
+
+
+def _pareto_add(lst: list[DpState], s: DpState) -> None:
+    c, m = s.tokens, s.kv
+    for oc, om, _ in lst:
+        if oc <= c and om <= m:
+            return
+    lst[:] = [o for o in lst if not (c <= o.tokens and m <= o.kv)]
+    lst.append(s)
