@@ -165,26 +165,40 @@ def decoders_shape(decoders: Iterable[Decoder]) -> BatchShape:
     return BatchShape(0, dec, ver, reqs, ctx, steps)
 
 
+def step_bound_ms(decoder: Decoder, plan: WorkerPlan | None) -> float:
+    """The longest step an admitted decoder tolerates: its TPOT, or with drafts in the step
+    its tier's planned interval (expected tokens per step x TPOT): a verify step yields more
+    than one token on average, and the planner sized the tier's steps by that (one rule for
+    planner and engines: a TPOT bound here starved prefill whenever a verify batch alone
+    took longer than the TPOT)."""
+    if decoder.drafts > 0 and plan is not None:
+        tier = tier_for(plan, decoder.tpot_ms)
+        if tier is not None and tier.interval_ms > decoder.tpot_ms:
+            return tier.interval_ms
+    return decoder.tpot_ms
+
+
 def step_budget(
     model: PerfModel | None,
     decoders: Sequence[Decoder],
     engine_max: int,
     plan_budget: int = 0,
     prefill_context_tokens: int = 0,
+    plan: WorkerPlan | None = None,
 ) -> int:
     """Tokens the step may schedule.
 
     With a model and admitted decoders having a TPOT: the admitted decoders' own tokens plus
     the most prefill tokens the model says still end the step within the tightest of their
-    TPOTs (other tokens are timed as prefill tokens: an estimate; `prefill_context_tokens`:
-    KV already computed of the prefill next in line, a chunked prompt's earlier chunks).
-    Capped by the plan's budget (> 0) and the engine's maximum, never below the admitted
-    decoders' tokens (they are scheduled first) and never below 1."""
+    step bounds (`step_bound_ms`; other tokens are timed as prefill tokens: an estimate;
+    `prefill_context_tokens`: KV already computed of the prefill next in line, a chunked
+    prompt's earlier chunks). Capped by the plan's budget (> 0) and the engine's maximum,
+    never below the admitted decoders' tokens (they are scheduled first) and never below 1."""
     bound = [d for d in decoders if d.admitted and d.tpot_ms > 0]
     own = sum(d.tokens for d in bound)
     budget = engine_max
     if model is not None and bound:
-        tightest = min(d.tpot_ms for d in bound) / 1000.0
+        tightest = min(step_bound_ms(d, plan) for d in bound) / 1000.0
         base = decoders_shape(bound)
         # the extra tokens are one more request (a prompt chunk) in the batch
         base = BatchShape(base.prefill_tokens, base.decode_tokens, base.verify_tokens,

@@ -262,6 +262,7 @@ class SloScheduler(Scheduler):
         budget = step_budget(
             self._model, decoders, self._engine_max, self._plan.step_token_budget,
             prefill_context_tokens=prefill_next.num_computed_tokens if prefill_next else 0,
+            plan=self._plan,
         )
         if not self._chunked:
             # prompts are never split: the budget must admit the running requests and the

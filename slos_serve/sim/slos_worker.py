@@ -181,7 +181,8 @@ class WorkerExecutor:
         first_prefill = next((r for v, r in active if not v.decoding), None)
         return policy.step_budget(
             self.c.model, decoders, MAX_BATCH_TOKENS, self.plan.step_token_budget,
-            prefill_context_tokens=first_prefill.context if first_prefill else 0)
+            prefill_context_tokens=first_prefill.context if first_prefill else 0,
+            plan=self.plan)
 
     def _fill_running(self, b: Batch, active: list[tuple[policy.Running, SimRequest]],
                       drafts: dict[int, int], left: int) -> int:
