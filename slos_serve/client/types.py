@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from proto import slos_serve_pb2 as pb
 from slos_serve.errors import ProtocolError
+
+T = TypeVar("T")
 
 
 class Decision(str, Enum):
@@ -125,6 +127,16 @@ class Completion:
 Event = Started | Chunk | Completion
 """A stream event: one Started, then Chunks, then one Completion."""
 
+# What a Completion repeats of its Started event.
+SLO_FROM_STARTED = ("tier", "ttft_slo_ms", "tpot_slo_ms", "prefill_worker", "decode_worker")
+
+
+def from_message(cls: type[T], msg: Any, **given: Any) -> T:
+    """A result dataclass from a proto message: `given` values, the rest copied field by
+    field from the message's fields of the same name."""
+    return cls(**{f.name: given[f.name] if f.name in given else getattr(msg, f.name)
+                  for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+
 
 class StreamAssembler:
     """Turns GenerateResponse messages into events and checks the stream contract.
@@ -152,17 +164,8 @@ class StreamAssembler:
             if self.started is not None:
                 raise ProtocolError("second Started message")
             s = msg.started
-            self.started = Started(
-                request_id=self.request_id,
-                decision=Decision.from_proto(s.decision),
-                tier=s.tier,
-                ttft_slo_ms=s.ttft_slo_ms,
-                tpot_slo_ms=s.tpot_slo_ms,
-                prefill_worker=s.prefill_worker,
-                decode_worker=s.decode_worker,
-                prompt_tokens=s.prompt_tokens,
-                reason=s.reason,
-            )
+            self.started = from_message(Started, s, request_id=self.request_id,
+                                        decision=Decision.from_proto(s.decision))
             return self.started
         if self.started is None:
             raise ProtocolError(f"{kind or 'empty'} message before Started")
@@ -176,33 +179,13 @@ class StreamAssembler:
             decision = Decision.from_proto(f.decision)
             if decision is Decision.UNSPECIFIED:
                 decision = self.started.decision
-            self.completion = Completion(
-                request_id=self.request_id,
-                text="".join(self._text),
-                token_ids=list(self._ids),
-                finish_reason=f.finish_reason,
-                prompt_tokens=f.prompt_tokens or self.started.prompt_tokens,
-                completion_tokens=f.completion_tokens,
-                ttft_ms=f.ttft_ms,
-                tpot_ms=f.tpot_ms,
-                e2e_ms=f.e2e_ms,
-                ttft_met=f.ttft_met,
-                tpot_met=f.tpot_met,
-                slo_met=f.slo_met,
-                decision=decision,
-                stages=[
-                    StageResult(
-                        tokens=s.tokens, tpot_ms=s.tpot_ms, tpot_slo_ms=s.tpot_slo_ms,
-                        slo_met=s.slo_met, tier=s.tier, first_token_ms=s.first_token_ms,
-                        ttft_slo_ms=s.ttft_slo_ms,
-                    )
-                    for s in f.stages
-                ],
-                tier=self.started.tier,
-                ttft_slo_ms=self.started.ttft_slo_ms,
-                tpot_slo_ms=self.started.tpot_slo_ms,
-                prefill_worker=self.started.prefill_worker,
-                decode_worker=self.started.decode_worker,
+            started = self.started
+            self.completion = from_message(
+                Completion, f, request_id=self.request_id, text="".join(self._text),
+                token_ids=list(self._ids), decision=decision,
+                prompt_tokens=f.prompt_tokens or started.prompt_tokens,
+                stages=[from_message(StageResult, st) for st in f.stages],
+                **{k: getattr(started, k) for k in SLO_FROM_STARTED},
             )
             return self.completion
         raise ProtocolError("message with no kind set")
@@ -262,7 +245,7 @@ class LoadReport:
 
     @classmethod
     def from_proto(cls, m: pb.LoadReport) -> LoadReport:
-        return cls(**{f.name: getattr(m, f.name) for f in dataclasses.fields(cls)})
+        return from_message(cls, m)
 
 
 @dataclass(frozen=True)
