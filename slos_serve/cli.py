@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from slos_serve.up import die_with_parent
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("slos_serve.up", "start a local cluster: coordinator + prefill + decode workers"),
@@ -45,8 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slos_serve.up import die_with_parent
-
     die_with_parent()
     args = build_parser().parse_args(argv)
     if getattr(args, "_unavailable", None):

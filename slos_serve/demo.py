@@ -6,6 +6,9 @@ two-stage "reasoning" request through the SDK, prints each completion with the
 planner's decision, its measured TTFT, TPOT and SLO verdict (per stage), and
 stops every process. The first run measures the engine's performance profile
 (about a minute) and caches it in .cache/profile-cpu.json.
+
+The SDK is imported in `_send_all`, so that `slos-serve --help` (which imports every command
+module) stays fast.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from slos_serve.config import Options, option
+from slos_serve.up import ClusterSpec, LocalCluster
 
 PROMPTS = [
     ("tight", "def fibonacci(n):\n"),
@@ -95,7 +99,6 @@ def run(ns: argparse.Namespace) -> int:
     args = DemoArgs.from_args(ns)
     if args.target:
         return _report(asyncio.run(_send_all(args.target, args.max_tokens)))
-    from slos_serve.up import ClusterSpec, LocalCluster
 
     cluster = LocalCluster(ClusterSpec(model=args.model, engine=args.engine,
                                        spec_tokens=SPEC_TOKENS))

@@ -8,6 +8,9 @@ With `--json`, stdout gets one JSON object instead: the Completion, or on failur
 Exit codes: 0 success; 2 invalid input (argparse errors and INVALID_ARGUMENT); 3 rejected
 (RESOURCE_EXHAUSTED, or a Completion whose decision is "rejected"); 130 interrupted;
 1 any other error. Scripts can branch on these without parsing text.
+
+The SDK (gRPC channels) is imported where used, so that `slos-serve --help` (which imports
+every command module) stays fast.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from slos_serve.config import Options, option
+from slos_serve.errors import InvalidRequest, Rejected, SloServeError
 
-if TYPE_CHECKING:  # the SDK (grpc) loads in run(), keeping `slos-serve --help` fast
+if TYPE_CHECKING:
     from slos_serve.client import Completion, TlsConfig
 
 EXIT_OK = 0
@@ -141,8 +145,6 @@ def request_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _exit_code(err: BaseException) -> int:
-    from slos_serve.errors import InvalidRequest, Rejected
-
     if isinstance(err, InvalidRequest):
         return EXIT_INVALID
     if isinstance(err, Rejected):
@@ -153,7 +155,6 @@ def _exit_code(err: BaseException) -> int:
 def run(args: argparse.Namespace) -> int:
     """Send the request; stream or print JSON; map failures to exit codes (module doc)."""
     from slos_serve.client import Chunk, Client, Completion, Decision
-    from slos_serve.errors import SloServeError
 
     out: TextIO = sys.stdout
     err_out: TextIO = sys.stderr

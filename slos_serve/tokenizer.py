@@ -1,4 +1,7 @@
-"""Loads the model's tokenizer (the coordinator tokenizes; engines detokenize)."""
+"""Loads the model's tokenizer (the coordinator tokenizes; engines detokenize).
+
+`transformers` (seconds to import: it loads torch) is imported by `load_tokenizer` only.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from tokenizers import Tokenizer
 
 
 @lru_cache(maxsize=4)
@@ -24,7 +29,5 @@ def load_detokenizer(model_dir: str) -> Callable[[list[int]], str]:
     """
     path = Path(model_dir) / "tokenizer.json"
     if path.exists():
-        from tokenizers import Tokenizer
-
         return Tokenizer.from_file(str(path)).decode
     return load_tokenizer(model_dir).decode

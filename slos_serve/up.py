@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import os
 import random
 import signal
@@ -22,9 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from coordinator.main import CoordinatorConfig
+from proto import slos_serve_pb2 as pb
+from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.config import Options, option
 from slos_serve.grpc_util import check_health
+from slos_serve.profile import DEFAULT_OUT, ensure_profile
 from slos_serve.worker.main import WorkerConfig
 
 STOP_GRACE_S = 20.0
@@ -89,7 +95,6 @@ class ClusterSpec(Options):
             return self.profile
         if self.engine == "sim":
             return "sim-engine"
-        from slos_serve.profile import DEFAULT_OUT, ensure_profile
 
         if not self.model:
             raise ValueError("a model is needed to measure a profile")
@@ -215,11 +220,6 @@ class LocalCluster:
 
     async def _coordinator_sees_all_workers(self) -> bool:
         """Ready means routable: the coordinator itself reports every worker healthy."""
-        import grpc
-
-        from proto import slos_serve_pb2 as pb
-        from proto import slos_serve_pb2_grpc as pb_grpc
-
         async with grpc.aio.insecure_channel(self.target) as channel:
             try:
                 info = await pb_grpc.SloServeStub(channel).ClusterInfo(
@@ -285,7 +285,6 @@ def die_with_parent() -> None:
     parent = os.environ.pop(PARENT_ENV, "")
     if not parent.isdigit() or not sys.platform.startswith("linux"):
         return
-    import ctypes
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from slos_serve import model as mm
-from slos_serve.model import build as model_build
 from slos_serve.model import store
+from slos_serve.model import train as model_train
 
 STEPS = 2
 
@@ -184,7 +184,7 @@ def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 
     deterministic = torch.are_deterministic_algorithms_enabled()
     threads = torch.get_num_threads()
-    monkeypatch.setattr(model_build, "train_model", interrupted)
+    monkeypatch.setattr(model_train, "train_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
         mm.build_model(tmp_path / "m", train_steps=STEPS, log=None)
     assert not (tmp_path / "m").exists()

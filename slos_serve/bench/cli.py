@@ -6,6 +6,9 @@
   slos-serve bench capacity --systems slos,vllm-serve --scenarios coding,chatbot
   slos-serve bench loadgen-check      # SIMULATED engine: the load generator's own limits
   slos-serve bench overhead           # SIMULATED engine: what the coordinator adds
+
+The runner, the systems and the overhead measurements (the SDK, the load generator) are
+imported where used, so that `slos-serve --help` (which imports every command module) stays fast.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slos_serve.bench import signals
+from slos_serve.bench.report import render
+from slos_serve.bench.workload import WorkloadOptions
 from slos_serve.config import Options, option
 from slos_serve.sim.cli import WorkloadArgs
 from slos_serve.sim.workloads import SCENARIOS
@@ -154,7 +160,6 @@ def _systems(setup: BenchSetup) -> list[str]:
 
 def _config(args: argparse.Namespace, scenario: str, rates: list[float | None]) -> BenchConfig:
     from slos_serve.bench.runner import BenchConfig
-    from slos_serve.bench.workload import WorkloadOptions
 
     setup, wa, run = (BenchSetup.from_args(args), WorkloadArgs.from_args(args),
                       CompareRun.from_args(args))
@@ -180,13 +185,9 @@ def _check_model(model: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "report":
-        from slos_serve.bench.report import render
-
         render(Path(args.dir), plots=args.plots)
         return 0
     _check_model(args.model)
-    from slos_serve.bench import signals
-
     signals.install()  # SIGTERM stops every started process, as Ctrl-C does
     try:
         return _dispatch(args)

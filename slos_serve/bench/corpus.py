@@ -10,6 +10,8 @@ import importlib
 import inspect
 from functools import lru_cache
 
+from slos_serve.tokenizer import load_tokenizer
+
 MODULES = ("argparse", "inspect", "textwrap", "json.decoder", "json.encoder", "difflib",
            "dataclasses", "functools", "string", "fractions")
 
@@ -17,8 +19,6 @@ MODULES = ("argparse", "inspect", "textwrap", "json.decoder", "json.encoder", "d
 @lru_cache(maxsize=2)
 def load_corpus(model_dir: str) -> tuple[int, ...]:
     """Token ids of the corpus (tens of thousands: every prompt fits, cut at many offsets)."""
-    from slos_serve.tokenizer import load_tokenizer
-
     text = "\n\n".join(inspect.getsource(importlib.import_module(m)) for m in MODULES)
     ids = load_tokenizer(model_dir).encode(text, add_special_tokens=False, verbose=False)
     return tuple(int(t) for t in ids)

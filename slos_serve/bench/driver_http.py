@@ -9,7 +9,8 @@ the final usage reports beyond those counted are put at the last chunk's time.
 
 Calls go round-robin over the given servers (two `vllm serve` instances, one per core).
 vLLM serve has no notion of SLOs: its calls are judged on the client like every other
-system's, and the decision is "admitted" by definition.
+system's, and the decision is "admitted" by definition. aiohttp is imported when a driver is
+made: runs without `vllm-serve` never load it.
 """
 
 from __future__ import annotations

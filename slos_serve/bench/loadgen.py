@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tqdm import tqdm
+
 from slos_serve.bench.records import OK_FINISH, CallResult, make_record
 from slos_serve.bench.workload import BenchRequest, follow_up_prompt
 from slos_serve.core.stages import StageSpec
@@ -54,8 +56,6 @@ class LoadRun:
     def __init__(self, driver: Driver, total: int, *, system: str, scenario: str, rate: float,
                  max_context: int, request_timeout_s: float, miss_budget: int | None,
                  extra: dict[str, Any] | None, progress: bool) -> None:
-        from tqdm import tqdm
-
         self.driver = driver
         self.system, self.scenario, self.rate = system, scenario, rate
         self.max_context = max_context

@@ -22,8 +22,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import grpc
 import numpy as np
 
+from proto import slos_serve_pb2 as pb
+from proto import slos_serve_pb2_grpc as pb_grpc
+from slos_serve.bench.corpus import load_corpus
 from slos_serve.bench.loadgen import run_load
 from slos_serve.bench.records import CallResult, add_tokens
 from slos_serve.bench.runner import LiveSession
@@ -50,8 +54,6 @@ def loadgen_check(
     max_output: int = 8, system_name: str = "vllm-pd", seed: int = 0, progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per rate: requested / scheduled / achieved rate, lateness percentiles."""
-    from slos_serve.bench.corpus import load_corpus
-
     corpus = load_corpus(model)
     rows = []
     with LiveSession(ClusterSystem(system_name, model, engine="sim"), 60.0) as s:
@@ -100,18 +102,12 @@ class DirectDriver:
     """Calls a prefill and a decode worker's Worker service directly (no coordinator)."""
 
     def __init__(self, prefill: str, decode: str) -> None:
-        import grpc
-
-        from proto import slos_serve_pb2_grpc as pb_grpc
-
         self._channels = [grpc.aio.insecure_channel(a) for a in (prefill, decode)]
         self.prefill = pb_grpc.WorkerStub(self._channels[0])
         self.decode = pb_grpc.WorkerStub(self._channels[1])
 
     async def call(self, prompt: list[int], stages: Sequence[StageSpec],
                    result: CallResult, clock: Callable[[], float]) -> list[int]:
-        from proto import slos_serve_pb2 as pb
-
         rid = uuid.uuid4().hex
         max_tokens = sum(s.max_tokens for s in stages)
         sampling = pb.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True,
@@ -198,8 +194,6 @@ def coordinator_overhead(
     scheduler: str = "slos",
 ) -> dict[str, Any]:
     """Latency added at concurrency 1 and throughput at `concurrency`, SIMULATED engine."""
-    from slos_serve.bench.corpus import load_corpus
-
     prompt = list(cut_prompt(load_corpus(model), prompt_tokens, 1))
     name = "slos" if scheduler == "slos" else "vllm-pd"
     system = ClusterSystem(name, model, engine="sim")

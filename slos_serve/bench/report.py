@@ -1,4 +1,7 @@
-"""`slos-serve bench report DIR`: summary.json, the table and the plots from records.jsonl alone."""
+"""`slos-serve bench report DIR`: summary.json, the table and the plots from records.jsonl alone.
+
+The plots (matplotlib, most of a second to import) are imported only when they are drawn.
+"""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ from slos_serve.bench.capacity import (
     capacity_table,
     live_search_options,
 )
+from slos_serve.bench.corpus import load_corpus
 from slos_serve.bench.loadgen import run_load
 from slos_serve.bench.records import CallResult, write_records
 from slos_serve.bench.report import render
@@ -204,8 +205,6 @@ def _sessions(cfg: BenchConfig, corpus: Sequence[int], lengths: Sequence[int],
 
 def run_compare(cfg: BenchConfig) -> Path:
     """Every system at every rate; writes records.jsonl, summary.json, meta.json, plots."""
-    from slos_serve.bench.corpus import load_corpus
-
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     records_path = cfg.out_dir / "records.jsonl"
     records_path.unlink(missing_ok=True)
@@ -272,8 +271,6 @@ def _probe(s: LiveSession, cfg: BenchConfig, cap: CapacityConfig, corpus: Sequen
 
 def run_capacity(cfg: BenchConfig, cap: CapacityConfig) -> dict[str, Any]:
     """Per system (started once) and scenario: the largest rate with attainment >= target."""
-    from slos_serve.bench.corpus import load_corpus
-
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     records_path = cfg.out_dir / "records.jsonl"
     records_path.unlink(missing_ok=True)

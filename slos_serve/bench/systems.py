@@ -28,6 +28,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from slos_serve.bench.driver_grpc import GrpcDriver
+from slos_serve.bench.driver_http import OpenAIHttpDriver
+from slos_serve.client import AsyncClient
 from slos_serve.up import ClusterSpec, LocalCluster, free_port, spawn_options, stop_groups
 
 SYSTEMS = ("slos", "vllm-pd", "vllm-serve")
@@ -57,8 +60,6 @@ class ClusterSystem:
         self.cluster.stop()
 
     def driver(self, timeout_s: float = 600.0) -> Any:
-        from slos_serve.bench.driver_grpc import GrpcDriver
-
         return GrpcDriver(self.target, timeout_s)
 
     def worker_addresses(self) -> dict[str, str]:
@@ -66,8 +67,6 @@ class ClusterSystem:
 
     async def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """Until every worker reports no request (cancelled ones are aborted on the workers)."""
-        from slos_serve.client import AsyncClient
-
         deadline = time.monotonic() + timeout_s
         async with AsyncClient(self.target, timeout=5) as client:
             while time.monotonic() < deadline:
@@ -172,8 +171,6 @@ class VllmServeSystem:
         self.procs.clear()
 
     def driver(self, timeout_s: float = 600.0) -> Any:
-        from slos_serve.bench.driver_http import OpenAIHttpDriver
-
         return OpenAIHttpDriver(self.urls, self.SERVED_NAME, timeout_s)
 
     async def wait_idle(self, timeout_s: float = 60.0) -> bool:

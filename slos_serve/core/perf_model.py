@@ -5,6 +5,9 @@ per-step cost (weights, launch; memory-bound small batches) or by work that grow
 tokens (compute-bound large batches); a maximum of linear pieces captures both. Features are
 the batch's composition so that the same model times prefill chunks, decode steps and
 speculative verification: see FEATURES.
+
+scipy (most of a second to import) is imported by the fitting functions only: the planner and
+the simulator use a fitted model and never load it.
 """
 
 from __future__ import annotations

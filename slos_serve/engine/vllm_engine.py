@@ -4,6 +4,9 @@ Its scheduler (vllm_scheduler.SloScheduler, in vLLM's engine-core process) is re
 through the side channel (slos_serve/engine/side_channel.py): the stats file it publishes
 (load()), the plan file this wrapper writes (set_plan / set_stage), the scheduler mode and
 the performance model's path.
+
+vLLM is imported where it is used: the worker must set vLLM's environment before vLLM loads
+(`worker.main.configure_environment`), and a simulated worker never loads it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from slos_serve.engine.side_channel import (
     slo_to_extra_args,
     write_plan,
 )
+from slos_serve.engine.vllm_args import engine_kwargs, serving_chunked_prefill
 
 
 class VllmEngine:
@@ -82,8 +86,6 @@ class VllmEngine:
 
     def _engine_args(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
-
-        from slos_serve.engine.vllm_args import engine_kwargs, serving_chunked_prefill
 
         return AsyncEngineArgs(**engine_kwargs(
             model=self._model, max_model_len=self._max_model_len, seed=self._seed,

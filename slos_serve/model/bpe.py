@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
 from slos_serve.model.recipe import BOS, EOS, MAX_MODEL_LEN, PAD, SPECIAL_TOKENS, VOCAB_SIZE
 
 
@@ -17,9 +20,6 @@ def train_tokenizer(texts: list[str]) -> Any:
     The post-processor prepends BOS, as LLaMA tokenizers do, so prompts sent to vLLM
     look like the training windows (which all start with BOS).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

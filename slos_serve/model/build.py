@@ -3,18 +3,18 @@
 One build: read the corpus, train the tokenizer, tokenize the corpus, train the model,
 save both into a temporary directory, stamp it, install it. Builds of one directory are
 serialised by a lock; a directory holding a build of the same recipe is reused at once.
+
+`bpe` and `train` (transformers, torch) are imported in `write_model_files`: torch must load
+after `make-model` has set its OpenMP environment, and `slos-serve --help` stays fast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from slos_serve.model.bpe import train_tokenizer
 from slos_serve.model.corpus import corpus_token_ids, load_corpus
 from slos_serve.model.recipe import (
     DEFAULT_TRAIN_STEPS,
@@ -35,7 +35,6 @@ from slos_serve.model.store import (
     remove_stale_temps,
     write_stamp,
 )
-from slos_serve.model.train import deterministic_torch, eval_loss, train_model
 
 
 def print_progress(msg: str) -> None:
@@ -124,29 +123,17 @@ def build_into(
 def write_model_files(tmp: Path, *, train_steps: int, seed: int, say: Log) -> float:
     """Trains the tokenizer and the model and saves both into `tmp`; returns the model's
     evaluation loss."""
+    from slos_serve.model import bpe, train
+
     texts = load_corpus()
-    with deterministic_torch(seed):
-        tokenizer = train_tokenizer(texts)
+    with train.deterministic_torch(seed):
+        tokenizer = bpe.train_tokenizer(texts)
         token_ids = corpus_token_ids(tokenizer, texts, MODEL_CONFIG["eos_token_id"])
         say(f"make-model: tokenizer trained ({tokenizer.backend_tokenizer.get_vocab_size()}"
             f" tokens, {sum(map(len, texts)) / len(token_ids):.2f} chars/token)")
-        model = train_model(token_ids, train_steps=train_steps, seed=seed, log=say)
-        final_loss = eval_loss(model, token_ids)
-    with quiet_progress_bars():
+        model = train.train_model(token_ids, train_steps=train_steps, seed=seed, log=say)
+        final_loss = train.eval_loss(model, token_ids)
+    with train.quiet_progress_bars():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return final_loss
-
-
-@contextlib.contextmanager
-def quiet_progress_bars() -> Iterator[None]:
-    """Hides the one-shard "Writing model shards" bar, which only clutters the build log."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()

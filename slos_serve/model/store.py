@@ -8,6 +8,7 @@ marks a complete build of one recipe.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -42,8 +43,6 @@ def is_complete(model_dir: Path, want_hash: str) -> bool:
 @contextlib.contextmanager
 def build_lock(out_dir: Path, say: Log) -> Iterator[None]:
     """An exclusive flock on a hidden sibling file of `out_dir`, released on exit."""
-    import fcntl
-
     lock_path = out_dir.parent / f".{out_dir.name}.lock"
     with open(lock_path, "a") as lock:
         try:

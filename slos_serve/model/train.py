@@ -20,6 +20,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
+
 from slos_serve.model.recipe import BIGRAM_INIT, MAX_THREADS, MODEL_CONFIG, TRAIN, Log
 
 
@@ -30,8 +34,6 @@ def deterministic_torch(seed: int) -> Iterator[None]:
     Restoring matters because `build_model` may run inside a longer-lived process
     (the test session).
     """
-    import torch
-
     prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -66,8 +68,6 @@ def bigram_init(model: Any, data: Any, log: Log) -> float:
     cross-entropy). Training then starts at bigram quality (~3.75) and spends its
     steps on what needs context. Returns the bigram cross-entropy reached.
     """
-    import torch
-
     vocab = MODEL_CONFIG["vocab_size"]
     hidden = MODEL_CONFIG["hidden_size"]
     eps = model.config.rms_norm_eps
@@ -107,9 +107,6 @@ def bigram_init(model: Any, data: Any, log: Log) -> float:
 
 def new_model(seed: int) -> Any:
     """The untrained LlamaForCausalLM of `MODEL_CONFIG`, its weights drawn from `seed`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(**MODEL_CONFIG)
     config._attn_implementation = "sdpa"  # faster than eager here, and also deterministic
     torch.manual_seed(seed)
@@ -123,8 +120,6 @@ def make_optimizer(model: Any) -> Any:
     (measured: slightly better than one rate for all). Each group keeps its `peak_lr`
     for the schedule.
     """
-    import torch
-
     groups: dict[tuple[float, float], list[Any]] = {}
     for name, param in model.named_parameters():
         lr = TRAIN["lr"] * (TRAIN["head_lr_mult"] if name.endswith(
@@ -141,8 +136,6 @@ def make_optimizer(model: Any) -> Any:
 def train_model(token_ids: list[int], *, train_steps: int, seed: int, log: Log) -> Any:
     """Creates the LLaMA model from `seed`, bigram-initialises it and trains it on
     random windows of `token_ids`."""
-    import torch
-
     model = new_model(seed)
     n_params = sum(p.numel() for p in model.parameters())
     data = torch.tensor(token_ids, dtype=torch.long)
@@ -179,8 +172,6 @@ def train_model(token_ids: list[int], *, train_steps: int, seed: int, log: Log) 
 
 def eval_loss(model: Any, token_ids: list[int]) -> float:
     """Mean loss over a few fixed windows: a quick, deterministic quality number for logs."""
-    import torch
-
     seq_len = TRAIN["seq_len"]
     n = max(1, min(8, (len(token_ids) - 1) // seq_len))
     stride = (len(token_ids) - seq_len) // n
@@ -190,3 +181,15 @@ def eval_loss(model: Any, token_ids: list[int]) -> float:
     )
     with torch.no_grad():
         return round(float(model(input_ids=x, labels=x).loss), 4)
+
+
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hides the one-shard "Writing model shards" bar, which only clutters the build log."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -7,6 +7,7 @@ recorder on (`SLOS_PROFILE_PATH`): every executed step appends its batch composi
 its wall seconds, and the model worker's CPU seconds and seconds spent waiting for its
 core. The engine's arguments are the workers' (`slos_serve.engine.vllm_args`), with
 vLLM's own scheduling decisions and no prefix caching, so every prompt token is computed.
+vLLM is imported where an engine is built: the SIMULATED path and `--help` never load it.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
   slos-serve simulate capacity --scenarios all --systems slos,vllm,sarathi,distserve \
       --profile opt-13b-a100 --out capacity.json
   slos-serve simulate overhead
+
+The simulator and the capacity search are imported where used, so that `slos-serve --help`
+(which imports every command module) stays fast.
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from tqdm import tqdm
+
 from slos_serve.config import Options, option
-from slos_serve.sim.workloads import SCENARIOS, TraceOptions, WorkloadSpec
+from slos_serve.core.perf_model import load_profile
+from slos_serve.sim import overhead
+from slos_serve.sim.workloads import SCENARIOS, TraceOptions, WorkloadSpec, build_workload
 
 if TYPE_CHECKING:
     from slos_serve.sim.core import SimConfig
@@ -135,8 +142,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     WorkloadArgs.add_arguments(cap, shared=True)
     CapacityRun.add_arguments(cap)
     ov = sub.add_parser("overhead", help="planner wall time against live requests")
-    from slos_serve.sim import overhead
-
     overhead.add_arguments(ov)
 
 
@@ -153,9 +158,7 @@ def _ms(x: float) -> str:
 
 
 def run_once(args: argparse.Namespace) -> int:
-    from slos_serve.core.perf_model import load_profile
     from slos_serve.sim.simulator import simulate
-    from slos_serve.sim.workloads import build_workload
 
     sim, run = Simulation.from_args(args), AttainmentRun.from_args(args)
     profile = sim.cluster.profile
@@ -187,7 +190,6 @@ def run_once(args: argparse.Namespace) -> int:
 
 def _capacity_job(sim: Simulation, cap: CapacityRun, scenario: str, system: str,
                   targets: list[float]) -> tuple[str, str, dict]:
-    from slos_serve.core.perf_model import load_profile
     from slos_serve.sim.capacity import SearchOptions, system_capacity
 
     profile = sim.cluster.profile
@@ -236,8 +238,6 @@ def _table(cap: dict[str, dict[str, float]], systems: list[str], title: str) -> 
 
 
 def run_capacity(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     sim, search = Simulation.from_args(args), CapacityRun.from_args(args)
     scenarios = list(SCENARIOS) if search.scenarios == "all" else search.scenarios.split(",")
     for sc in scenarios:
@@ -294,7 +294,5 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "capacity":
         return run_capacity(args)
     if args.action == "overhead":
-        from slos_serve.sim import overhead
-
         return overhead.run(args)
     return run_once(args)

@@ -15,27 +15,19 @@ from slos_serve.core.perf_model import PerfModel, load_profile
 from slos_serve.sim.baselines import ColocatedFcfs, DistServe
 from slos_serve.sim.core import Cluster, SimConfig, System
 from slos_serve.sim.metrics import RequestResult, Summary, result, summarize
+from slos_serve.sim.slos_system import SlosSystem
 from slos_serve.sim.workloads import Request
 
 DISAGGREGATED = {"distserve", "slos"}
 PD_RATIOS = ((1, 1), (2, 1), (1, 2))
 
 
-def _slos(colocated: bool) -> Callable[[], System]:
-    def make() -> System:
-        from slos_serve.sim.slos_system import SlosSystem
-
-        return SlosSystem(colocated=colocated)
-
-    return make
-
-
 SYSTEMS: dict[str, Callable[[], System]] = {
     "vllm": lambda: ColocatedFcfs("vllm"),
     "sarathi": lambda: ColocatedFcfs("sarathi", budget=None),
     "distserve": DistServe,
-    "slos": _slos(colocated=False),
-    "slos-colocated": _slos(colocated=True),
+    "slos": lambda: SlosSystem(colocated=False),
+    "slos-colocated": lambda: SlosSystem(colocated=True),
 }
 
 

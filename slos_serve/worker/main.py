@@ -1,4 +1,8 @@
-"""Command line of a worker process (`slos-serve prefill-worker|decode-worker`)."""
+"""Command line of a worker process (`slos-serve prefill-worker|decode-worker`).
+
+The worker's gRPC service is imported in `serve`, so that `slos-serve --help` (which imports
+every command module) stays fast.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,19 @@ from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from kv_transfer.config import ENV_SIDE_CHANNEL_HOST, engine_env
 from proto import slos_serve_pb2 as pb
+from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.config import Options, option
+from slos_serve.core.perf_model import load as load_perf_model
+from slos_serve.engine import create_engine
 from slos_serve.grpc_util import bind, create_server, serve_until_signal
-from slos_serve.metrics import metrics_port_arg
+from slos_serve.metrics import (
+    REGISTRY,
+    WorkerMetrics,
+    kv_bytes_per_token,
+    metrics_port_arg,
+    serve_metrics,
+)
+from slos_serve.tokenizer import load_detokenizer
 
 log = logging.getLogger("slos_serve.worker")
 SERVING = HealthCheckResponse.SERVING
@@ -78,14 +92,10 @@ def configure_environment(cfg: WorkerConfig) -> None:
 
 
 def build_engine(cfg: WorkerConfig):
-    from slos_serve.engine import create_engine
-
     profile = None
     if cfg.profile:
-        from slos_serve.core.perf_model import load
-
         try:  # fail here, not silently inside vLLM's engine core
-            load(cfg.profile)
+            load_perf_model(cfg.profile)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SystemExit(f"--profile {cfg.profile}: not a performance model: {exc}") from exc
         profile = os.path.abspath(cfg.profile)
@@ -102,8 +112,6 @@ def build_engine(cfg: WorkerConfig):
         )
     detokenize = None
     if cfg.model:
-        from slos_serve.tokenizer import load_detokenizer
-
         detokenize = load_detokenizer(cfg.model)
     return create_engine(
         "sim",
@@ -116,8 +124,6 @@ def build_engine(cfg: WorkerConfig):
 
 
 async def serve(role: str, cfg: WorkerConfig) -> None:
-    from proto import slos_serve_pb2_grpc as pb_grpc
-    from slos_serve.metrics import REGISTRY, WorkerMetrics, kv_bytes_per_token, serve_metrics
     from slos_serve.worker.service import WorkerService
 
     engine = build_engine(cfg)
