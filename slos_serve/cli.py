@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module exposing `add_arguments(parser)` and
 `run(args) -> int`. Modules import heavy dependencies (vLLM, torch) inside
-`run`, so `slos-serve --help` stays fast.
+`run`, so `slos-serve --help` stays fast. This dispatcher imports the command modules
+(and `up`, for `die_with_parent`) only when it runs, so importing it loads none of them.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-
-from slos_serve.up import die_with_parent
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -47,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slos_serve.up import die_with_parent
+
     die_with_parent()
     args = build_parser().parse_args(argv)
     if getattr(args, "_unavailable", None):
