@@ -13,6 +13,8 @@ lives here so that it is unit-tested in milliseconds (tests/test_slo_policy.py):
 * `spec_cap`: speculative tokens a request's verify step may carry (its tier's cap).
 * `step_budget`: the step's token budget from the performance model, so that the predicted
   step time stays within the tightest TPOT of the admitted decoders in the batch.
+* `deadline_budget`: that budget cut so that a step finishing an admitted prompt ends by
+  its TTFT deadline.
 * `running_key`, `paced_out`: order of the running requests, and which loose decoders to
   hold back (pacing) while prefill waits.
 * `TierStats` / `SpecStats`: per-tier speculation statistics.
@@ -209,6 +211,64 @@ def step_budget(
     if plan_budget > 0:
         budget = min(budget, plan_budget)
     return max(1, min(engine_max, max(budget, own)))
+
+
+@dataclass(frozen=True, slots=True)
+class StepItem:
+    """A request as the step fills its budget: running requests in their order, then the
+    waiting prompts in theirs (the order vLLM schedules them in)."""
+
+    tokens: int  # tokens it takes if the budget allows: 1 + drafts, or the prompt left
+    context_tokens: int  # KV tokens already computed
+    prompt: bool = False
+    deadline_unix: float = 0.0  # an admitted prompt's TTFT deadline (0: none)
+
+
+def deadline_budget(
+    model: PerfModel | None, items: Sequence[StepItem], budget: int, now_unix: float
+) -> int:
+    """`budget` cut so that a step that finishes an admitted prompt is predicted to end by
+    that prompt's TTFT deadline (the planner's schedule caps such a step the same way: the
+    partial step its prefill budget counts on; a full step would miss the deadline it was
+    admitted with). The items take the budget in order; once a finishing prompt has set a
+    deadline, what follows takes only what still ends by it. A prompt that cannot finish by
+    its own deadline anyway sets none. Never below 1."""
+    if model is None:
+        return budget
+    left, used, limit = budget, 0, math.inf
+    dec = ver = reqs = ctx = steps = prefill = 0
+    for it in items:
+        if left <= 0:
+            break
+        n = min(it.tokens, left)
+        if it.prompt:
+            finishes = n == it.tokens and it.deadline_unix > 0
+            end = min(limit, it.deadline_unix) if finishes else limit
+            if end < math.inf:
+                base = BatchShape(0, dec, ver, reqs + 1, ctx + it.context_tokens, steps)
+                room = model.prefill_capacity(end - now_unix, base) - prefill
+                if room >= n:
+                    limit, left = end, min(left, room)
+                elif limit < math.inf:  # it would make an earlier finisher late
+                    return max(1, used + max(room, 0))
+            prefill += n
+        else:
+            verify = n > 1
+            if limit < math.inf:
+                shape = BatchShape(prefill, dec + (0 if verify else n), ver + (n if verify else 0),
+                                   reqs + 1, ctx + it.context_tokens, max(steps, n - 1))
+                if model.predict(shape) > limit - now_unix:
+                    return max(1, used)
+            if verify:
+                ver += n
+                steps = max(steps, n - 1)
+            else:
+                dec += n
+        reqs += 1
+        ctx += it.context_tokens
+        used += n
+        left -= n
+    return budget if limit == math.inf else max(1, used + left)
 
 
 # ------------------------------------------------------- order and pacing --

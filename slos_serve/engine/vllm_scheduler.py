@@ -10,7 +10,8 @@ In "slos" mode, with the engine's scheduling_policy "priority": requests are pre
 EDF order of their TTFT deadline, best effort last and preempted first (the priority set
 in add_request); the running list is ordered so that admitted, tighter-TPOT, earlier-due
 decoders come first and each step's token budget keeps the tightest admitted TPOT (the
-performance model's prediction); draft tokens are trimmed to the request's tier cap. The
+performance model's prediction) and, when the step finishes an admitted prompt, that
+prompt's TTFT deadline; draft tokens are trimmed to the request's tier cap. The
 decisions themselves live in slos_serve/core/policy.py (no vLLM there). In "vllm" mode
 every decision is vLLM's (the baseline) and only stats are published.
 
@@ -41,7 +42,9 @@ from slos_serve.core.policy import (
     RequestSlo,
     Running,
     SpecStats,
+    StepItem,
     acceptance,
+    deadline_budget,
     paced_out,
     prefill_yielding,
     priority,
@@ -264,6 +267,9 @@ class SloScheduler(Scheduler):
             prefill_context_tokens=prefill_next.num_computed_tokens if prefill_next else 0,
             plan=self._plan,
         )
+        steps = [self._step_item(r, views[r.request_id].decoding) for r in active]
+        steps += [self._step_item(r, False) for r in ready]
+        budget = deadline_budget(self._model, steps, budget, now)
         if not self._chunked:
             # prompts are never split: the budget must admit the running requests and the
             # next prompt whole, or that prompt would wait forever
@@ -284,6 +290,17 @@ class SloScheduler(Scheduler):
             self.max_num_active_reqs = saved_active
             if held:
                 self.running.extend(held)
+
+    def _step_item(self, req: Any, decoding: bool) -> StepItem:
+        """req as deadline_budget sees it: what it takes of the step, and an admitted
+        prompt's TTFT deadline."""
+        if decoding:
+            return StepItem(max(1, req.num_tokens_with_spec - req.num_computed_tokens),
+                            req.num_computed_tokens)
+        slo = self._state(req).slo
+        return StepItem(max(1, req.num_tokens - req.num_computed_tokens),
+                        req.num_computed_tokens, True,
+                        slo.ttft_deadline_unix if slo.admitted else 0.0)
 
     # --------------------------------------------------------- speculation --
 

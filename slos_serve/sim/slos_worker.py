@@ -10,6 +10,8 @@ slos_serve/engine/vllm_scheduler.py calls it inside vLLM's scheduler:
 - `prefill_yielding`: a part-prefilled prompt yields to a waiting one with an earlier deadline;
 - `step_budget`: the step's tokens, so that it is predicted to end within the tightest
   admitted TPOT in it, capped by the plan's budget and the engine's maximum;
+- `deadline_budget`: that budget cut so that a step finishing an admitted prompt is predicted
+  to end by the prompt's TTFT deadline;
 - `spec_cap`: drafts per verify step, the request's tier cap from the plan.
 
 Then vLLM's own order of filling the step: running requests first, in that order, each taking
@@ -59,6 +61,12 @@ def _rid(r: SimRequest) -> str:
 def next_due(r: SimRequest) -> float:
     """When r's next token is due: its segment's pace (set by SlosSystem on entering decode)."""
     return r.due0 + r.generated * r.tpot
+
+
+def prompt_item(r: SimRequest) -> policy.StepItem:
+    slo = request_slo(r)
+    return policy.StepItem(r.todo_prefill, r.context, True,
+                           slo.ttft_deadline_unix if slo.admitted else 0.0)
 
 
 class WorkerExecutor:
@@ -146,6 +154,8 @@ class WorkerExecutor:
                   if v.request_id not in held]
         drafts = {r.id: self._spec_len(r) for v, r in active if v.decoding}
         budget = self._budget(active, drafts)
+        budget = policy.deadline_budget(self.c.model, self._items(active, drafts, waiting),
+                                        budget, now)
         b = Batch()
         left = self._fill_running(b, active, drafts, budget)
         self._fill_waiting(b, waiting, left)
@@ -183,6 +193,18 @@ class WorkerExecutor:
             self.c.model, decoders, MAX_BATCH_TOKENS, self.plan.step_token_budget,
             prefill_context_tokens=first_prefill.context if first_prefill else 0,
             plan=self.plan)
+
+    @staticmethod
+    def _items(active: list[tuple[policy.Running, SimRequest]], drafts: dict[int, int],
+               waiting: list[SimRequest]) -> list[policy.StepItem]:
+        """The step's requests in the order they take its budget (deadline_budget)."""
+        items = []
+        for v, r in active:
+            if v.decoding:
+                items.append(policy.StepItem(1 + drafts[r.id], r.context))
+            else:
+                items.append(prompt_item(r))
+        return items + [prompt_item(r) for r in waiting]
 
     def _fill_running(self, b: Batch, active: list[tuple[policy.Running, SimRequest]],
                       drafts: dict[int, int], left: int) -> int:
