@@ -11,9 +11,12 @@ from slos_serve.core.perf_model import BatchShape, PerfModel, Piece
 from slos_serve.core.perf_model import load as load_perf_model
 from slos_serve.core.policy import (
     Decoder,
+    Running,
     StepItem,
     deadline_budget,
     decoders_shape,
+    slack_ms,
+    step_bound_ms,
     step_budget,
 )
 
@@ -67,6 +70,21 @@ def test_budget_fills_the_tightest_tpot_with_the_model() -> None:
     # tightest 20 ms: 2 ms + 2 decode (2 ms) + 3 verify (4.5 ms) = 8.5 ms; 11.5 ms left
     assert 5 + 114 <= step_budget(toy_model(), decs, 4096) <= 5 + 115  # (rounded down)
     assert decoders_shape(decs) == BatchShape(0, 2, 3, 3, 300, 2)
+
+
+def test_a_decoder_ahead_of_its_pace_tolerates_a_step_until_its_next_token_is_due() -> None:
+    on_pace = [Decoder(1, 0, 20.0), Decoder(1, 0, 100.0, slack_ms=50.0)]
+    ahead = [Decoder(1, 0, 20.0, slack_ms=50.0), Decoder(1, 0, 100.0, slack_ms=50.0)]
+    # 20 ms - 2 ms - 2 decode tokens (2 ms) = 16 ms: 160 prefill tokens; 50 ms: 460
+    assert step_budget(toy_model(), on_pace, 4096) in (2 + 159, 2 + 160)
+    assert step_budget(toy_model(), ahead, 4096) in (2 + 459, 2 + 460)
+    # no drafts this step (its last token): its slack, not its TPOT, bounds the step
+    last = Decoder(1, 0, 20.0, slack_ms=35.0)
+    assert step_bound_ms(last, None) == 35.0
+    assert step_bound_ms(Decoder(1, 0, 20.0, slack_ms=5.0), None) == 20.0
+    due = Running("r", True, True, 20.0, NOW + 0.035, 0)
+    assert slack_ms(due, NOW) == pytest.approx(35.0, abs=1e-3)
+    assert slack_ms(due, NOW + 1.0) == 0.0
 
 
 def test_budget_never_below_the_admitted_decoders_own_tokens() -> None:

@@ -12,7 +12,7 @@ lives here so that it is unit-tested in milliseconds (tests/test_slo_policy.py):
   (the boundary rule is core/stages.StageTracker's).
 * `spec_cap`: speculative tokens a request's verify step may carry (its tier's cap).
 * `step_budget`: the step's token budget from the performance model, so that the predicted
-  step time stays within the tightest TPOT of the admitted decoders in the batch.
+  step time stays within what every admitted decoder in the batch tolerates (`step_bound_ms`).
 * `deadline_budget`: that budget cut so that a step finishing an admitted prompt ends by
   its TTFT deadline.
 * `running_key`, `paced_out`: order of the running requests, and which loose decoders to
@@ -152,6 +152,7 @@ class Decoder:
     tpot_ms: float  # in force now (0: no TPOT objective)
     admitted: bool = True
     drafts: int = 0
+    slack_ms: float = 0.0  # until its next token is due (ahead of its pace; 0: not known)
 
 
 def decoders_shape(decoders: Iterable[Decoder]) -> BatchShape:
@@ -172,12 +173,16 @@ def step_bound_ms(decoder: Decoder, plan: WorkerPlan | None) -> float:
     its tier's planned interval (expected tokens per step x TPOT): a verify step yields more
     than one token on average, and the planner sized the tier's steps by that (one rule for
     planner and engines: a TPOT bound here starved prefill whenever a verify batch alone
-    took longer than the TPOT)."""
+    took longer than the TPOT). A decoder ahead of its pace tolerates more: a step that ends
+    by its next token's due time keeps it on time (without this, one decoder with no drafts
+    this step -- its last token, or none proposed -- cut the step to its TPOT, below the
+    period the plan's prefill budget counts on, however far ahead of its pace it was)."""
+    bound = decoder.tpot_ms
     if decoder.drafts > 0 and plan is not None:
         tier = tier_for(plan, decoder.tpot_ms)
         if tier is not None and tier.interval_ms > decoder.tpot_ms:
-            return tier.interval_ms
-    return decoder.tpot_ms
+            bound = tier.interval_ms
+    return max(bound, decoder.slack_ms)
 
 
 def step_budget(
@@ -300,6 +305,14 @@ class Running:
     tpot_ms: float
     due_unix: float  # next token due (decoders), inf if unknown
     priority: int
+
+
+def slack_ms(r: Running, now_unix: float) -> float:
+    """How far a decoder is ahead of its pace: until its next token is due (0: due or late,
+    or not known)."""
+    if not math.isfinite(r.due_unix):
+        return 0.0
+    return max(0.0, (r.due_unix - now_unix) * 1000.0)
 
 
 def running_key(r: Running) -> tuple:

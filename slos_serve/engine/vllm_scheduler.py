@@ -49,6 +49,7 @@ from slos_serve.core.policy import (
     prefill_yielding,
     priority,
     running_key,
+    slack_ms,
     spec_cap,
     stage_index,
     step_budget,
@@ -257,6 +258,7 @@ class SloScheduler(Scheduler):
                 tpot_ms=views[r.request_id].tpot_ms,
                 admitted=views[r.request_id].admitted,
                 drafts=len(r.spec_token_ids),
+                slack_ms=slack_ms(views[r.request_id], now),
             )
             for r in active
             if views[r.request_id].decoding

@@ -153,7 +153,7 @@ class WorkerExecutor:
         active = [(v, r) for v, r in sorted(running, key=lambda x: policy.running_key(x[0]))
                   if v.request_id not in held]
         drafts = {r.id: self._spec_len(r) for v, r in active if v.decoding}
-        budget = self._budget(active, drafts)
+        budget = self._budget(active, drafts, now)
         budget = policy.deadline_budget(self.c.model, self._items(active, drafts, waiting),
                                         budget, now)
         b = Batch()
@@ -184,9 +184,9 @@ class WorkerExecutor:
         return min(cap, max(r.remaining_output - 1, 0))
 
     def _budget(self, active: list[tuple[policy.Running, SimRequest]],
-                drafts: dict[int, int]) -> int:
+                drafts: dict[int, int], now: float) -> int:
         decoders = [policy.Decoder(1 + drafts[r.id], r.context, v.tpot_ms, v.admitted,
-                                   drafts[r.id])
+                                   drafts[r.id], policy.slack_ms(v, now))
                     for v, r in active if v.decoding]
         first_prefill = next((r for v, r in active if not v.decoding), None)
         return policy.step_budget(
