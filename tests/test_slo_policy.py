@@ -10,6 +10,7 @@ from decode_worker.decode import UntilWatcher
 from slos_serve.core.policy import (
     BEST_EFFORT_OFFSET_MS,
     NO_SLO_TIER,
+    PACE_KV_FRACTION,
     DecodeClock,
     RequestSlo,
     Running,
@@ -208,6 +209,15 @@ def test_pacing_holds_loose_decoders_not_yet_due_only_while_prefill_waits() -> N
     assert paced_out(rs, NOW, 0.01, paced, prefill_waiting=False) == set()
     assert paced_out(rs, NOW, 0.01, WorkerPlan(pace=False), prefill_waiting=True) == set()
     assert paced_out(rs, NOW, 0.0, paced, prefill_waiting=True) == set()  # no step time yet
+
+
+def test_pacing_holds_nobody_while_the_kv_cache_is_short() -> None:
+    rs = [run("tight", tpot=30.0), run("loose-later", tpot=300.0, due=NOW + 0.2)]
+    paced = WorkerPlan(pace=True)
+    assert paced_out(rs, NOW, 0.01, paced, True, kv_used_fraction=0.5) == {"loose-later"}
+    assert paced_out(rs, NOW, 0.01, paced, True, kv_used_fraction=PACE_KV_FRACTION) == {
+        "loose-later"}
+    assert paced_out(rs, NOW, 0.01, paced, True, kv_used_fraction=0.9) == set()
 
 
 # ------------------------------------------------------------------ plan, stats

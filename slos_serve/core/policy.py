@@ -38,6 +38,8 @@ BEST_EFFORT_TIER = "best_effort"
 NO_SLO_TIER = "none"  # requests without SLO data (e.g. an engine used directly)
 # Pacing holds a decoder back only if its next token is not due within this many recent steps.
 PACE_STEPS = 2.0
+# ... and only while the KV cache is at most this full (held decoders keep their memory).
+PACE_KV_FRACTION = 0.7
 
 
 # ------------------------------------------------------------ request SLO --
@@ -328,12 +330,17 @@ def running_key(r: Running) -> tuple:
 
 def paced_out(
     running: Sequence[Running], now_unix: float, step_s: float, plan: WorkerPlan | None,
-    prefill_waiting: bool,
+    prefill_waiting: bool, kv_used_fraction: float = 0.0,
 ) -> set[str]:
     """Decoders to hold out of this step (plan "pace", meant for mixed workers): while prefill
     waits, admitted decoders of tiers looser than the tightest running one whose next token
-    is not due within PACE_STEPS recent step times."""
+    is not due within PACE_STEPS recent step times. Nobody while the KV cache is fuller than
+    PACE_KV_FRACTION: a decoder held back keeps its KV longer, and when memory is short that
+    costs more (prompts wait for memory, requests are preempted and recompute) than the
+    prefill room its skipped steps leave."""
     if plan is None or not plan.pace or not prefill_waiting or step_s <= 0:
+        return set()
+    if kv_used_fraction > PACE_KV_FRACTION:
         return set()
     tpots = [r.tpot_ms for r in running if r.decoding and r.admitted and r.tpot_ms > 0]
     if not tpots:

@@ -11,7 +11,8 @@ EDF order of their TTFT deadline, best effort last and preempted first (the prio
 in add_request); the running list is ordered so that admitted, tighter-TPOT, earlier-due
 decoders come first and each step's token budget keeps the tightest admitted TPOT (the
 performance model's prediction) and, when the step finishes an admitted prompt, that
-prompt's TTFT deadline; draft tokens are trimmed to the request's tier cap. The
+prompt's TTFT deadline; loose decoders are held back (plan "pace") while prefill waits and
+the KV cache is not short; draft tokens are trimmed to the request's tier cap. The
 decisions themselves live in slos_serve/core/policy.py (no vLLM there). In "vllm" mode
 every decision is vLLM's (the baseline) and only stats are published.
 
@@ -246,7 +247,9 @@ class SloScheduler(Scheduler):
         running = list(views.values())
         # schedulable waiting requests, in queue order (one pass over the queue per step)
         ready = [r for r in self.waiting if r.status == RequestStatus.WAITING]
-        held_ids = paced_out(running, now, self._recent_step_s, self._plan, prefill_waiting)
+        kv_total, kv_used = self._kv_blocks()
+        held_ids = paced_out(running, now, self._recent_step_s, self._plan, prefill_waiting,
+                             kv_used / max(1, kv_total))
         if self._chunked:  # only chunked prompts can be part-way through their prefill
             held_ids |= prefill_yielding(running, [r.priority for r in ready])
         held = [r for r in self.running if r.request_id in held_ids]
@@ -392,18 +395,23 @@ class SloScheduler(Scheduler):
         self._publish(force=True)
         return result
 
+    def _kv_blocks(self) -> tuple[int, int]:
+        """(total, in use) KV blocks; block 0 is vLLM's reserved null block."""
+        pool = self.kv_cache_manager.block_pool
+        total = pool.num_gpu_blocks - 1
+        return total, max(0, total - pool.get_num_free_blocks())
+
     def _publish(self, force: bool = False) -> None:
         if not self._publisher.due(force):
             return
-        pool = self.kv_cache_manager.block_pool
-        total = pool.num_gpu_blocks - 1  # block 0 is vLLM's reserved null block
+        total, used = self._kv_blocks()
         running, waiting = self.get_request_counts()
         spec = self._spec.snapshot()
         load = EngineLoad(
             running=running,
             waiting=waiting,
             kv_blocks_total=total,
-            kv_blocks_used=max(0, total - pool.get_num_free_blocks()),
+            kv_blocks_used=used,
             steps=self._steps,
             mean_step_ms=1000 * self._step_time_total / self._steps if self._steps else 0.0,
             spec_acceptance=acceptance(spec),

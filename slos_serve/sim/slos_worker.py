@@ -5,11 +5,12 @@ slos_serve/engine/vllm_scheduler.py calls it inside vLLM's scheduler:
 - `priority`: prompts wait in EDF order of their TTFT deadline (integer ms), best effort last;
 - `running_key`: the running requests (decoders and prompts part-way through their prefill)
   in SLO order: admitted decoders (tightest TPOT, then earliest due), prefills, best effort;
-- `paced_out` (mixed workers, plan "pace"): while prefill waits, loose admitted decoders not
-  due within PACE_STEPS recent step times sit the step out;
+- `paced_out` (mixed workers, plan "pace"): while prefill waits and KV memory is not short,
+  loose admitted decoders not due within PACE_STEPS recent step times sit the step out;
 - `prefill_yielding`: a part-prefilled prompt yields to a waiting one with an earlier deadline;
-- `step_budget`: the step's tokens, so that it is predicted to end within the tightest
-  admitted TPOT in it, capped by the plan's budget and the engine's maximum;
+- `step_budget`: the step's tokens, so that it is predicted to end within what every admitted
+  decoder in it tolerates (`step_bound_ms`), capped by the plan's budget and the engine's
+  maximum;
 - `deadline_budget`: that budget cut so that a step finishing an admitted prompt is predicted
   to end by the prompt's TTFT deadline;
 - `spec_cap`: drafts per verify step, the request's tier cap from the plan.
@@ -148,7 +149,9 @@ class WorkerExecutor:
                          key=lambda r: (_priority(r), r.segment_start[r.segment]))
         views = [v for v, _ in running]
         prefill_waiting = bool(waiting) or any(not v.decoding for v in views)
-        held = policy.paced_out(views, now, self.recent_step, self.plan, prefill_waiting)
+        kv_used = self.w.kv_used / self.w.kv_capacity if self.w.kv_capacity else 0.0
+        held = policy.paced_out(views, now, self.recent_step, self.plan, prefill_waiting,
+                                kv_used)
         held |= policy.prefill_yielding(views, [_priority(r) for r in waiting])
         active = [(v, r) for v, r in sorted(running, key=lambda x: policy.running_key(x[0]))
                   if v.request_id not in held]
