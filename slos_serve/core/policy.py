@@ -12,7 +12,9 @@ lives here so that it is unit-tested in milliseconds (tests/test_slo_policy.py):
   (the boundary rule is core/stages.StageTracker's).
 * `spec_cap`: speculative tokens a request's verify step may carry (its tier's cap).
 * `step_budget`: the step's token budget from the performance model, so that the predicted
-  step time stays within the tightest TPOT of the admitted decoders in the batch.
+  step time stays within what every admitted decoder in the batch tolerates (`step_bound_ms`).
+* `deadline_budget`: that budget cut so that a step finishing an admitted prompt ends by
+  its TTFT deadline.
 * `running_key`, `paced_out`: order of the running requests, and which loose decoders to
   hold back (pacing) while prefill waits.
 * `TierStats` / `SpecStats`: per-tier speculation statistics.
@@ -36,6 +38,8 @@ BEST_EFFORT_TIER = "best_effort"
 NO_SLO_TIER = "none"  # requests without SLO data (e.g. an engine used directly)
 # Pacing holds a decoder back only if its next token is not due within this many recent steps.
 PACE_STEPS = 2.0
+# ... and only while the KV cache is at most this full (held decoders keep their memory).
+PACE_KV_FRACTION = 0.7
 
 
 # ------------------------------------------------------------ request SLO --
@@ -150,6 +154,7 @@ class Decoder:
     tpot_ms: float  # in force now (0: no TPOT objective)
     admitted: bool = True
     drafts: int = 0
+    slack_ms: float = 0.0  # until its next token is due (ahead of its pace; 0: not known)
 
 
 def decoders_shape(decoders: Iterable[Decoder]) -> BatchShape:
@@ -170,12 +175,16 @@ def step_bound_ms(decoder: Decoder, plan: WorkerPlan | None) -> float:
     its tier's planned interval (expected tokens per step x TPOT): a verify step yields more
     than one token on average, and the planner sized the tier's steps by that (one rule for
     planner and engines: a TPOT bound here starved prefill whenever a verify batch alone
-    took longer than the TPOT)."""
+    took longer than the TPOT). A decoder ahead of its pace tolerates more: a step that ends
+    by its next token's due time keeps it on time (without this, one decoder with no drafts
+    this step -- its last token, or none proposed -- cut the step to its TPOT, below the
+    period the plan's prefill budget counts on, however far ahead of its pace it was)."""
+    bound = decoder.tpot_ms
     if decoder.drafts > 0 and plan is not None:
         tier = tier_for(plan, decoder.tpot_ms)
         if tier is not None and tier.interval_ms > decoder.tpot_ms:
-            return tier.interval_ms
-    return decoder.tpot_ms
+            bound = tier.interval_ms
+    return max(bound, decoder.slack_ms)
 
 
 def step_budget(
@@ -211,6 +220,64 @@ def step_budget(
     return max(1, min(engine_max, max(budget, own)))
 
 
+@dataclass(frozen=True, slots=True)
+class StepItem:
+    """A request as the step fills its budget: running requests in their order, then the
+    waiting prompts in theirs (the order vLLM schedules them in)."""
+
+    tokens: int  # tokens it takes if the budget allows: 1 + drafts, or the prompt left
+    context_tokens: int  # KV tokens already computed
+    prompt: bool = False
+    deadline_unix: float = 0.0  # an admitted prompt's TTFT deadline (0: none)
+
+
+def deadline_budget(
+    model: PerfModel | None, items: Sequence[StepItem], budget: int, now_unix: float
+) -> int:
+    """`budget` cut so that a step that finishes an admitted prompt is predicted to end by
+    that prompt's TTFT deadline (the planner's schedule caps such a step the same way: the
+    partial step its prefill budget counts on; a full step would miss the deadline it was
+    admitted with). The items take the budget in order; once a finishing prompt has set a
+    deadline, what follows takes only what still ends by it. A prompt that cannot finish by
+    its own deadline anyway sets none. Never below 1."""
+    if model is None:
+        return budget
+    left, used, limit = budget, 0, math.inf
+    dec = ver = reqs = ctx = steps = prefill = 0
+    for it in items:
+        if left <= 0:
+            break
+        n = min(it.tokens, left)
+        if it.prompt:
+            finishes = n == it.tokens and it.deadline_unix > 0
+            end = min(limit, it.deadline_unix) if finishes else limit
+            if end < math.inf:
+                base = BatchShape(0, dec, ver, reqs + 1, ctx + it.context_tokens, steps)
+                room = model.prefill_capacity(end - now_unix, base) - prefill
+                if room >= n:
+                    limit, left = end, min(left, room)
+                elif limit < math.inf:  # it would make an earlier finisher late
+                    return max(1, used + max(room, 0))
+            prefill += n
+        else:
+            verify = n > 1
+            if limit < math.inf:
+                shape = BatchShape(prefill, dec + (0 if verify else n), ver + (n if verify else 0),
+                                   reqs + 1, ctx + it.context_tokens, max(steps, n - 1))
+                if model.predict(shape) > limit - now_unix:
+                    return max(1, used)
+            if verify:
+                ver += n
+                steps = max(steps, n - 1)
+            else:
+                dec += n
+        reqs += 1
+        ctx += it.context_tokens
+        used += n
+        left -= n
+    return budget if limit == math.inf else max(1, used + left)
+
+
 # ------------------------------------------------------- order and pacing --
 
 
@@ -242,6 +309,14 @@ class Running:
     priority: int
 
 
+def slack_ms(r: Running, now_unix: float) -> float:
+    """How far a decoder is ahead of its pace: until its next token is due (0: due or late,
+    or not known)."""
+    if not math.isfinite(r.due_unix):
+        return 0.0
+    return max(0.0, (r.due_unix - now_unix) * 1000.0)
+
+
 def running_key(r: Running) -> tuple:
     """Sort key of vLLM's running list (scheduled in order until the budget binds):
     admitted decoders with a TPOT (tightest, then earliest due), then prefills still in
@@ -255,12 +330,17 @@ def running_key(r: Running) -> tuple:
 
 def paced_out(
     running: Sequence[Running], now_unix: float, step_s: float, plan: WorkerPlan | None,
-    prefill_waiting: bool,
+    prefill_waiting: bool, kv_used_fraction: float = 0.0,
 ) -> set[str]:
     """Decoders to hold out of this step (plan "pace", meant for mixed workers): while prefill
     waits, admitted decoders of tiers looser than the tightest running one whose next token
-    is not due within PACE_STEPS recent step times."""
+    is not due within PACE_STEPS recent step times. Nobody while the KV cache is fuller than
+    PACE_KV_FRACTION: a decoder held back keeps its KV longer, and when memory is short that
+    costs more (prompts wait for memory, requests are preempted and recompute) than the
+    prefill room its skipped steps leave."""
     if plan is None or not plan.pace or not prefill_waiting or step_s <= 0:
+        return set()
+    if kv_used_fraction > PACE_KV_FRACTION:
         return set()
     tpots = [r.tpot_ms for r in running if r.decoding and r.admitted and r.tpot_ms > 0]
     if not tpots:

@@ -10,7 +10,9 @@ In "slos" mode, with the engine's scheduling_policy "priority": requests are pre
 EDF order of their TTFT deadline, best effort last and preempted first (the priority set
 in add_request); the running list is ordered so that admitted, tighter-TPOT, earlier-due
 decoders come first and each step's token budget keeps the tightest admitted TPOT (the
-performance model's prediction); draft tokens are trimmed to the request's tier cap. The
+performance model's prediction) and, when the step finishes an admitted prompt, that
+prompt's TTFT deadline; loose decoders are held back (plan "pace") while prefill waits and
+the KV cache is not short; draft tokens are trimmed to the request's tier cap. The
 decisions themselves live in slos_serve/core/policy.py (no vLLM there). In "vllm" mode
 every decision is vLLM's (the baseline) and only stats are published.
 
@@ -41,11 +43,14 @@ from slos_serve.core.policy import (
     RequestSlo,
     Running,
     SpecStats,
+    StepItem,
     acceptance,
+    deadline_budget,
     paced_out,
     prefill_yielding,
     priority,
     running_key,
+    slack_ms,
     spec_cap,
     stage_index,
     step_budget,
@@ -242,7 +247,9 @@ class SloScheduler(Scheduler):
         running = list(views.values())
         # schedulable waiting requests, in queue order (one pass over the queue per step)
         ready = [r for r in self.waiting if r.status == RequestStatus.WAITING]
-        held_ids = paced_out(running, now, self._recent_step_s, self._plan, prefill_waiting)
+        kv_total, kv_used = self._kv_blocks()
+        held_ids = paced_out(running, now, self._recent_step_s, self._plan, prefill_waiting,
+                             kv_used / max(1, kv_total))
         if self._chunked:  # only chunked prompts can be part-way through their prefill
             held_ids |= prefill_yielding(running, [r.priority for r in ready])
         held = [r for r in self.running if r.request_id in held_ids]
@@ -254,6 +261,7 @@ class SloScheduler(Scheduler):
                 tpot_ms=views[r.request_id].tpot_ms,
                 admitted=views[r.request_id].admitted,
                 drafts=len(r.spec_token_ids),
+                slack_ms=slack_ms(views[r.request_id], now),
             )
             for r in active
             if views[r.request_id].decoding
@@ -264,6 +272,9 @@ class SloScheduler(Scheduler):
             prefill_context_tokens=prefill_next.num_computed_tokens if prefill_next else 0,
             plan=self._plan,
         )
+        steps = [self._step_item(r, views[r.request_id].decoding) for r in active]
+        steps += [self._step_item(r, False) for r in ready]
+        budget = deadline_budget(self._model, steps, budget, now)
         if not self._chunked:
             # prompts are never split: the budget must admit the running requests and the
             # next prompt whole, or that prompt would wait forever
@@ -284,6 +295,17 @@ class SloScheduler(Scheduler):
             self.max_num_active_reqs = saved_active
             if held:
                 self.running.extend(held)
+
+    def _step_item(self, req: Any, decoding: bool) -> StepItem:
+        """req as deadline_budget sees it: what it takes of the step, and an admitted
+        prompt's TTFT deadline."""
+        if decoding:
+            return StepItem(max(1, req.num_tokens_with_spec - req.num_computed_tokens),
+                            req.num_computed_tokens)
+        slo = self._state(req).slo
+        return StepItem(max(1, req.num_tokens - req.num_computed_tokens),
+                        req.num_computed_tokens, True,
+                        slo.ttft_deadline_unix if slo.admitted else 0.0)
 
     # --------------------------------------------------------- speculation --
 
@@ -373,18 +395,23 @@ class SloScheduler(Scheduler):
         self._publish(force=True)
         return result
 
+    def _kv_blocks(self) -> tuple[int, int]:
+        """(total, in use) KV blocks; block 0 is vLLM's reserved null block."""
+        pool = self.kv_cache_manager.block_pool
+        total = pool.num_gpu_blocks - 1
+        return total, max(0, total - pool.get_num_free_blocks())
+
     def _publish(self, force: bool = False) -> None:
         if not self._publisher.due(force):
             return
-        pool = self.kv_cache_manager.block_pool
-        total = pool.num_gpu_blocks - 1  # block 0 is vLLM's reserved null block
+        total, used = self._kv_blocks()
         running, waiting = self.get_request_counts()
         spec = self._spec.snapshot()
         load = EngineLoad(
             running=running,
             waiting=waiting,
             kv_blocks_total=total,
-            kv_blocks_used=max(0, total - pool.get_num_free_blocks()),
+            kv_blocks_used=used,
             steps=self._steps,
             mean_step_ms=1000 * self._step_time_total / self._steps if self._steps else 0.0,
             spec_acceptance=acceptance(spec),

@@ -5,11 +5,14 @@ slos_serve/engine/vllm_scheduler.py calls it inside vLLM's scheduler:
 - `priority`: prompts wait in EDF order of their TTFT deadline (integer ms), best effort last;
 - `running_key`: the running requests (decoders and prompts part-way through their prefill)
   in SLO order: admitted decoders (tightest TPOT, then earliest due), prefills, best effort;
-- `paced_out` (mixed workers, plan "pace"): while prefill waits, loose admitted decoders not
-  due within PACE_STEPS recent step times sit the step out;
+- `paced_out` (mixed workers, plan "pace"): while prefill waits and KV memory is not short,
+  loose admitted decoders not due within PACE_STEPS recent step times sit the step out;
 - `prefill_yielding`: a part-prefilled prompt yields to a waiting one with an earlier deadline;
-- `step_budget`: the step's tokens, so that it is predicted to end within the tightest
-  admitted TPOT in it, capped by the plan's budget and the engine's maximum;
+- `step_budget`: the step's tokens, so that it is predicted to end within what every admitted
+  decoder in it tolerates (`step_bound_ms`), capped by the plan's budget and the engine's
+  maximum;
+- `deadline_budget`: that budget cut so that a step finishing an admitted prompt is predicted
+  to end by the prompt's TTFT deadline;
 - `spec_cap`: drafts per verify step, the request's tier cap from the plan.
 
 Then vLLM's own order of filling the step: running requests first, in that order, each taking
@@ -59,6 +62,12 @@ def _rid(r: SimRequest) -> str:
 def next_due(r: SimRequest) -> float:
     """When r's next token is due: its segment's pace (set by SlosSystem on entering decode)."""
     return r.due0 + r.generated * r.tpot
+
+
+def prompt_item(r: SimRequest) -> policy.StepItem:
+    slo = request_slo(r)
+    return policy.StepItem(r.todo_prefill, r.context, True,
+                           slo.ttft_deadline_unix if slo.admitted else 0.0)
 
 
 class WorkerExecutor:
@@ -140,12 +149,16 @@ class WorkerExecutor:
                          key=lambda r: (_priority(r), r.segment_start[r.segment]))
         views = [v for v, _ in running]
         prefill_waiting = bool(waiting) or any(not v.decoding for v in views)
-        held = policy.paced_out(views, now, self.recent_step, self.plan, prefill_waiting)
+        kv_used = self.w.kv_used / self.w.kv_capacity if self.w.kv_capacity else 0.0
+        held = policy.paced_out(views, now, self.recent_step, self.plan, prefill_waiting,
+                                kv_used)
         held |= policy.prefill_yielding(views, [_priority(r) for r in waiting])
         active = [(v, r) for v, r in sorted(running, key=lambda x: policy.running_key(x[0]))
                   if v.request_id not in held]
         drafts = {r.id: self._spec_len(r) for v, r in active if v.decoding}
-        budget = self._budget(active, drafts)
+        budget = self._budget(active, drafts, now)
+        budget = policy.deadline_budget(self.c.model, self._items(active, drafts, waiting),
+                                        budget, now)
         b = Batch()
         left = self._fill_running(b, active, drafts, budget)
         self._fill_waiting(b, waiting, left)
@@ -174,15 +187,27 @@ class WorkerExecutor:
         return min(cap, max(r.remaining_output - 1, 0))
 
     def _budget(self, active: list[tuple[policy.Running, SimRequest]],
-                drafts: dict[int, int]) -> int:
+                drafts: dict[int, int], now: float) -> int:
         decoders = [policy.Decoder(1 + drafts[r.id], r.context, v.tpot_ms, v.admitted,
-                                   drafts[r.id])
+                                   drafts[r.id], policy.slack_ms(v, now))
                     for v, r in active if v.decoding]
         first_prefill = next((r for v, r in active if not v.decoding), None)
         return policy.step_budget(
             self.c.model, decoders, MAX_BATCH_TOKENS, self.plan.step_token_budget,
             prefill_context_tokens=first_prefill.context if first_prefill else 0,
             plan=self.plan)
+
+    @staticmethod
+    def _items(active: list[tuple[policy.Running, SimRequest]], drafts: dict[int, int],
+               waiting: list[SimRequest]) -> list[policy.StepItem]:
+        """The step's requests in the order they take its budget (deadline_budget)."""
+        items = []
+        for v, r in active:
+            if v.decoding:
+                items.append(policy.StepItem(1 + drafts[r.id], r.context))
+            else:
+                items.append(prompt_item(r))
+        return items + [prompt_item(r) for r in waiting]
 
     def _fill_running(self, b: Batch, active: list[tuple[policy.Running, SimRequest]],
                       drafts: dict[int, int], left: int) -> int:
