@@ -26,15 +26,15 @@ that choice inside the cores the thread is already allowed to use ("nobind": non
 Third, NIXL's progress thread. NixlConnector creates its NIXL agent with NIXL's progress
 thread, and NIXL's Python API hard-codes that thread's poll timeout (`pthrDelay`) to 0: it
 then polls UCX without pause on the engine's core (measured here: 2/3 of the decode engine's
-core, 3x the time per output token). Without the thread, transfers advance only when an
-engine step polls NIXL: a KV pull then waits for the prefill engine's next model step (up to
-a whole prefill step, ~90 ms for a 1500-token prompt here, three of them on a fresh
-connection), and that wait lands in the request's TPOT. On the CPU platform the plugin keeps
-the thread but gives it a poll timeout of `PROGRESS_POLL_US`: NIXL's UCX progress thread
-then sleeps in poll() on the UCX workers' event descriptors and wakes when a transfer needs
-it (or after the timeout), so hand-offs complete within milliseconds whatever the engines
-are computing, at no measurable CPU cost. `SLOS_NIXL_PROGRESS_THREAD` chooses: `poll` (the
-default), `off` (no thread: engine steps poll), `busy` (NIXL's own default).
+core, 3x the time per output token). On the CPU platform the plugin therefore creates the
+agent without the thread by default (`off`): transfers advance when an engine step polls
+NIXL, so a KV pull waits for about one step of the engine holding the KV (measured: 80-125 ms
+from a request's first token to its second under a loaded prefill engine). `poll` keeps the
+thread with a poll timeout of `PROGRESS_POLL_US`: it sleeps in poll() on the UCX workers'
+event descriptors and wakes when a transfer needs it (an idle agent: 0.02 of a core). It
+shortened the median pull wait (57-92 ms) but gave longer tails when the cores were
+contended (up to 1.4 s, with prefill slowed too), so it is not the default. `busy` is NIXL's
+own default. `SLOS_NIXL_PROGRESS_THREAD` chooses.
 
 vLLM calls `register()` in every process it starts (front end, engine core, workers)
 through the `vllm.general_plugins` entry point `slos_serve_nixl_cpu` (pyproject.toml),
@@ -155,7 +155,7 @@ def _wrap_numa(original: Callable[[], list[list[int]]]) -> classmethod:
 
 NIXL_AGENT_MODULE = "vllm.distributed.nixl_utils"
 NIXL_WORKER_MODULE = "vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker"
-PROGRESS_MODES = ("poll", "off", "busy")
+PROGRESS_MODES = ("off", "poll", "busy")
 # The progress thread's poll() timeout. NIXL rounds it up to whole milliseconds; the thread
 # wakes earlier on UCX events, so this only bounds a wake-up that an event failed to give.
 PROGRESS_POLL_US = 1000
@@ -163,7 +163,7 @@ PROGRESS_POLL_US = 1000
 
 def progress_mode() -> str:
     """The NIXL progress mode this process asks for (`SLOS_NIXL_PROGRESS_THREAD`)."""
-    mode = os.environ.get(PROGRESS_THREAD_ENV, "").strip().lower() or "poll"
+    mode = os.environ.get(PROGRESS_THREAD_ENV, "").strip().lower() or "off"
     mode = {"0": "off", "1": "busy"}.get(mode, mode)  # the values of earlier releases
     if mode not in PROGRESS_MODES:
         raise ValueError(f"{PROGRESS_THREAD_ENV}: must be one of {', '.join(PROGRESS_MODES)}, "

@@ -162,10 +162,13 @@ def test_plugin_adds_cpu_when_a_build_refuses_it(
     assert plugin.status() == "added"
 
 
-def test_plugin_gives_the_progress_thread_a_poll_timeout_on_cpu(fresh_plugin: Any) -> None:
-    """The default: NIXL's progress thread stays on, with a non-zero poll timeout (0 makes
-    it spin on the engine's core)."""
+def test_plugin_gives_the_progress_thread_a_poll_timeout_when_asked(
+    fresh_plugin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`poll`: NIXL's progress thread stays on, with a non-zero poll timeout (0 makes it
+    spin on the engine's core)."""
     plugin, use = fresh_plugin
+    monkeypatch.setenv(plugin.PROGRESS_THREAD_ENV, "poll")
     use("cpu")
     utils = sys.modules[plugin.NIXL_AGENT_MODULE]
     plugin.register()
@@ -175,11 +178,11 @@ def test_plugin_gives_the_progress_thread_a_poll_timeout_on_cpu(fresh_plugin: An
     assert utils.nixl_agent_config is config  # still the wrapper after the lazy load
 
 
-def test_plugin_creates_nixl_agents_without_the_progress_thread_when_asked(
+def test_plugin_creates_nixl_agents_without_the_progress_thread_on_cpu(
     fresh_plugin: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The default on CPU: no progress thread (engine steps poll NIXL)."""
     plugin, use = fresh_plugin
-    monkeypatch.setenv(plugin.PROGRESS_THREAD_ENV, "off")
     use("cpu")
     utils = sys.modules[plugin.NIXL_AGENT_MODULE]
     plugin.register()
@@ -210,7 +213,7 @@ def test_plugin_rejects_an_unknown_progress_mode(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv(cpu_plugin.PROGRESS_THREAD_ENV, "sometimes")
     with pytest.raises(ValueError, match=cpu_plugin.PROGRESS_THREAD_ENV):
         cpu_plugin.progress_mode()
-    for old, new in (("0", "off"), ("1", "busy"), ("", "poll")):
+    for old, new in (("0", "off"), ("1", "busy"), ("", "off"), ("poll", "poll")):
         monkeypatch.setenv(cpu_plugin.PROGRESS_THREAD_ENV, old)
         assert cpu_plugin.progress_mode() == new
 
