@@ -20,6 +20,7 @@ from slos_serve.core.policy import (
     step_bound_ms,
     step_budget,
 )
+from slos_serve.core.worker_plan import TierSpec, WorkerPlan
 
 NOW = 1_800_000_000.0
 PROFILE = Path(__file__).resolve().parent.parent / ".cache" / "profile-cpu.json"
@@ -62,15 +63,19 @@ def test_budget_fills_the_tightest_tpot_with_the_model() -> None:
 
 
 def test_a_decoder_ahead_of_its_pace_tolerates_a_step_until_its_next_token_is_due() -> None:
+    """Up to the plan's period (its tightest tier's interval), never beyond it."""
+    plan = WorkerPlan(tiers=(TierSpec(20.0, 2, 60.0), TierSpec(100.0, 0, 100.0)))
     on_pace = [Decoder(1, 0, 20.0), Decoder(1, 0, 100.0, slack_ms=50.0)]
     ahead = [Decoder(1, 0, 20.0, slack_ms=50.0), Decoder(1, 0, 100.0, slack_ms=50.0)]
     # 20 ms - 2 ms - 2 decode tokens (2 ms) = 16 ms: 160 prefill tokens; 50 ms: 460
-    assert step_budget(toy_model(), on_pace, 4096) in (2 + 159, 2 + 160)
-    assert step_budget(toy_model(), ahead, 4096) in (2 + 459, 2 + 460)
-    # no drafts this step (its last token): its slack, not its TPOT, bounds the step
-    last = Decoder(1, 0, 20.0, slack_ms=35.0)
-    assert step_bound_ms(last, None) == 35.0
-    assert step_bound_ms(Decoder(1, 0, 20.0, slack_ms=5.0), None) == 20.0
+    assert step_budget(toy_model(), on_pace, 4096, plan=plan) in (2 + 159, 2 + 160)
+    assert step_budget(toy_model(), ahead, 4096, plan=plan) in (2 + 459, 2 + 460)
+    # no drafts this step (its last token): its slack, not its TPOT, bounds the step...
+    assert step_bound_ms(Decoder(1, 0, 20.0, slack_ms=35.0), plan) == 35.0
+    assert step_bound_ms(Decoder(1, 0, 20.0, slack_ms=5.0), plan) == 20.0
+    # ...but never beyond the plan's period, and not at all without a plan
+    assert step_bound_ms(Decoder(1, 0, 20.0, slack_ms=500.0), plan) == 60.0
+    assert step_bound_ms(Decoder(1, 0, 20.0, slack_ms=35.0), None) == 20.0
     due = Running("r", True, True, 20.0, NOW + 0.035, 0)
     assert slack_ms(due, NOW) == pytest.approx(35.0, abs=1e-3)
     assert slack_ms(due, NOW + 1.0) == 0.0

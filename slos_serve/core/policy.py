@@ -170,21 +170,29 @@ def decoders_shape(decoders: Iterable[Decoder]) -> BatchShape:
     return BatchShape(0, dec, ver, reqs, ctx, steps)
 
 
+def planned_period_ms(plan: WorkerPlan | None) -> float:
+    """The batch period the plan counts on for this worker: its tightest tier's interval
+    (0: no plan, or no intervals)."""
+    intervals = [t.interval_ms for t in plan.tiers if t.interval_ms > 0] if plan else []
+    return min(intervals, default=0.0)
+
+
 def step_bound_ms(decoder: Decoder, plan: WorkerPlan | None) -> float:
     """The longest step an admitted decoder tolerates: its TPOT, or with drafts in the step
     its tier's planned interval (expected tokens per step x TPOT): a verify step yields more
     than one token on average, and the planner sized the tier's steps by that (one rule for
     planner and engines: a TPOT bound here starved prefill whenever a verify batch alone
-    took longer than the TPOT). A decoder ahead of its pace tolerates more: a step that ends
-    by its next token's due time keeps it on time (without this, one decoder with no drafts
-    this step -- its last token, or none proposed -- cut the step to its TPOT, below the
-    period the plan's prefill budget counts on, however far ahead of its pace it was)."""
+    took longer than the TPOT). A decoder ahead of its pace tolerates more, up to the plan's
+    period: a step that ends by its next token's due time keeps it on time (without this, one
+    decoder with no drafts this step -- its last token, or none proposed -- cut the step to
+    its TPOT, below the period the plan's prefill budget counts on), and the cap keeps a
+    decoder far ahead of its pace from letting one step take a whole long prompt."""
     bound = decoder.tpot_ms
     if decoder.drafts > 0 and plan is not None:
         tier = tier_for(plan, decoder.tpot_ms)
         if tier is not None and tier.interval_ms > decoder.tpot_ms:
             bound = tier.interval_ms
-    return max(bound, decoder.slack_ms)
+    return max(bound, min(decoder.slack_ms, planned_period_ms(plan)))
 
 
 def step_budget(
