@@ -49,6 +49,7 @@ from slos_serve.core.policy import (
     paced_out,
     prefill_yielding,
     priority,
+    recent_step_time,
     running_key,
     slack_ms,
     spec_cap,
@@ -372,8 +373,7 @@ class SloScheduler(Scheduler):
             self._steps += 1
             self._step_time_total += step
             self._last_step_s = step
-            self._recent_step_s = (step if not self._recent_step_s
-                                   else 0.7 * self._recent_step_s + 0.3 * step)
+            self._recent_step_s = recent_step_time(self._recent_step_s, step)
             self._step_started = None
         outputs = super().update_from_output(*args, **kwargs)
         if output is not None:
