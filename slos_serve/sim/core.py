@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from slos_serve.core.perf_model import BatchShape, PerfModel
-from slos_serve.sim.metrics import attained
+from slos_serve.sim.metrics import EPS, attained
 from slos_serve.sim.request import SimRequest
 from slos_serve.sim.workloads import Request
 
@@ -315,23 +315,34 @@ class Cluster:
             self._stop = True
 
     def _check_late(self) -> None:
-        """Count requests that can no longer attain (a TTFT deadline passed without a first
-        token, or a segment's TPOT already exceeded) as missed, once, so that an overloaded
-        run stops early; then again in 1 s."""
+        """Count requests that can no longer attain (`is_late`) as missed, once, so that an
+        overloaded run stops early; then again in 1 s."""
         for r in self.requests:
             if r.req.arrival > self.now:
                 break
             if r.phase == "done" or r.extra.get("late") or not r.first_token:
                 continue
-            st = r.cur
-            first = r.first_token[r.segment]
-            if first is None:
-                start = r.segment_start[r.segment]
-                late = st.ttft_slo is not None and start + st.ttft_slo < self.now
-            else:  # even if every remaining token came now, the segment's TPOT is too long
-                late = self.now - first > st.tpot_slo * max(st.output_tokens - 1, 1)
-            if late:
+            if is_late(r, self.now):
                 r.extra["late"] = True
                 self._miss()
         if not self._stop:
             self.call_at(self.now + 1.0, self._check_late)
+
+
+def is_late(r: SimRequest, now: float) -> bool:
+    """r's current segment can no longer attain, judged as `metrics` will judge it: its TTFT
+    deadline passed without a first token, or even if every remaining token came now its TPOT
+    would be too long. A segment that has ended (the request waits for a tool result before
+    its next stage) is not judged here: its times are final and the end of the run counts
+    them."""
+    st = r.cur
+    if r.segment_end[r.segment] is not None:
+        return False
+    start, first = r.segment_start[r.segment], r.first_token[r.segment]
+    if first is None and st.ttft_slo is not None and now > start + st.ttft_slo + EPS:
+        return True
+    if st.prompt_tokens == 0:  # TPOT over every token, from the previous segment's last one
+        return now - start > (st.tpot_slo + EPS) * st.output_tokens
+    if first is None or st.output_tokens <= 1:
+        return False
+    return now - first > (st.tpot_slo + EPS) * (st.output_tokens - 1)
