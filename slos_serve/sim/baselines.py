@@ -4,6 +4,11 @@
   defaults on A100 (max_num_batched_tokens 2048, max_num_seqs 256); a join-shortest-queue
   front end spreads requests over replicas (vLLM itself has no multi-replica router; JSQ is
   the strongest simple choice, so the baseline is not handicapped by routing).
+- `vllm-spec`: `vllm` with fixed-length speculative decoding (every decode verifies s drafts,
+  vLLM's `num_speculative_tokens`), the acceptance model the planner's systems get; one system
+  per length (`vllm-spec1` ... `vllm-spec4`), since a vLLM user fixes s once per deployment;
+  the capacity search reports the best length per scenario as `vllm-spec`.
+- `vllm-v0`: vLLM's scheduler and defaults before V1 (chunked prefill off; `vllm_v0`).
 - `sarathi`: the same engine with Sarathi-Serve's stall-free batching: decodes first, then
   prefill chunks, under a token budget sized so a batch fits the tightest TPOT of the workload.
 - `distserve`: disaggregated prefill and decode pools; prefill workers batch whole prompts FCFS
@@ -17,6 +22,10 @@ from collections import deque
 
 from slos_serve.sim.core import Batch, Cluster, SimRequest, Worker
 from slos_serve.sim.fcfs import VLLM_MAX_NUM_BATCHED_TOKENS, FcfsEngine
+from slos_serve.sim.vllm_v0 import V0Engine
+
+# the fixed speculation lengths a vLLM user would try when tuning `vllm-spec` once
+SPEC_LENGTHS = (1, 2, 3, 4)
 
 
 def _least_loaded(engines: list[FcfsEngine]) -> FcfsEngine:
@@ -26,16 +35,25 @@ def _least_loaded(engines: list[FcfsEngine]) -> FcfsEngine:
 class ColocatedFcfs:
     """vLLM-style replicas behind a join-shortest-queue router."""
 
-    def __init__(self, name: str = "vllm", budget: int | None = VLLM_MAX_NUM_BATCHED_TOKENS):
+    def __init__(
+        self,
+        name: str = "vllm",
+        budget: int | None = VLLM_MAX_NUM_BATCHED_TOKENS,
+        spec_len: int = 0,
+        engine: type[FcfsEngine] = FcfsEngine,
+    ) -> None:
         self.name = name
         self.budget = budget  # None: sized to the tightest TPOT (Sarathi-Serve)
+        self.spec_len = spec_len
+        self.engine = engine
         self.engines: list[FcfsEngine] = []
 
     def setup(self, cluster: Cluster) -> None:
         budget = self.budget
         if budget is None:
             budget = sarathi_budget(cluster)
-        self.engines = [FcfsEngine(cluster, w, budget) for w in cluster.workers]
+        self.engines = [self.engine(cluster, w, budget, spec_len=self.spec_len)
+                        for w in cluster.workers]
 
     def on_arrival(self, r: SimRequest) -> None:
         e = _least_loaded(self.engines)
@@ -144,3 +162,12 @@ class DistServe:
         if w.idx in self.prefill:
             return self.prefill[w.idx].step()
         return self.decode[w.idx].step()
+
+
+def vllm_spec(spec_len: int) -> ColocatedFcfs:
+    """`vllm` with `spec_len` drafts verified per decode."""
+    return ColocatedFcfs(f"vllm-spec{spec_len}", spec_len=spec_len)
+
+
+def vllm_v0() -> ColocatedFcfs:
+    return ColocatedFcfs("vllm-v0", engine=V0Engine)

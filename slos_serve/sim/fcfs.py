@@ -9,9 +9,15 @@ preempted and recomputed later (vLLM's default RECOMPUTE preemption, FCFS priori
 Requests whose KV was computed elsewhere (a disaggregated decode worker) wait in the same queue;
 admission reserves their KV and starts the transfer, after which they decode.
 
-Used as is by the `vllm` baseline (budget 2048) and by `sarathi` (budget sized to the tightest
-TPOT: its stall-free batching puts decodes first, which this order already does), and on the
-decode workers of `distserve`.
+With `spec_len` s > 0 every decode verifies s draft tokens (vLLM's fixed-length speculative
+decoding, `num_speculative_tokens`): it costs 1 + s tokens of the step's budget and reserves KV
+for 1 + s tokens; as vLLM does, the drafts are cut to the tokens the request still generates and
+to the budget left. The cluster draws how many are accepted (`SimConfig.spec_alpha`), the same
+acceptance model the planner's systems get.
+
+Used as is by the `vllm` baseline (budget 2048), `vllm-spec` (the same with speculation) and
+`sarathi` (budget sized to the tightest TPOT: its stall-free batching puts decodes first, which
+this order already does), and on the decode workers of `distserve`.
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ class FcfsEngine:
         worker: Worker,
         budget: int = VLLM_MAX_NUM_BATCHED_TOKENS,
         max_seqs: int = VLLM_MAX_NUM_SEQS,
+        spec_len: int = 0,
     ) -> None:
         self.c = cluster
         self.w = worker
         self.budget = budget
         self.max_seqs = max_seqs
+        self.spec_len = spec_len
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.transferring = 0
@@ -59,6 +67,11 @@ class FcfsEngine:
         self.transferring -= 1
         self.running.append(r)
 
+    def drafts(self, r: SimRequest, budget: int) -> int:
+        """Draft tokens r verifies this step: `spec_len`, cut to what r still generates beyond
+        the one token a step always yields, and to the budget left after that token."""
+        return max(0, min(self.spec_len, r.remaining_output - 1, budget - 1))
+
     def _preempt(self, victim: SimRequest) -> None:
         self.running.remove(victim)
         self.c.free(victim)
@@ -74,7 +87,8 @@ class FcfsEngine:
         i = 0
         while i < len(self.running) and budget > 0:
             r = self.running[i]
-            n = min(r.todo_prefill, budget) if r.todo_prefill > 0 else 1
+            drafts = 0 if r.todo_prefill > 0 else self.drafts(r, budget)
+            n = min(r.todo_prefill, budget) if r.todo_prefill > 0 else 1 + drafts
             self_preempted = False
             while not self.c.alloc(r, self.w, r.context + n):
                 victim = self.running[-1]
@@ -88,7 +102,7 @@ class FcfsEngine:
             if r.todo_prefill > 0:
                 b.prefill.append((r, n))
             else:
-                b.decode.append((r, 0))
+                b.decode.append((r, drafts))
             budget -= n
             i += 1
         while self.waiting and not preempted and budget > 0 and len(self.running) < self.max_seqs:

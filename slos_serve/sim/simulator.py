@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from slos_serve.core.perf_model import PerfModel, load_profile
-from slos_serve.sim.baselines import ColocatedFcfs, DistServe
+from slos_serve.sim.baselines import SPEC_LENGTHS, ColocatedFcfs, DistServe, vllm_spec, vllm_v0
 from slos_serve.sim.core import Cluster, SimConfig, System
 from slos_serve.sim.metrics import RequestResult, Summary, result, summarize
 from slos_serve.sim.slos_system import SlosSystem
@@ -25,6 +26,8 @@ PD_RATIOS = ((1, 1), (2, 1), (1, 2))
 SYSTEMS: dict[str, Callable[[], System]] = {
     "vllm": lambda: ColocatedFcfs("vllm"),
     "sarathi": lambda: ColocatedFcfs("sarathi", budget=None),
+    "vllm-v0": vllm_v0,
+    **{f"vllm-spec{s}": partial(vllm_spec, s) for s in SPEC_LENGTHS},
     "distserve": DistServe,
     "slos": lambda: SlosSystem(colocated=False),
     "slos-colocated": lambda: SlosSystem(colocated=True),
