@@ -1,12 +1,16 @@
-"""`slos-serve simulate`: attainment at one rate, capacity search, planner overhead.
+"""`slos-serve simulate`: attainment at one rate, capacity search, planner overhead, traces.
 
   slos-serve simulate --scenario chatbot --system slos,vllm --rate 12
-  slos-serve simulate capacity --scenarios all --systems slos,vllm,sarathi,distserve \
-      --profile opt-13b-a100 --out capacity.json
+  slos-serve simulate capacity --scenarios all --systems slos,vllm,vllm-spec,vllm-v0,sarathi,\
+      distserve --profile opt-13b-a100 --seeds 0,1,2 --out capacity.json
   slos-serve simulate overhead
+  slos-serve simulate make-trace --out bursty.csv --scenario chatbot --rate 5 --burstiness 0.3
 
-The simulator and the capacity search are imported where used, so that `slos-serve --help`
-(which imports every command module) stays fast.
+`vllm-spec` names a family: at one rate it runs with `--baseline-spec-len` drafts (default 2);
+the capacity search runs every length 1-4 and reports the best per scenario (`capacity_report`).
+
+The capacity search is imported where used, so that `slos-serve --help` (which imports every
+command module) stays fast.
 """
 
 from __future__ import annotations
@@ -17,20 +21,23 @@ import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from slos_serve.config import Options, option
 from slos_serve.core.perf_model import load_profile
-from slos_serve.sim import overhead
+from slos_serve.sim import overhead, traces
+from slos_serve.sim.baselines import SPEC_LENGTHS
+from slos_serve.sim.capacity_report import SPEC_FAMILY, Found, expand, record, report
+from slos_serve.sim.simulator import SYSTEMS
 from slos_serve.sim.workloads import SCENARIOS, TraceOptions, WorkloadSpec, build_workload
 
 if TYPE_CHECKING:
     from slos_serve.sim.core import SimConfig
 
-SYSTEM_NAMES = ("vllm", "sarathi", "distserve", "slos", "slos-colocated")
+SYSTEM_NAMES = (*SYSTEMS, SPEC_FAMILY)
 # rough capacities (req/s, 2 OPT-13B replicas) the searches start from; any start works
 START = {"chatbot": 12.0, "coding": 24.0, "summarization": 6.0, "mixed": 10.0, "tool": 6.0,
          "reasoning": 1.0}
@@ -44,7 +51,9 @@ class WorkloadArgs(Options):
     burstiness: float = option(1.0, "gamma shape of inter-arrival times (1 = Poisson, < 1 "
                                     "burstier)")
     trace: str | None = option(None, "Azure trace CSV (TIMESTAMP,ContextTokens,"
-                               "GeneratedTokens): replaces the scenario's arrivals and lengths")
+                               "GeneratedTokens), or a shipped one by name ("
+                               f"{', '.join(traces.SHIPPED)}): replaces the scenario's arrivals "
+                               "and lengths")
     time_scale: float = option(1.0, "multiply trace timestamps (0.5 = twice the rate)")
     max_context: int | None = option(None, "clip prompt + output to this many tokens "
                                            "(default %(default)s)")
@@ -81,8 +90,9 @@ class SimulatedCluster(Options):
     def workload(self, wl: WorkloadArgs, scenario: str, rate: float, n: int) -> WorkloadSpec:
         topts = TraceOptions(time_scale=wl.time_scale, max_context=wl.max_context,
                              length_scale=self.length_scale)
+        trace = traces.resolve(wl.trace) if wl.trace else None
         return WorkloadSpec(scenario, rate, n, seed=wl.seed, burstiness=wl.burstiness,
-                            trace=wl.trace, trace_opts=topts, max_context=wl.max_context)
+                            trace=trace, trace_opts=topts, max_context=wl.max_context)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +103,8 @@ class AttainmentRun(Options):
     system: str = option("slos,vllm", f"comma-separated, from {', '.join(SYSTEM_NAMES)}")
     rate: float = option(8.0, "requests per second")
     num_requests: int | None = option(None, "default: 60 s of arrivals (at least 200)")
+    baseline_spec_len: int = option(2, "vllm-spec's fixed draft length at one rate (1-4; the "
+                                       "capacity search tries each)")
     json: str | None = option(None, "write the summaries to this file")
 
 
@@ -109,6 +121,17 @@ class CapacityRun(Options):
     max_requests: int = option(1500)
     rel_tol: float = option(0.05, "search precision")
     jobs: int = option(2, "parallel processes")
+    seeds: str | None = option(None, "comma-separated seeds, e.g. 0,1,2 (default: --seed); "
+                                     "capacity is their mean, with min-max")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraceRun(Options):
+    """`simulate make-trace`: a synthetic Azure-format trace (`traces`) of `--scenario`'s
+    lengths at `--rate`, `--burstiness` and `--seed` (the options `simulate` takes)."""
+
+    out: str = option(help="CSV file to write")
+    duration: float = option(60.0, "seconds of arrivals")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +151,10 @@ class Simulation:
     def sim_config(self) -> SimConfig:
         return self.cluster.sim_config(self.workload.seed)
 
+    def with_seed(self, seed: int) -> Simulation:
+        """The same simulation with another seed (arrivals, lengths and acceptance draws)."""
+        return replace(self, workload=replace(self.workload, seed=seed))
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The systems' and workload's options are declared once, on `simulate`; `capacity`
@@ -136,13 +163,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     SimulatedCluster.add_arguments(parser)
     WorkloadArgs.add_arguments(parser)
     AttainmentRun.add_arguments(parser)
-    sub = parser.add_subparsers(dest="action", metavar="{capacity,overhead}")
+    sub = parser.add_subparsers(dest="action", metavar="{capacity,overhead,make-trace}")
     cap = sub.add_parser("capacity", help="largest rate with attainment >= 90 %% (and 98 %%)")
     SimulatedCluster.add_arguments(cap, shared=True)
     WorkloadArgs.add_arguments(cap, shared=True)
     CapacityRun.add_arguments(cap)
     ov = sub.add_parser("overhead", help="planner wall time against live requests")
     overhead.add_arguments(ov)
+    mk = sub.add_parser("make-trace", help="write a synthetic Azure-format trace with bursts")
+    TraceRun.add_arguments(mk)
+    WorkloadArgs.add_arguments(mk, shared=True, only={"seed", "burstiness"})
+    AttainmentRun.add_arguments(mk, shared=True, only={"scenario", "rate"})
 
 
 def _systems(text: str) -> list[str]:
@@ -168,11 +199,17 @@ def run_once(args: argparse.Namespace) -> int:
     out = {}
     print(f"scenario {run.scenario}, {len(reqs)} requests at {run.rate:g} req/s, "
           f"{sim.cluster.workers} workers, profile {profile}")
+    if run.baseline_spec_len not in SPEC_LENGTHS:
+        raise SystemExit(f"--baseline-spec-len: choose from {SPEC_LENGTHS}")
     for system in _systems(run.system):
         t = time.perf_counter()
-        res = simulate(reqs, system, sim.sim_config(), model, profile)
+        run_as, label = system, system
+        if system == SPEC_FAMILY:
+            run_as = f"{SPEC_FAMILY}{run.baseline_spec_len}"
+            label = f"{SPEC_FAMILY}(s={run.baseline_spec_len})"
+        res = simulate(reqs, run_as, sim.sim_config(), model, profile)
         s = res.summary
-        print(f"\n{system} ({res.split}): attainment {100 * s.attainment:.1f} %, goodput "
+        print(f"\n{label} ({res.split}): attainment {100 * s.attainment:.1f} %, goodput "
               f"{s.goodput:.2f} req/s, rejected {s.rejected}, unfinished {s.unfinished} "
               f"[{time.perf_counter() - t:.1f} s]")
         print(f"  {'tier':<10} {'sent':>5} {'met':>5} {'rej':>4}  TTFT ms p50/p90/p99"
@@ -181,17 +218,19 @@ def run_once(args: argparse.Namespace) -> int:
             print(f"  {tr.tier:<10} {tr.sent:>5} {tr.attained:>5} {tr.rejected:>4}  "
                   f"{_ms(tr.ttft_p50):>6}/{_ms(tr.ttft_p90):>6}/{_ms(tr.ttft_p99):>6}   "
                   f"{_ms(tr.tpot_p50):>6}/{_ms(tr.tpot_p90):>6}/{_ms(tr.tpot_p99):>6}")
-        out[system] = {"split": res.split, **asdict(s)}
+        out[system] = {"split": res.split, "run_as": run_as, **asdict(s)}
     if run.json:
         with open(run.json, "w") as f:
             json.dump(out, f, indent=2)
     return 0
 
 
-def _capacity_job(sim: Simulation, cap: CapacityRun, scenario: str, system: str,
-                  targets: list[float]) -> tuple[str, str, dict]:
+def _capacity_job(sim: Simulation, cap: CapacityRun, scenario: str, system: str, seed: int,
+                  targets: list[float]) -> tuple[tuple[str, str, int], dict]:
+    """One system's capacity on one scenario with one seed, at each target."""
     from slos_serve.sim.capacity import SearchOptions, system_capacity
 
+    sim = sim.with_seed(seed)
     profile = sim.cluster.profile
     model = load_profile(profile)
     spec = sim.spec(scenario, 1.0, cap.min_requests)
@@ -205,36 +244,26 @@ def _capacity_job(sim: Simulation, cap: CapacityRun, scenario: str, system: str,
         found[str(target)] = {"rate": res.rate, "probes": res.probes}
         if res.rate > 0:
             start = res.rate  # a stricter target's capacity is at most this
-    return scenario, system, found
+    return (scenario, system, seed), found
 
 
-def _geomean(xs: list[float]) -> float:
-    xs = [x for x in xs if x > 0 and math.isfinite(x)]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else math.nan
-
-
-def _table(cap: dict[str, dict[str, float]], systems: list[str], title: str) -> list[str]:
-    lines = [title]
-    head = f"{'scenario':<14}" + "".join(f"{s:>16}" for s in systems)
-    lines.append(head)
-    ratios: dict[str, list[float]] = {s: [] for s in systems}
-    for sc, row in cap.items():
-        base = row.get("vllm", 0.0)
-        cells = []
-        for s in systems:
-            v = row.get(s, math.nan)
-            r = v / base if base > 0 else math.nan
-            ratios[s].append(r)
-            cells.append(f"{v:>8.2f} ({r:>4.2f}x)" if base > 0 else f"{v:>16.2f}")
-        lines.append(f"{sc:<14}" + "".join(f"{c:>16}" for c in cells))
-    lines.append(f"{'geo-mean':<14}" + "".join(
-        f"{_geomean(ratios[s]):>15.2f}x" for s in systems))
-    best = [max(row.get("vllm", 0), row.get("sarathi", 0)) for row in cap.values()]
-    for s in systems:
-        if s.startswith("slos") and all(b > 0 for b in best):
-            g = _geomean([row.get(s, 0) / b for row, b in zip(cap.values(), best, strict=True)])
-            lines.append(f"{s} vs best of vllm/sarathi: geo-mean {g:.2f}x")
-    return lines
+def _search_all(sim: Simulation, search: CapacityRun, jobs: list[tuple[str, str, int]],
+                targets: list[float]) -> Found:
+    """Run the searches in parallel processes, with a progress bar."""
+    # the slowest (planner-driven) systems first, so parallel workers finish together
+    jobs = sorted(jobs, key=lambda j: (not j[1].startswith("slos"), j[0] != "reasoning"))
+    found: Found = {}
+    bar = tqdm(total=len(jobs), desc="capacity", unit="search", file=sys.stderr)
+    with ProcessPoolExecutor(max_workers=max(1, search.jobs)) as pool:
+        futs = [pool.submit(_capacity_job, sim, search, *job, targets) for job in jobs]
+        for fut in as_completed(futs):
+            key, res = fut.result()
+            found[key] = res
+            sc, s, seed = key
+            bar.set_postfix_str(f"{sc}/{s}/seed {seed}: {res[str(targets[0])]['rate']:.2f} req/s")
+            bar.update()
+    bar.close()
+    return found
 
 
 def run_capacity(args: argparse.Namespace) -> int:
@@ -245,43 +274,17 @@ def run_capacity(args: argparse.Namespace) -> int:
             raise SystemExit(f"unknown scenario {sc!r}; choose from {', '.join(SCENARIOS)}")
     systems = _systems(search.systems)
     targets = [float(t) for t in search.targets.split(",")]
-    jobs = [(sc, s) for sc in scenarios for s in systems]
-    # the slowest (planner-driven) systems first, so parallel workers finish together
-    jobs.sort(key=lambda j: (not j[1].startswith("slos"), j[0] != "reasoning"))
-    found: dict[str, dict[str, dict]] = {sc: {} for sc in scenarios}
+    seeds = [int(x) for x in search.seeds.split(",")] if search.seeds else [sim.workload.seed]
+    jobs = [(sc, s, seed) for sc in scenarios for s in expand(systems) for seed in seeds]
     t0 = time.perf_counter()
-    bar = tqdm(total=len(jobs), desc="capacity", unit="search", file=sys.stderr)
-    with ProcessPoolExecutor(max_workers=max(1, search.jobs)) as pool:
-        futs = [pool.submit(_capacity_job, sim, search, sc, s, targets) for sc, s in jobs]
-        for fut in as_completed(futs):
-            sc, s, res = fut.result()
-            found[sc][s] = res
-            bar.set_postfix_str(f"{sc}/{s}: {res[str(targets[0])]['rate']:.2f} req/s")
-            bar.update()
-    bar.close()
+    found = _search_all(sim, search, jobs, targets)
     elapsed = time.perf_counter() - t0
-    out: dict = {}
-    lines: list[str] = []
-    for k, target in enumerate(targets):
-        key = "capacity" if k == 0 else f"capacity_{round(100 * target)}"
-        cap = {sc: {s: found[sc][s][str(target)]["rate"] for s in systems} for sc in scenarios}
-        out[key] = cap
-        lines += _table(cap, systems, f"\ncapacity (req/s, attainment >= {100 * target:g} %; "
-                                      f"ratio to vllm)")
-    cap = out["capacity"]
-    out["ratio_to_vllm"] = {
-        sc: {s: (cap[sc][s] / cap[sc]["vllm"] if cap[sc].get("vllm") else None)
-             for s in systems} for sc in scenarios}
-    out["geomean_ratio_to_vllm"] = {
-        s: _geomean([cap[sc][s] / cap[sc]["vllm"] for sc in scenarios if cap[sc].get("vllm")])
-        for s in systems}
-    out["per_worker"] = {sc: {s: v / sim.cluster.workers for s, v in row.items()}
-                         for sc, row in cap.items()}
-    out["probes"] = {sc: {s: {t: found[sc][s][t]["probes"] for t in found[sc][s]}
-                          for s in systems} for sc in scenarios}
+    reports = [report(found, scenarios, systems, seeds, t) for t in targets]
+    out = record(found, reports, seeds, sim.cluster.workers)
     out["config"] = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     out["elapsed_s"] = elapsed
-    print("\n".join(lines))
+    for rep in reports:
+        print("\n".join(rep.table(seeds)))
     print(f"\n{len(jobs)} searches in {elapsed:.0f} s")
     if search.out:
         with open(search.out, "w") as f:
@@ -290,9 +293,21 @@ def run_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_make_trace(args: argparse.Namespace) -> int:
+    mk, wl = TraceRun.from_args(args), WorkloadArgs.from_args(args)
+    at = AttainmentRun.from_args(args)
+    rows = traces.make_trace(at.scenario, at.rate, wl.burstiness, mk.duration, wl.seed)
+    traces.write_trace(rows, mk.out)
+    print(f"wrote {mk.out}: {len(rows)} requests over {mk.duration:g} s, inter-arrival CV "
+          f"{traces.inter_arrival_cv(rows):.2f}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.action == "capacity":
         return run_capacity(args)
     if args.action == "overhead":
         return overhead.run(args)
+    if args.action == "make-trace":
+        return run_make_trace(args)
     return run_once(args)
