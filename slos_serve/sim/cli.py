@@ -9,8 +9,7 @@
 `vllm-spec` names a family: at one rate it runs with `--baseline-spec-len` drafts (default 2);
 the capacity search runs every length 1-4 and reports the best per scenario (`capacity_report`).
 
-The capacity search is imported where used, so that `slos-serve --help` (which imports every
-command module) stays fast.
+The capacity search is imported where used (in the worker processes).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from slos_serve.core.perf_model import load_profile
 from slos_serve.sim import overhead, traces
 from slos_serve.sim.baselines import SPEC_LENGTHS
 from slos_serve.sim.capacity_report import SPEC_FAMILY, Found, expand, record, report
-from slos_serve.sim.simulator import SYSTEMS
+from slos_serve.sim.simulator import SYSTEMS, simulate
 from slos_serve.sim.workloads import SCENARIOS, TraceOptions, WorkloadSpec, build_workload
 
 if TYPE_CHECKING:
@@ -189,8 +188,6 @@ def _ms(x: float) -> str:
 
 
 def run_once(args: argparse.Namespace) -> int:
-    from slos_serve.sim.simulator import simulate
-
     sim, run = Simulation.from_args(args), AttainmentRun.from_args(args)
     profile = sim.cluster.profile
     n = run.num_requests or max(200, int(run.rate * 60))
