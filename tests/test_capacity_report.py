@@ -92,3 +92,17 @@ def test_cli_capacity_over_seeds(tmp_path) -> None:
     assert data["vllm_spec_length"]["coding"] in (1, 2, 3, 4)
     assert data["best_baseline"]["coding"] in ("vllm", "vllm-v0") or \
         data["best_baseline"]["coding"].startswith("vllm-spec(s=")
+
+
+def test_cli_single_run_takes_the_spec_length(tmp_path, capsys) -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    out = tmp_path / "one.json"
+    args = parser.parse_args(["--scenario", "coding", "--system", "vllm-spec,vllm-v0",
+                              "--baseline-spec-len", "3", "--rate", "4", "--num-requests",
+                              "20", "--json", str(out)])
+    assert cli.run(args) == 0
+    assert "vllm-spec(s=3)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["vllm-spec"]["run_as"] == "vllm-spec3"
+    with pytest.raises(SystemExit):
+        cli.run(parser.parse_args(["--system", "vllm-spec", "--baseline-spec-len", "7"]))
