@@ -22,7 +22,12 @@ from slos_serve.core.planner.records import (
     Snapshot,
     Verdict,
 )
-from slos_serve.core.planner.schedule import Emitted, ScheduleEmitter
+from slos_serve.core.planner.schedule import (
+    Emitted,
+    ScheduleEmitter,
+    changes_admission,
+    deferred_schedule,
+)
 from slos_serve.core.spec import DecodeConfig
 
 
@@ -192,7 +197,11 @@ class Planning:
         requests to best effort before the decode side is emitted)."""
         for w in sorted(self.snap.workers, key=lambda w: w.role == "decode"):
             load = self.loads[w.id]
-            cfg, out = self._emit_repaired(load)
+            if changes_admission(load):
+                cfg, out = self._emit_repaired(load)
+            else:
+                cfg = self.ctx.config(w, tuple(load.counts))
+                out = deferred_schedule(self.ctx, load, cfg)
             if w.role != "decode":
                 order = [it.req.id for it in sorted(load.queue, key=lambda it: it.deadline)]
                 order += [r.id for r in sorted(load.best_effort_prompts,
