@@ -4,6 +4,7 @@
   slos-serve simulate capacity --scenarios all --systems slos,vllm,sarathi,distserve \
       --profile opt-13b-a100 --out capacity.json
   slos-serve simulate overhead
+  slos-serve simulate scaling --scenarios chatbot,coding --systems slos-colocated,vllm
 
 The simulator and the capacity search are imported where used, so that `slos-serve --help`
 (which imports every command module) stays fast.
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from slos_serve.config import Options, option
 from slos_serve.core.perf_model import load_profile
-from slos_serve.sim import overhead
+from slos_serve.sim import overhead, scaling
 from slos_serve.sim.workloads import SCENARIOS, TraceOptions, WorkloadSpec, build_workload
 
 if TYPE_CHECKING:
@@ -136,13 +137,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     SimulatedCluster.add_arguments(parser)
     WorkloadArgs.add_arguments(parser)
     AttainmentRun.add_arguments(parser)
-    sub = parser.add_subparsers(dest="action", metavar="{capacity,overhead}")
+    sub = parser.add_subparsers(dest="action", metavar="{capacity,overhead,scaling}")
     cap = sub.add_parser("capacity", help="largest rate with attainment >= 90 %% (and 98 %%)")
     SimulatedCluster.add_arguments(cap, shared=True)
     WorkloadArgs.add_arguments(cap, shared=True)
     CapacityRun.add_arguments(cap)
     ov = sub.add_parser("overhead", help="planner wall time against live requests")
     overhead.add_arguments(ov)
+    sc = sub.add_parser("scaling", help="capacity per worker at 2 to 64 workers")
+    SimulatedCluster.add_arguments(sc, shared=True)
+    WorkloadArgs.add_arguments(sc, shared=True)
+    scaling.add_arguments(sc)
 
 
 def _systems(text: str) -> list[str]:
@@ -295,4 +300,6 @@ def run(args: argparse.Namespace) -> int:
         return run_capacity(args)
     if args.action == "overhead":
         return overhead.run(args)
+    if args.action == "scaling":
+        return scaling.run(args, Simulation.from_args(args), START)
     return run_once(args)
