@@ -8,11 +8,14 @@ If a change is MEANT to alter decisions (a new policy), re-record: run this file
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import pickle
 import random
 from dataclasses import replace
 
-from slos_serve.core.planner import Plan, Snapshot, plan
+from slos_serve.core.planner import Plan, PlannedBatch, Snapshot, plan
+from slos_serve.core.planner.schedule import PredictedBatches
 from slos_serve.sim.overhead import make_snapshot
 
 EXPECTED = "2eac03886ea8c25773e6a33aa85003c50c9caefeacb7b428b0822f73b163d6aa"
@@ -66,3 +69,37 @@ def test_plan_decisions_are_unchanged() -> None:
     digest = h.hexdigest()
     print(f"plan fingerprint {digest}")
     assert digest == EXPECTED
+
+
+def test_deferred_batches_read_later_are_those_of_the_snapshot_planned() -> None:
+    """Schedules emitted on first read (workers no decision depends on) are those of the
+    snapshot as planned, even once the caller has moved its (shared) workers on."""
+    snap = make_snapshot(256, 16, mode="colocated", workers=64, seed=3)
+    fresh = make_snapshot(256, 16, mode="colocated", workers=64, seed=3)
+    p = plan(snap)
+    deferred = [w for w, s in p.prefill.items() if isinstance(s.batches, PredictedBatches)]
+    assert deferred  # most of 64 workers get no new prompt
+    for w in snap.workers:
+        w.busy_until = snap.now + 1.0
+    q = plan(fresh)
+    for w in p.prefill:
+        assert p.prefill[w].batches == q.prefill[w].batches
+        assert p.decode[w].batches == q.decode[w].batches
+    assert fingerprint(p) == fingerprint(q)
+
+
+def test_predicted_batches_behave_as_a_list() -> None:
+    calls = []
+    batch = PlannedBatch(0.0, 0.1, [("a", 5)], [])
+
+    def emit() -> list[PlannedBatch]:
+        calls.append(1)
+        return [batch]
+
+    b = PredictedBatches(emit)
+    assert not calls  # nothing emitted until read
+    assert b == [batch] and list(b) == [batch] and b[0] is batch and len(b) == 1
+    assert b[:1] == [batch] and repr(b) == repr([batch])
+    assert len(calls) == 1  # emitted once
+    assert pickle.loads(pickle.dumps(b)) == [batch]
+    assert type(copy.deepcopy(b)) is list
