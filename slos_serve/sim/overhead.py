@@ -1,9 +1,13 @@
-"""Planner overhead: wall time of one plan() call against the number of live requests.
+"""Planner overhead: wall and CPU time of one plan() call against the number of live requests.
 
-Builds synthetic snapshots (seeded) of a cluster carrying `live` admitted requests (a quarter
-waiting for prefill, the rest decoding, two TPOT tiers) plus `new` arrivals, and times plan().
-The paper reports < 10 ms per schedule with a C++ DP core; the target here is p99 <= 5 ms at
-256 live requests with 16 new arrivals.
+Builds synthetic snapshots (seeded) of a cluster of `--workers` engines (disagg: half prefill,
+half decode; colocated: all mixed) carrying `live` admitted requests (a quarter waiting for
+prefill, the rest decoding, two TPOT tiers) plus `new` arrivals, and times plan(), one row per
+mode, cluster size, live and new count. The paper reports < 10 ms per schedule with a C++ DP
+core; the target here is CPU p99 <= 5 ms at 256 live requests with 16 new arrivals, at 4 and
+at 64 workers, both modes:
+
+  slos-serve simulate overhead --live 256 --new 16 --workers 4 64
 """
 
 from __future__ import annotations
