@@ -85,11 +85,16 @@ def select(
     excess = _committed_excess(load, items, budget, zero)
     cap = load.worker.kv_capacity_blocks - load.kv_used
     states: dict[tuple, list[DpState]] = {zero: [DpState(0, 0, None)]}
+    run: list[tuple[QueuedPrompt, int]] = []  # committed prompts since the last candidate
     for it, ex in zip(items, excess, strict=True):
         if it.committed:
-            states = _keep_committed(states, it, ex, budget, zero)
-        else:
-            states = _try_candidate(states, it, budget, cap)
+            run.append((it, ex))
+            continue
+        if run:
+            states, run = _keep_committed(states, run, budget, zero), []
+        states = _try_candidate(states, it, budget, cap)
+    if run:
+        states = _keep_committed(states, run, budget, zero)
     # the most admissions; among those the fewest prefill tokens, then the fewest KV blocks
     best_key = max(states, key=lambda k: (sum(k), -min(c for c, _, _ in states[k])))
     chain = min(states[best_key], key=lambda s: (s.tokens, s.kv)).chain
@@ -127,15 +132,25 @@ def _committed_excess(
 
 
 def _keep_committed(
-    states: dict[tuple, list[DpState]], it: QueuedPrompt, excess: int, budget: PrefillBudget,
-    zero: tuple,
+    states: dict[tuple, list[DpState]], run: list[tuple[QueuedPrompt, int]],
+    budget: PrefillBudget, zero: tuple,
 ) -> dict[tuple, list[DpState]]:
-    """Every state must still fit the committed prompt by its deadline (plus its excess)."""
+    """Every state must still fit each committed prompt of the run (consecutive in deadline
+    order, with its excess) by its deadline: a state of c tokens must have c + (the run's
+    tokens up to the prompt) <= the budget there, i.e. c <= the run's least room."""
+    total = sum(it.tokens for it, _ in run)
     nxt: dict[tuple, list[DpState]] = {}
     for key, lst in states.items():
-        lim = INF if key == zero else budget(it.deadline, key) + excess
-        n = it.tokens
-        keep = [DpState(c + n, m, ch) for c, m, ch in lst if c + n <= lim]
+        room = INF
+        if key != zero:
+            lowest = min(c for c, _, _ in lst)
+            cum = 0
+            for it, ex in run:
+                cum += it.tokens
+                room = min(room, budget(it.deadline, key) + ex - cum)
+                if room < lowest:
+                    break
+        keep = [DpState(c + total, m, ch) for c, m, ch in lst if c <= room]
         if keep:
             nxt[key] = keep
     return nxt
