@@ -5,6 +5,7 @@
       distserve --profile opt-13b-a100 --seeds 0,1,2 --out capacity.json
   slos-serve simulate overhead
   slos-serve simulate make-trace --out bursty.csv --scenario chatbot --rate 5 --burstiness 0.3
+  slos-serve simulate scaling --scenarios chatbot,coding --systems slos-colocated,vllm
 
 `vllm-spec` names a family: at one rate it runs with `--baseline-spec-len` drafts (default 2);
 the capacity search runs every length 1-4 and reports the best per scenario (`capacity_report`).
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from slos_serve.config import Options, option
 from slos_serve.core.perf_model import load_profile
-from slos_serve.sim import overhead, traces
+from slos_serve.sim import overhead, scaling, traces
 from slos_serve.sim.baselines import SPEC_LENGTHS
 from slos_serve.sim.capacity_report import SPEC_FAMILY, Found, expand, record, report
 from slos_serve.sim.simulator import SYSTEMS, simulate
@@ -162,7 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     SimulatedCluster.add_arguments(parser)
     WorkloadArgs.add_arguments(parser)
     AttainmentRun.add_arguments(parser)
-    sub = parser.add_subparsers(dest="action", metavar="{capacity,overhead,make-trace}")
+    sub = parser.add_subparsers(dest="action", metavar="{capacity,overhead,make-trace,scaling}")
     cap = sub.add_parser("capacity", help="largest rate with attainment >= 90 %% (and 98 %%)")
     SimulatedCluster.add_arguments(cap, shared=True)
     WorkloadArgs.add_arguments(cap, shared=True)
@@ -173,6 +174,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     TraceRun.add_arguments(mk)
     WorkloadArgs.add_arguments(mk, shared=True, only={"seed", "burstiness"})
     AttainmentRun.add_arguments(mk, shared=True, only={"scenario", "rate"})
+    sc = sub.add_parser("scaling", help="capacity per worker at 2 to 64 workers")
+    SimulatedCluster.add_arguments(sc, shared=True)
+    WorkloadArgs.add_arguments(sc, shared=True)
+    scaling.add_arguments(sc)
 
 
 def _systems(text: str) -> list[str]:
@@ -307,4 +312,6 @@ def run(args: argparse.Namespace) -> int:
         return overhead.run(args)
     if args.action == "make-trace":
         return run_make_trace(args)
+    if args.action == "scaling":
+        return scaling.run(args, Simulation.from_args(args), START)
     return run_once(args)

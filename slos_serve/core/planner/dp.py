@@ -29,7 +29,9 @@ class DpState(NamedTuple):
 
 
 class PrefillBudget:
-    """Prefill tokens the worker can finish by a deadline with some more decoders admitted."""
+    """Prefill tokens the worker can finish by a deadline with some more decoders admitted.
+    Values are kept: a worker's DP runs once per routing round, mostly on the same base load
+    and so over the same committed deadlines and keys."""
 
     def __init__(self, ctx: PlanContext, load: WorkerLoad) -> None:
         self.ctx = ctx
@@ -38,6 +40,7 @@ class PrefillBudget:
         self.t0 = max(ctx.now, load.worker.busy_until)
         self.base = tuple(load.counts)
         self._configs: dict[tuple, DecodeConfig | None] = {}
+        self._values: dict[tuple[tuple, float], int] = {}
 
     def feasible(self) -> bool:
         return self.ctx.config(self.worker, self.base) is not None
@@ -45,6 +48,12 @@ class PrefillBudget:
     def __call__(self, deadline: float, key: tuple) -> int:
         """-1: no configuration sustains the decoders of `key` (added to the base load)."""
         k = key if self.mixed else ()
+        v = self._values.get((k, deadline))
+        if v is None:
+            v = self._values[(k, deadline)] = self._budget(deadline, k)
+        return v
+
+    def _budget(self, deadline: float, k: tuple) -> int:
         if k in self._configs:
             cfg = self._configs[k]
         else:
@@ -59,9 +68,16 @@ class PrefillBudget:
         return prefill_within(self.worker.model, cfg, deadline - self.t0)
 
 
-def select(ctx: PlanContext, load: WorkerLoad, cands: list[QueuedPrompt]) -> list[QueuedPrompt]:
-    """The largest subset of `cands` the worker can admit next to its committed queue."""
-    budget = PrefillBudget(ctx, load)
+BudgetCache = dict[tuple[str, tuple[int, ...]], PrefillBudget]  # one plan's, by worker, base
+
+
+def select(
+    ctx: PlanContext, load: WorkerLoad, cands: list[QueuedPrompt],
+    budgets: BudgetCache | None = None,
+) -> list[QueuedPrompt]:
+    """The largest subset of `cands` the worker can admit next to its committed queue.
+    `budgets`: the plan's budgets so far (kept across its routing rounds)."""
+    budget = _budget_of(ctx, load, {} if budgets is None else budgets)
     if not budget.feasible():
         return []
     items = sorted(load.queue + cands, key=lambda it: (it.deadline, not it.committed))
@@ -69,11 +85,16 @@ def select(ctx: PlanContext, load: WorkerLoad, cands: list[QueuedPrompt]) -> lis
     excess = _committed_excess(load, items, budget, zero)
     cap = load.worker.kv_capacity_blocks - load.kv_used
     states: dict[tuple, list[DpState]] = {zero: [DpState(0, 0, None)]}
+    run: list[tuple[QueuedPrompt, int]] = []  # committed prompts since the last candidate
     for it, ex in zip(items, excess, strict=True):
         if it.committed:
-            states = _keep_committed(states, it, ex, budget, zero)
-        else:
-            states = _try_candidate(states, it, budget, cap)
+            run.append((it, ex))
+            continue
+        if run:
+            states, run = _keep_committed(states, run, budget, zero), []
+        states = _try_candidate(states, it, budget, cap)
+    if run:
+        states = _keep_committed(states, run, budget, zero)
     # the most admissions; among those the fewest prefill tokens, then the fewest KV blocks
     best_key = max(states, key=lambda k: (sum(k), -min(c for c, _, _ in states[k])))
     chain = min(states[best_key], key=lambda s: (s.tokens, s.kv)).chain
@@ -82,6 +103,14 @@ def select(ctx: PlanContext, load: WorkerLoad, cands: list[QueuedPrompt]) -> lis
         out.append(chain.prompt)
         chain = chain.rest
     return out
+
+
+def _budget_of(ctx: PlanContext, load: WorkerLoad, budgets: BudgetCache) -> PrefillBudget:
+    key = (load.worker.id, tuple(load.counts))
+    budget = budgets.get(key)
+    if budget is None:
+        budget = budgets[key] = PrefillBudget(ctx, load)
+    return budget
 
 
 def _committed_excess(
@@ -103,15 +132,25 @@ def _committed_excess(
 
 
 def _keep_committed(
-    states: dict[tuple, list[DpState]], it: QueuedPrompt, excess: int, budget: PrefillBudget,
-    zero: tuple,
+    states: dict[tuple, list[DpState]], run: list[tuple[QueuedPrompt, int]],
+    budget: PrefillBudget, zero: tuple,
 ) -> dict[tuple, list[DpState]]:
-    """Every state must still fit the committed prompt by its deadline (plus its excess)."""
+    """Every state must still fit each committed prompt of the run (consecutive in deadline
+    order, with its excess) by its deadline: a state of c tokens must have c + (the run's
+    tokens up to the prompt) <= the budget there, i.e. c <= the run's least room."""
+    total = sum(it.tokens for it, _ in run)
     nxt: dict[tuple, list[DpState]] = {}
     for key, lst in states.items():
-        lim = INF if key == zero else budget(it.deadline, key) + excess
-        n = it.tokens
-        keep = [DpState(c + n, m, ch) for c, m, ch in lst if c + n <= lim]
+        room = INF
+        if key != zero:
+            lowest = min(c for c, _, _ in lst)
+            cum = 0
+            for it, ex in run:
+                cum += it.tokens
+                room = min(room, budget(it.deadline, key) + ex - cum)
+                if room < lowest:
+                    break
+        keep = [DpState(c + total, m, ch) for c, m, ch in lst if c <= room]
         if keep:
             nxt[key] = keep
     return nxt

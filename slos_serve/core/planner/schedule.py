@@ -7,13 +7,19 @@ due one interval (E(spec) * TPOT) after the previous due time (token-bucket paci
 are paced at the period u while nothing waits for prefill, back to back otherwise. A batch
 that finishes a committed prompt is capped so that it is predicted to end by that prompt's
 deadline (the partial batch the DP's budget counts on).
+
+Only a worker with a prompt newly admitted to its queue can have a decision revised by its
+schedule (a new admission predicted late is declined); the batches of every other worker are
+emitted when first read (`deferred_schedule`): the simulator and the coordinator read only
+budgets and cadences, so at 64 workers most schedules are never emitted at all.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from slos_serve.core.perf_model import BatchShape
 from slos_serve.core.planner.context import INF, PlanContext
@@ -75,9 +81,75 @@ class BatchDraft:
 
 @dataclass(slots=True)
 class Emitted:
-    batches: list[PlannedBatch]
+    batches: Sequence[PlannedBatch]
     cadences: list[TierCadence]
     late: list[QueuedPrompt]  # committed prompts predicted to miss their deadline
+
+
+class PredictedBatches(Sequence[PlannedBatch]):
+    """A worker's predicted batches, emitted on first read (then kept). Copies and pickles
+    are plain lists."""
+
+    __slots__ = ("_emit", "_batches")
+
+    def __init__(self, emit: Callable[[], list[PlannedBatch]]) -> None:
+        self._emit: Callable[[], list[PlannedBatch]] | None = emit
+        self._batches: list[PlannedBatch] | None = None
+
+    def _list(self) -> list[PlannedBatch]:
+        if self._batches is None:
+            assert self._emit is not None
+            self._batches, self._emit = self._emit(), None
+        return self._batches
+
+    @overload
+    def __getitem__(self, i: int) -> PlannedBatch: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[PlannedBatch]: ...
+    def __getitem__(self, i: int | slice) -> PlannedBatch | list[PlannedBatch]:
+        return self._list()[i]
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+    def __iter__(self) -> Iterator[PlannedBatch]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and self._list() == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the list it stands for
+
+    def __repr__(self) -> str:
+        return repr(self._list())
+
+    def __reduce__(self) -> tuple:
+        return (list, (self._list(),))
+
+
+def changes_admission(load: WorkerLoad) -> bool:
+    """Whether the worker's schedule can revise this plan's decisions: only a prompt newly
+    admitted to its queue can be declined for a predicted miss."""
+    return any(it.req.id in load.new_ids for it in load.queue)
+
+
+def deferred_schedule(
+    ctx: PlanContext, load: WorkerLoad, cfg: DecodeConfig | None
+) -> Emitted:
+    """The schedule of a worker no decision depends on (not changes_admission), its batches
+    emitted when first read. Prompts admitted before and already predicted late are claimed
+    by no batch, as on every worker (emitted again without them)."""
+    t0 = max(ctx.now, load.worker.busy_until)  # as of this plan, whenever read
+
+    def emit() -> list[PlannedBatch]:
+        while True:
+            out = ScheduleEmitter(ctx, load, cfg, t0).run()
+            if not out.late:
+                return out.batches
+            load.unprotected.update(it.req.id for it in out.late)
+
+    plain = cfg if cfg is not None else fallback_config(ctx, load)
+    return Emitted(PredictedBatches(emit), cadences(ctx, load, plain), [])
 
 
 def fallback_config(ctx: PlanContext, load: WorkerLoad) -> DecodeConfig:
@@ -103,7 +175,8 @@ def cadences(ctx: PlanContext, load: WorkerLoad, cfg: DecodeConfig) -> list[Tier
 class ScheduleEmitter:
     """Predicts a worker's next batches (see the module docstring)."""
 
-    def __init__(self, ctx: PlanContext, load: WorkerLoad, cfg: DecodeConfig | None) -> None:
+    def __init__(self, ctx: PlanContext, load: WorkerLoad, cfg: DecodeConfig | None,
+                 t0: float | None = None) -> None:
         self.ctx, self.load = ctx, load
         self.model = load.worker.model
         self.feasible = cfg is not None
@@ -111,7 +184,7 @@ class ScheduleEmitter:
         self.u = self.cfg.period
         self.horizon = ctx.snap.decode_horizon
         self.prefills = load.role != "decode"
-        self.t0 = max(ctx.now, load.worker.busy_until)
+        self.t0 = max(ctx.now, load.worker.busy_until) if t0 is None else t0
         self.seq = 0
         self.heap = self._admitted_decoders()
         self.be_heap = [DueDecoder(r.token_deadline or self.t0, i, r, ctx.tier(r))

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from slos_serve.core.planner.context import INF, PlanContext, rotate
-from slos_serve.core.planner.dp import select
+from slos_serve.core.planner.dp import BudgetCache, select
 from slos_serve.core.planner.load import Placement, QueuedPrompt, WorkerLoad, queued_prompt
 from slos_serve.core.planner.records import (
     DecodePlan,
@@ -22,7 +22,12 @@ from slos_serve.core.planner.records import (
     Snapshot,
     Verdict,
 )
-from slos_serve.core.planner.schedule import Emitted, ScheduleEmitter
+from slos_serve.core.planner.schedule import (
+    Emitted,
+    ScheduleEmitter,
+    changes_admission,
+    deferred_schedule,
+)
 from slos_serve.core.spec import DecodeConfig
 
 
@@ -57,6 +62,7 @@ class Planning:
         self.verdicts: list[Verdict] = []
         self.prefill_plans: dict[str, PrefillSchedule] = {}
         self.decode_plans: dict[str, DecodePlan] = {}
+        self.budgets: BudgetCache = {}  # the prompt DPs' budgets, kept across routing rounds
 
     # ------------------------------------------------------------ 1. reserve
 
@@ -118,9 +124,11 @@ class Planning:
         if r.ttft_deadline <= self.snap.now:
             self.why[r.id] = "TTFT deadline already passed"
             return []
-        fits = any(self.loads[d].can_admit_decode(self.ctx, r) for d in self.decode_ids)
-        ts = [w for w in rotate(self.prefill_ids, self.route[r.id])
-              if fits or self.loads[w].role == "mixed"]
+        order = rotate(self.prefill_ids, self.route[r.id])
+        mixed = [w for w in order if self.loads[w].role == "mixed"]
+        fits = len(mixed) == len(order) or any(  # (the decode check only matters if not)
+            self.loads[d].can_admit_decode(self.ctx, r) for d in self.decode_ids)
+        ts = order if fits else mixed
         if not ts:
             self.why[r.id] = ("no decode capacity for its TPOT tier" if self.prefill_ids
                               else "no prefill worker")
@@ -129,7 +137,7 @@ class Planning:
     def _admit_on(self, load: WorkerLoad, reqs: list[PlanRequest]) -> list[PlanRequest]:
         """Admit the DP's choice among `reqs` on `load`; returns the ones it declined."""
         cands = [queued_prompt(self.ctx, r, load.worker, False) for r in reqs]
-        chosen = {id(it) for it in select(self.ctx, load, cands)}
+        chosen = {id(it) for it in select(self.ctx, load, cands, self.budgets)}
         declined = []
         for it in cands:
             if id(it) not in chosen:
@@ -192,7 +200,11 @@ class Planning:
         requests to best effort before the decode side is emitted)."""
         for w in sorted(self.snap.workers, key=lambda w: w.role == "decode"):
             load = self.loads[w.id]
-            cfg, out = self._emit_repaired(load)
+            if changes_admission(load):
+                cfg, out = self._emit_repaired(load)
+            else:
+                cfg = self.ctx.config(w, tuple(load.counts))
+                out = deferred_schedule(self.ctx, load, cfg)
             if w.role != "decode":
                 order = [it.req.id for it in sorted(load.queue, key=lambda it: it.deadline)]
                 order += [r.id for r in sorted(load.best_effort_prompts,
