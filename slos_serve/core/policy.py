@@ -17,7 +17,8 @@ lives here so that it is unit-tested in milliseconds (tests/test_slo_policy.py):
   its TTFT deadline.
 * `running_key`, `paced_out`: order of the running requests, and which loose decoders to
   hold back (pacing) while prefill waits.
-* `TierStats` / `SpecStats`: per-tier speculation statistics.
+* `TierStats` / `SpecStats`: per-tier speculation statistics; `planning_alphas`: the
+  acceptance the planner plans on from them (a lower confidence bound, `acceptance_bound`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ NO_SLO_TIER = "none"  # requests without SLO data (e.g. an engine used directly)
 PACE_STEPS = 2.0
 # ... and only while the KV cache is at most this full (held decoders keep their memory).
 PACE_KV_FRACTION = 0.7
+# Acceptance to plan on: before any is measured (ngram on text), weighing as many trials,
+# and the lower confidence bound's z (one-sided 95 %).
+PRIOR_ALPHA = 0.5
+PRIOR_TRIALS = 20
+ALPHA_LCB_Z = 1.645
 
 
 # ------------------------------------------------------------ request SLO --
@@ -121,14 +127,28 @@ def tier_for(plan: WorkerPlan, tpot_ms: float) -> TierSpec | None:
     return min(plan.tiers, key=lambda t: (abs(t.tpot_ms - tpot_ms), t.tpot_ms))
 
 
-def spec_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int) -> int:
+def spec_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int,
+             lag_tokens: float = 0.0) -> int:
     """Draft tokens the request's next verify step may carry, 0..max_spec.
 
     The request's own cap (slo spec_tokens > 0; it was chosen for the request's TPOT, so it
     holds while the current stage has that TPOT), else the plan's tier closest to the
-    current TPOT, else (no plan yet) max_spec. Best effort: the loosest tier's cap."""
+    current TPOT, else (no plan yet) max_spec. Best effort: the loosest tier's cap.
+    Catch-up: an admitted request `lag_tokens` behind its pace (`lag_tokens`; acceptance is
+    random, so some requests of a tier paced on its average fall behind) gets one more draft
+    per whole token it is behind, up to max_spec: a longer verify step yields more tokens
+    when the drafts are accepted, at little cost to the batch."""
     if max_spec <= 0:
         return 0
+    cap = planned_cap(slo, stage, plan, max_spec)
+    import os
+    if os.environ.get("SPEC_CATCHUP", "1") == "1" and slo.admitted and lag_tokens >= 1.0:
+        cap = min(max_spec, cap + int(lag_tokens))
+    return cap
+
+
+def planned_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int) -> int:
+    """The cap the plan gives the request's tier (spec_cap without catch-up)."""
     tpot = slo.stage_tpot_ms(stage)
     if slo.admitted and slo.spec_tokens > 0 and tpot == slo.tpot_ms:
         return min(slo.spec_tokens, max_spec)
@@ -140,6 +160,14 @@ def spec_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int
         tier = tier_for(plan, tpot)
     assert tier is not None
     return max(0, min(tier.spec_tokens, max_spec))
+
+
+def lag_tokens(due_unix: float, now_unix: float, tpot_ms: float) -> float:
+    """How many tokens a decoder whose next token was due at `due_unix` is behind its pace
+    (0: on or ahead of it, or no TPOT)."""
+    if tpot_ms <= 0 or not math.isfinite(due_unix) or due_unix >= now_unix:
+        return 0.0
+    return (now_unix - due_unix) * 1000.0 / tpot_ms
 
 
 # ----------------------------------------------------------------- budget --
@@ -432,3 +460,40 @@ def acceptance(spec: Iterable[TierStats]) -> float:
         drafted += s.drafted
         accepted += s.accepted
     return accepted / drafted if drafted else 0.0
+
+
+def acceptance_bound(accepted: int, trials: int, prior: float = PRIOR_ALPHA,
+                     prior_trials: int = PRIOR_TRIALS, z: float = ALPHA_LCB_Z) -> float:
+    """A lower confidence bound of the per-token acceptance from `accepted` of `trials` draft
+    tokens the verifier examined, starting from `prior` (worth `prior_trials` trials): pacing
+    on the point estimate leaves the tier behind whenever the estimate is high, and a tier
+    with few measurements is planned on little speculation until they accumulate."""
+    import os
+    if os.environ.get("SPEC_LCB", "1") == "0":
+        z = 0.0
+    n = max(trials, 0) + prior_trials
+    if n <= 0:
+        return prior
+    mean = (min(max(accepted, 0), max(trials, 0)) + prior * prior_trials) / n
+    return max(0.0, mean - z * math.sqrt(mean * (1.0 - mean) / n))
+
+
+def planning_alphas(
+    counts: Iterable[tuple[float, int, int]],
+) -> tuple[dict[float, float], float]:
+    """Acceptance per TPOT tier to plan on (Snapshot.spec_alpha) and for tiers not measured
+    yet (Snapshot.default_alpha, from every tier's counts), from (TPOT s, accepted, trials)
+    per tier and source (summed per TPOT). Trials: draft tokens examined, i.e. each accepted
+    one plus the rejected one that ends a verify step; live engines report all drafted
+    tokens (TierStats.drafted), more than that, so their bound errs low."""
+    per: dict[float, list[int]] = {}
+    for tpot, acc, trials in counts:
+        c = per.setdefault(tpot, [0, 0])
+        c[0] += acc
+        c[1] += trials
+    acc = sum(a for a, _ in per.values())
+    trials = sum(n for _, n in per.values())
+    # a tier measured little leans on every tier's mean, not on the prior alone
+    pooled = (acc + PRIOR_ALPHA * PRIOR_TRIALS) / (trials + PRIOR_TRIALS)
+    alpha = {t: acceptance_bound(a, n, prior=pooled) for t, (a, n) in per.items() if n > 0}
+    return alpha, acceptance_bound(acc, trials)
