@@ -134,17 +134,27 @@ def spec_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int
     The request's own cap (slo spec_tokens > 0; it was chosen for the request's TPOT, so it
     holds while the current stage has that TPOT), else the plan's tier closest to the
     current TPOT, else (no plan yet) max_spec. Best effort: the loosest tier's cap.
-    Catch-up: an admitted request `lag_tokens` behind its pace (`lag_tokens`; acceptance is
-    random, so some requests of a tier paced on its average fall behind) gets one more draft
-    per whole token it is behind, up to max_spec: a longer verify step yields more tokens
-    when the drafts are accepted, at little cost to the batch."""
+    Catch-up (`behind`): an admitted request behind its pace gets one more draft."""
     if max_spec <= 0:
         return 0
     cap = planned_cap(slo, stage, plan, max_spec)
-    import os
-    if os.environ.get("SPEC_CATCHUP", "1") == "1" and slo.admitted and lag_tokens >= 1.0:
-        cap = min(max_spec, cap + int(lag_tokens))
+    if behind(slo, stage, plan, lag_tokens):
+        cap = min(max_spec, cap + 1)
     return cap
+
+
+def behind(slo: RequestSlo, stage: int, plan: WorkerPlan | None, lag_tokens: float) -> bool:
+    """An admitted request is behind its pace once it lags (`lag_tokens`) by more than one
+    token beyond what its tier's planned step yields (interval / TPOT: between its verify
+    steps a request on pace is that many tokens short). Acceptance is random, so requests of
+    a tier paced on its average fall behind; a longer verify step yields more tokens when
+    the drafts are accepted, at little cost to the batch."""
+    if not slo.admitted or lag_tokens < 1.0:
+        return False
+    tpot = slo.stage_tpot_ms(stage)
+    tier = tier_for(plan, tpot) if plan is not None and tpot > 0 else None
+    step_tokens = tier.interval_ms / tpot if tier is not None and tier.interval_ms > 0 else 1.0
+    return lag_tokens >= max(step_tokens, 1.0) + 1.0
 
 
 def planned_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int) -> int:
@@ -468,9 +478,6 @@ def acceptance_bound(accepted: int, trials: int, prior: float = PRIOR_ALPHA,
     tokens the verifier examined, starting from `prior` (worth `prior_trials` trials): pacing
     on the point estimate leaves the tier behind whenever the estimate is high, and a tier
     with few measurements is planned on little speculation until they accumulate."""
-    import os
-    if os.environ.get("SPEC_LCB", "1") == "0":
-        z = 0.0
     n = max(trials, 0) + prior_trials
     if n <= 0:
         return prior

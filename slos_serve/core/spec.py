@@ -18,8 +18,7 @@ The whole SLO, not prefill throughput alone (departures from the paper's rule):
   (`ttft_miss`, from the recent arrivals' TTFTs: ttft_window.TtftOutlook) is at most
   TTFT_MISS_BUDGET; the longest period within that bound is a candidate too (each tier
   taking there the fewest drafts that keep its pace).
-- Residency: among configurations within RATE_TOLERANCE of the best prefill rate the shortest
-  period wins: its tokens come sooner, and requests leave (and free their KV) sooner.
+Ties in prefill rate go to the shorter period (its requests finish, and free KV, sooner).
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ from dataclasses import dataclass, replace
 from slos_serve.core.perf_model import BatchShape, PerfModel
 from slos_serve.core.ttft_window import TtftOutlook
 
-RATE_TOLERANCE = 0.0  # prefill rates this close to the best count as equal (shortest wins)
-TTFT_MISS_BUDGET = float(__import__('os').environ.get('SPEC_BUDGET', '0.02'))  # noqa: E501
+TTFT_MISS_BUDGET = 0.02  # arriving prompts a configuration may make late (expected share)
 BISECT_STEPS = 6  # of the longest period within the TTFT bound
 
 
@@ -135,9 +133,7 @@ def choose_config(
                 hi = mid
     if not within:
         return configs[0]
-    top = max(c.prefill_rate for c in within)
-    return min((c for c in within if c.prefill_rate >= top * (1 - RATE_TOLERANCE) - 1e-9),
-               key=lambda c: c.period)
+    return max(within, key=lambda c: (c.prefill_rate, -c.period))
 
 
 def prompt_overhead(model: PerfModel, base: BatchShape) -> float:

@@ -198,8 +198,6 @@ class SlosSystem:
             r.decision == "best_effort" and r.phase == "prefill" and r.context == 0
             and r.id not in self.undecided)]
         alpha, default = self.acceptance.alphas()
-        if __import__("os").environ.get("SPEC_ORACLE") == "1":
-            alpha, default = {}, c.cfg.spec_alpha
         snap = Snapshot(
             now=now,
             requests=[self._plan_request(r) for r in live],
@@ -209,7 +207,7 @@ class SlosSystem:
             max_spec_len=c.cfg.max_spec_len,
             route_start=self.route,
             kv_output_reserve=KV_OUTPUT_RESERVE,
-            ttft_outlook=self.ttft.outlook(now) if __import__("os").environ.get("SPEC_TTFT", "1") == "1" else None,
+            ttft_outlook=self.ttft.outlook(now),
         )
         self.route += len(self.undecided)
         p = plan(snap)
