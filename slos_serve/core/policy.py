@@ -41,8 +41,7 @@ NO_SLO_TIER = "none"  # requests without SLO data (e.g. an engine used directly)
 PACE_STEPS = 2.0
 # ... and only while the KV cache is at most this full (held decoders keep their memory).
 PACE_KV_FRACTION = 0.7
-# Acceptance to plan on: before any is measured (ngram on text), weighing as many trials,
-# and the lower confidence bound's z (one-sided 95 %).
+# Acceptance before any is measured (ngram on text), worth as many trials; the LCB's z.
 PRIOR_ALPHA = 0.5
 PRIOR_TRIALS = 20
 ALPHA_LCB_Z = 1.645
@@ -144,11 +143,9 @@ def spec_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int
 
 
 def behind(slo: RequestSlo, stage: int, plan: WorkerPlan | None, lag_tokens: float) -> bool:
-    """An admitted request is behind its pace once it lags (`lag_tokens`) by more than one
-    token beyond what its tier's planned step yields (interval / TPOT: between its verify
-    steps a request on pace is that many tokens short). Acceptance is random, so requests of
-    a tier paced on its average fall behind; a longer verify step yields more tokens when
-    the drafts are accepted, at little cost to the batch."""
+    """Admitted and lagging (`lag_tokens`) by a token more than its tier's planned step
+    yields (interval / TPOT: a request on pace is that short between its steps). Acceptance
+    is random, so some requests of a tier paced on its average fall behind."""
     if not slo.admitted or lag_tokens < 1.0:
         return False
     tpot = slo.stage_tpot_ms(stage)
@@ -474,10 +471,9 @@ def acceptance(spec: Iterable[TierStats]) -> float:
 
 def acceptance_bound(accepted: int, trials: int, prior: float = PRIOR_ALPHA,
                      prior_trials: int = PRIOR_TRIALS, z: float = ALPHA_LCB_Z) -> float:
-    """A lower confidence bound of the per-token acceptance from `accepted` of `trials` draft
-    tokens the verifier examined, starting from `prior` (worth `prior_trials` trials): pacing
-    on the point estimate leaves the tier behind whenever the estimate is high, and a tier
-    with few measurements is planned on little speculation until they accumulate."""
+    """Lower confidence bound of the per-token acceptance: `accepted` of `trials` examined
+    drafts, from `prior` (worth `prior_trials`). Pacing on the point estimate leaves a tier
+    behind whenever it is high; a tier measured little is planned on little speculation."""
     n = max(trials, 0) + prior_trials
     if n <= 0:
         return prior
@@ -488,11 +484,9 @@ def acceptance_bound(accepted: int, trials: int, prior: float = PRIOR_ALPHA,
 def planning_alphas(
     counts: Iterable[tuple[float, int, int]],
 ) -> tuple[dict[float, float], float]:
-    """Acceptance per TPOT tier to plan on (Snapshot.spec_alpha) and for tiers not measured
-    yet (Snapshot.default_alpha, from every tier's counts), from (TPOT s, accepted, trials)
-    per tier and source (summed per TPOT). Trials: draft tokens examined, i.e. each accepted
-    one plus the rejected one that ends a verify step; live engines report all drafted
-    tokens (TierStats.drafted), more than that, so their bound errs low."""
+    """(Snapshot.spec_alpha, Snapshot.default_alpha) from (TPOT s, accepted, trials) counts.
+    Trials: drafts examined (the accepted ones and the rejected one ending a step); live
+    engines report all drafted tokens (TierStats.drafted), more, so their bound errs low."""
     per: dict[float, list[int]] = {}
     for tpot, acc, trials in counts:
         c = per.setdefault(tpot, [0, 0])
