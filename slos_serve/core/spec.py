@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from slos_serve.core.perf_model import BatchShape, PerfModel
 from slos_serve.core.ttft_window import TtftOutlook
 
-TTFT_MISS_BUDGET = 0.02  # arriving prompts a configuration may make late (expected share)
+TTFT_MISS_BUDGET = 0.01  # arriving prompts a configuration may make late (expected share)
 BISECT_STEPS = 6  # of the longest period within the TTFT bound
 
 
