@@ -18,7 +18,7 @@ The whole SLO, not prefill throughput alone (departures from the paper's rule):
   (`ttft_miss`, from the recent arrivals' TTFTs: ttft_window.TtftOutlook) is at most
   TTFT_MISS_BUDGET; the longest period within that bound is a candidate too (each tier
   taking there the fewest drafts that keep its pace).
-Ties in prefill rate go to the shorter period (its requests finish, and free KV, sooner).
+Ties in prefill rate go to the shorter period (its tokens come sooner).
 """
 
 from __future__ import annotations
