@@ -28,11 +28,9 @@ from slos_serve.core.planner import (
     plan,
     plan_request,
 )
-from slos_serve.core.policy import TierStats
+from slos_serve.core.policy import TierStats, planning_alphas
+from slos_serve.core.ttft_window import TtftWindow
 from slos_serve.core.worker_plan import WorkerPlan
-
-MIN_DRAFTS_FOR_ALPHA = 64  # below this many drafts a tier's acceptance is not trusted
-PRIOR_ALPHA = 0.5  # acceptance assumed before any is measured (ngram on text)
 
 
 @dataclass
@@ -83,6 +81,7 @@ class Admission:
         self.views: list[WorkerView] = []
         self.route = 0
         self.last: Plan | None = None
+        self.ttft = TtftWindow(model)  # the TTFTs arriving: what bounds the batch period
 
     # ------------------------------------------------------------ workers
 
@@ -96,17 +95,9 @@ class Admission:
         ]
 
     def _alphas(self) -> tuple[dict[float, float], float]:
-        per: dict[float, list[int]] = {}
-        for v in self.views:
-            for s in v.spec:
-                acc = per.setdefault(s.tpot_ms / 1000.0, [0, 0])
-                acc[0] += s.drafted
-                acc[1] += s.accepted
-        alpha = {t: a / d for t, (d, a) in per.items() if d >= MIN_DRAFTS_FOR_ALPHA}
-        drafted = sum(d for d, _ in per.values())
-        accepted = sum(a for _, a in per.values())
-        default = accepted / drafted if drafted >= MIN_DRAFTS_FOR_ALPHA else PRIOR_ALPHA
-        return alpha, default
+        """The acceptance to plan on, per TPOT tier, from what the workers measured."""
+        return planning_alphas((s.tpot_ms / 1000.0, s.accepted, s.drafted)
+                               for v in self.views for s in v.spec)
 
     # ------------------------------------------------------------ requests
 
@@ -122,6 +113,7 @@ class Admission:
     ) -> Verdict:
         """The planner's decision for a new request; it is tracked unless rejected."""
         r = Tracked(request_id, now, ttft_deadline, tpot, prompt_tokens, max_tokens, on_reject)
+        self.ttft.observe(now, ttft_deadline - now, prompt_tokens)
         p = self.replan(now, new=r)
         d = p.verdict(request_id) if p is not None else None
         if d is None:
@@ -201,6 +193,7 @@ class Admission:
             route_start=self.route,
             decode_horizon=0,
             kv_output_reserve=self.kv_output_reserve,
+            ttft_outlook=self.ttft.outlook(now),
         )
         self.route += 1 if new is not None else 0
         self.last = plan(snap)

@@ -17,7 +17,8 @@ lives here so that it is unit-tested in milliseconds (tests/test_slo_policy.py):
   its TTFT deadline.
 * `running_key`, `paced_out`: order of the running requests, and which loose decoders to
   hold back (pacing) while prefill waits.
-* `TierStats` / `SpecStats`: per-tier speculation statistics.
+* `TierStats` / `SpecStats`: per-tier speculation statistics; `planning_alphas`: the
+  acceptance the planner plans on from them (a lower confidence bound, `acceptance_bound`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ NO_SLO_TIER = "none"  # requests without SLO data (e.g. an engine used directly)
 PACE_STEPS = 2.0
 # ... and only while the KV cache is at most this full (held decoders keep their memory).
 PACE_KV_FRACTION = 0.7
+# Acceptance before any is measured (ngram on text), worth as many trials; the LCB's z.
+PRIOR_ALPHA = 0.5
+PRIOR_TRIALS = 20
+ALPHA_LCB_Z = 1.645
 
 
 # ------------------------------------------------------------ request SLO --
@@ -121,14 +126,36 @@ def tier_for(plan: WorkerPlan, tpot_ms: float) -> TierSpec | None:
     return min(plan.tiers, key=lambda t: (abs(t.tpot_ms - tpot_ms), t.tpot_ms))
 
 
-def spec_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int) -> int:
+def spec_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int,
+             lag_tokens: float = 0.0) -> int:
     """Draft tokens the request's next verify step may carry, 0..max_spec.
 
     The request's own cap (slo spec_tokens > 0; it was chosen for the request's TPOT, so it
     holds while the current stage has that TPOT), else the plan's tier closest to the
-    current TPOT, else (no plan yet) max_spec. Best effort: the loosest tier's cap."""
+    current TPOT, else (no plan yet) max_spec. Best effort: the loosest tier's cap.
+    Catch-up (`behind`): an admitted request behind its pace gets one more draft."""
     if max_spec <= 0:
         return 0
+    cap = planned_cap(slo, stage, plan, max_spec)
+    if behind(slo, stage, plan, lag_tokens):
+        cap = min(max_spec, cap + 1)
+    return cap
+
+
+def behind(slo: RequestSlo, stage: int, plan: WorkerPlan | None, lag_tokens: float) -> bool:
+    """Admitted and lagging (`lag_tokens`) by a token more than its tier's planned step
+    yields (interval / TPOT: a request on pace is that short between its steps). Acceptance
+    is random, so some requests of a tier paced on its average fall behind."""
+    if not slo.admitted or lag_tokens < 1.0:
+        return False
+    tpot = slo.stage_tpot_ms(stage)
+    tier = tier_for(plan, tpot) if plan is not None and tpot > 0 else None
+    step_tokens = tier.interval_ms / tpot if tier is not None and tier.interval_ms > 0 else 1.0
+    return lag_tokens >= max(step_tokens, 1.0) + 1.0
+
+
+def planned_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int) -> int:
+    """The cap the plan gives the request's tier (spec_cap without catch-up)."""
     tpot = slo.stage_tpot_ms(stage)
     if slo.admitted and slo.spec_tokens > 0 and tpot == slo.tpot_ms:
         return min(slo.spec_tokens, max_spec)
@@ -140,6 +167,14 @@ def spec_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: int
         tier = tier_for(plan, tpot)
     assert tier is not None
     return max(0, min(tier.spec_tokens, max_spec))
+
+
+def lag_tokens(due_unix: float, now_unix: float, tpot_ms: float) -> float:
+    """How many tokens a decoder whose next token was due at `due_unix` is behind its pace
+    (0: on or ahead of it, or no TPOT)."""
+    if tpot_ms <= 0 or not math.isfinite(due_unix) or due_unix >= now_unix:
+        return 0.0
+    return (now_unix - due_unix) * 1000.0 / tpot_ms
 
 
 # ----------------------------------------------------------------- budget --
@@ -432,3 +467,34 @@ def acceptance(spec: Iterable[TierStats]) -> float:
         drafted += s.drafted
         accepted += s.accepted
     return accepted / drafted if drafted else 0.0
+
+
+def acceptance_bound(accepted: int, trials: int, prior: float = PRIOR_ALPHA,
+                     prior_trials: int = PRIOR_TRIALS, z: float = ALPHA_LCB_Z) -> float:
+    """Lower confidence bound of the per-token acceptance: `accepted` of `trials` examined
+    drafts, from `prior` (worth `prior_trials`). Pacing on the point estimate leaves a tier
+    behind whenever it is high; a tier measured little is planned on little speculation."""
+    n = max(trials, 0) + prior_trials
+    if n <= 0:
+        return prior
+    mean = (min(max(accepted, 0), max(trials, 0)) + prior * prior_trials) / n
+    return max(0.0, mean - z * math.sqrt(mean * (1.0 - mean) / n))
+
+
+def planning_alphas(
+    counts: Iterable[tuple[float, int, int]],
+) -> tuple[dict[float, float], float]:
+    """(Snapshot.spec_alpha, Snapshot.default_alpha) from (TPOT s, accepted, trials) counts.
+    Trials: drafts examined (the accepted ones and the rejected one ending a step); live
+    engines report all drafted tokens (TierStats.drafted), more, so their bound errs low."""
+    per: dict[float, list[int]] = {}
+    for tpot, acc, trials in counts:
+        c = per.setdefault(tpot, [0, 0])
+        c[0] += acc
+        c[1] += trials
+    acc = sum(a for a, _ in per.values())
+    trials = sum(n for _, n in per.values())
+    # a tier measured little leans on every tier's mean, not on the prior alone
+    pooled = (acc + PRIOR_ALPHA * PRIOR_TRIALS) / (trials + PRIOR_TRIALS)
+    alpha = {t: acceptance_bound(a, n, prior=pooled) for t, (a, n) in per.items() if n > 0}
+    return alpha, acceptance_bound(acc, trials)

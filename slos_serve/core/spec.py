@@ -10,6 +10,15 @@ a tier whose interval E(sd_k) * T_k spans m >= 2 periods is served in one batch 
 (the paper's EDF cadence, where loose tiers skip batches) instead of in every batch. Among
 valid configurations the one leaving the most prefill tokens per second wins (on decode-only
 workers, the most spare tokens per second for best-effort work).
+
+The whole SLO, not prefill throughput alone (departures from the paper's rule):
+- TTFT bound: a prompt that arrives while a full batch runs waits for the rest of it, then
+  needs its own batch, which carries the decode part too; a long period makes tight TTFTs
+  miss. A configuration is valid only if the fraction of arriving prompts it makes late
+  (`ttft_miss`, from the recent arrivals' TTFTs: ttft_window.TtftOutlook) is at most
+  TTFT_MISS_BUDGET; the longest period within that bound is a candidate too (each tier
+  taking there the fewest drafts that keep its pace).
+Ties in prefill rate go to the shorter period (its tokens come sooner).
 """
 
 from __future__ import annotations
@@ -19,6 +28,10 @@ from bisect import bisect_left
 from dataclasses import dataclass, replace
 
 from slos_serve.core.perf_model import BatchShape, PerfModel
+from slos_serve.core.ttft_window import TtftOutlook
+
+TTFT_MISS_BUDGET = 0.01  # arriving prompts a configuration may make late (expected share)
+BISECT_STEPS = 6  # of the longest period within the TTFT bound
 
 
 def expected_tokens(n: int, alpha: float) -> float:
@@ -80,9 +93,13 @@ def prefill_only(model: PerfModel, max_batch_tokens: int) -> DecodeConfig:
 
 
 def choose_config(
-    model: PerfModel, tiers: list[TierLoad], max_spec_len: int, max_batch_tokens: int
+    model: PerfModel, tiers: list[TierLoad], max_spec_len: int, max_batch_tokens: int,
+    outlook: TtftOutlook | None = None, prefill_share: float = 1.0,
 ) -> DecodeConfig | None:
-    """Best configuration for the decoding load `tiers`; None if no period sustains it."""
+    """Best configuration for the decoding load `tiers` within the TTFT bound (module
+    docstring; `prefill_share`: this worker's share of the arriving prompts); None if no
+    period sustains the load. A load no period within the bound sustains gets the shortest
+    sustainable period (the bound is about what may arrive, not what is decoding)."""
     live = [t for t in tiers if t.count > 0]
     if not live:
         cfg = prefill_only(model, max_batch_tokens)
@@ -92,22 +109,55 @@ def choose_config(
     lens = range(max_spec_len + 1)
     # per tier: interval E(s) * T for every length s (non-decreasing in s)
     spans = [[expected_tokens(s, t.alpha) * t.tpot for s in lens] for t in tiers]
-    best: DecodeConfig | None = None
-    seen: set[float] = set()
-    for i, t in enumerate(tiers):
-        if t.count <= 0:
-            continue
-        for j in lens:
-            u = spans[i][j]
-            if u in seen:
-                continue
-            seen.add(u)
-            cfg = _config_at(model, tiers, spans, u, max_batch_tokens)
-            if cfg is None:
-                continue
-            if best is None or cfg.prefill_rate > best.prefill_rate * (1 + 1e-9):
-                best = cfg
-    return best
+    periods = sorted({spans[i][j] for i, t in enumerate(tiers) if t.count > 0 for j in lens})
+    configs = [c for u in periods if (c := _config_at(model, tiers, spans, u, max_batch_tokens))]
+    if not configs:
+        return None
+
+    def fits(c: DecodeConfig | None) -> bool:
+        return c is not None and (outlook is None
+                                  or ttft_miss(model, c, outlook, prefill_share)
+                                  <= TTFT_MISS_BUDGET)
+
+    within = [c for c in configs if fits(c)]
+    if len(within) < len(configs):  # the longest period within the bound, by bisection
+        lo = max((c.period for c in within), default=0.0)
+        hi = min(c.period for c in configs if c.period > lo)
+        for _ in range(BISECT_STEPS):
+            mid = (lo + hi) / 2
+            cfg = _config_at(model, tiers, spans, mid, max_batch_tokens)
+            if fits(cfg):
+                lo = mid
+                within.append(cfg)  # type: ignore[arg-type]
+            else:
+                hi = mid
+    if not within:
+        return configs[0]
+    return max(within, key=lambda c: (c.prefill_rate, -c.period))
+
+
+def prompt_overhead(model: PerfModel, base: BatchShape) -> float:
+    """What a batch's decode part `base` adds to the time of a prompt's batch."""
+    alone = model.predict(BatchShape(prefill_tokens=1, num_requests=1))
+    joined = model.predict(replace(base, prefill_tokens=1, num_requests=base.num_requests + 1))
+    return max(joined - alone, 0.0)
+
+
+def ttft_miss(model: PerfModel, cfg: DecodeConfig, outlook: TtftOutlook,
+              prefill_share: float = 1.0) -> float:
+    """Expected fraction of arriving prompts that `cfg`'s batches make miss their TTFT. A
+    prompt finds a full batch running with probability rho (the share of the batches' prefill
+    room that the arriving prompt tokens fill), at a uniform moment of it; it waits for the
+    rest, then its own batch takes its prefill time plus what the decode part adds to it. It
+    is late if that wait exceeds its slack (TTFT less prefill time) less that overhead."""
+    if not outlook.slacks:
+        return 0.0
+    step = cfg.batch_time if cfg.batch_time > 0 else cfg.period
+    rate = cfg.prefill_rate
+    rho = 1.0 if rate <= 0 else min(1.0, outlook.prompt_tokens_per_s * prefill_share / rate)
+    over = prompt_overhead(model, cfg.base)
+    late = sum(min(1.0, max(0.0, 1.0 - (s - over) / step)) for s in outlook.slacks)
+    return rho * late / len(outlook.slacks)
 
 
 def _config_at(

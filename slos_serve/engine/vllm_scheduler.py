@@ -46,6 +46,7 @@ from slos_serve.core.policy import (
     StepItem,
     acceptance,
     deadline_budget,
+    lag_tokens,
     paced_out,
     prefill_yielding,
     priority,
@@ -194,10 +195,14 @@ class SloScheduler(Scheduler):
             tpot = st.slo.stage_tpot_ms(index)
             st.clock = DecodeClock(now, output_tokens, tpot) if output_tokens else None
 
-    def _cap(self, st: RequestState) -> int:
+    def _cap(self, st: RequestState, output_tokens: int | None = None, now: float = 0.0) -> int:
+        """The request's draft cap; given its output tokens so far, with catch-up (spec_cap)."""
         if not self._slos:
             return self._max_spec
-        return spec_cap(st.slo, st.stage, self._plan, self._max_spec)
+        lag = 0.0
+        if output_tokens is not None and st.clock is not None:
+            lag = lag_tokens(st.clock.next_due(output_tokens), now, st.slo.stage_tpot_ms(st.stage))
+        return spec_cap(st.slo, st.stage, self._plan, self._max_spec, lag)
 
     def _prune(self) -> None:
         if len(self._states) > len(self.requests):
@@ -319,7 +324,7 @@ class SloScheduler(Scheduler):
                 continue
             st = self._state(req)
             self._advance_stage(st, req.num_output_tokens, now)
-            cap = st.cap = self._cap(st)
+            cap = st.cap = self._cap(st, req.num_output_tokens, now)
             self._spec.set_cap(st.slo.tier_name(st.stage), st.slo.stage_tpot_ms(st.stage), cap)
             if len(req.spec_token_ids) > cap:
                 req.spec_token_ids = req.spec_token_ids[:cap]

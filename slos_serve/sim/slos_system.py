@@ -34,6 +34,8 @@ from slos_serve.core.planner import (
     plan,
     plan_request,
 )
+from slos_serve.core.ttft_window import TtftWindow
+from slos_serve.sim.acceptance import AcceptanceCounter
 from slos_serve.sim.core import Batch, Cluster, SimRequest, Worker
 from slos_serve.sim.slos_worker import MAX_BATCH_TOKENS, WorkerExecutor
 
@@ -84,10 +86,15 @@ class SlosSystem:
         self.by_name = {w.name: w.idx for w in cluster.workers}
         self.names = [w.name for w in cluster.workers]
         self.live: dict[int, SimRequest] = {}
+        self.acceptance = AcceptanceCounter()  # what the planner's spec_alpha comes from
+        self.ttft = TtftWindow(cluster.model)  # the TTFTs arriving (ttft_outlook)
 
     def on_arrival(self, r: SimRequest) -> None:
         self.live[r.id] = r
         self.undecided[r.id] = r
+        for st in r.req.segments:  # its later calls' TTFTs too: they will arrive
+            if st.ttft_slo is not None:
+                self.ttft.observe(self.c.now, st.ttft_slo, st.prompt_tokens)
         if any(e.w.batch is None and e.w.role != "decode" for e in self.ex):
             self._replan()
 
@@ -190,15 +197,17 @@ class SlosSystem:
         live = [r for r in self.live.values() if r.phase not in ("done", "gap") and not (
             r.decision == "best_effort" and r.phase == "prefill" and r.context == 0
             and r.id not in self.undecided)]
+        alpha, default = self.acceptance.alphas()
         snap = Snapshot(
             now=now,
             requests=[self._plan_request(r) for r in live],
             workers=self.pworkers,
-            spec_alpha={},
-            default_alpha=c.cfg.spec_alpha,
+            spec_alpha=alpha,
+            default_alpha=default,
             max_spec_len=c.cfg.max_spec_len,
             route_start=self.route,
             kv_output_reserve=KV_OUTPUT_RESERVE,
+            ttft_outlook=self.ttft.outlook(now),
         )
         self.route += len(self.undecided)
         p = plan(snap)
@@ -239,6 +248,7 @@ class SlosSystem:
 
     def next_batch(self, w: Worker) -> Batch | None:
         now = self.c.now
+        self.acceptance.finished(w.idx)
         if self.undecided and (now - self.last_plan >= NEW_GAP or w.role != "decode"):
             self._replan()
         elif self.dirty and now - self.last_plan >= PERIOD:
@@ -252,6 +262,7 @@ class SlosSystem:
         if not b:
             self._sleep(e)
             return None
+        self.acceptance.started(w.idx, b)
         return b
 
     def _sleep(self, e: WorkerExecutor) -> None:

@@ -182,8 +182,11 @@ class WorkerExecutor:
         return out
 
     def _spec_len(self, r: SimRequest) -> int:
-        """Drafts of r's next verify step: its cap, and no more than r still generates."""
-        cap = policy.spec_cap(request_slo(r), 0, self.plan, self.c.cfg.max_spec_len)
+        """Drafts of r's next verify step: its cap (with catch-up when r is behind its pace),
+        and no more than r still generates."""
+        slo = request_slo(r)
+        lag = policy.lag_tokens(next_due(r), self.c.now, slo.tpot_ms)
+        cap = policy.spec_cap(slo, 0, self.plan, self.c.cfg.max_spec_len, lag)
         return min(cap, max(r.remaining_output - 1, 0))
 
     def _budget(self, active: list[tuple[policy.Running, SimRequest]],

@@ -31,6 +31,8 @@ class PlanContext:
             ctx[k] += r.prompt_tokens + r.generated
             num[k] += 1
         self.avg_ctx = [c // n if n else 0 for c, n in zip(ctx, num, strict=True)]
+        # prompts arriving are shared among the workers that prefill
+        self.prefill_share = 1.0 / max(1, sum(w.role != "decode" for w in snap.workers))
         self._model_keys: dict[int, tuple] = {}
 
     def _model_key(self, w: PlanWorker) -> tuple:
@@ -41,6 +43,7 @@ class PlanContext:
             uses_ctx = any(p.weights[4] for p in w.model.pieces)
             key = (pieces, w.role == "prefill", w.max_batch_tokens, self.snap.max_spec_len,
                    tuple(self.tpots), tuple(self.alphas),
+                   self.snap.ttft_outlook if w.role == "mixed" else None, self.prefill_share,
                    tuple(self.avg_ctx) if uses_ctx else ())
             self._model_keys[id(w)] = key
         return key
@@ -56,9 +59,9 @@ class PlanContext:
         if w.role == "prefill":
             cfg = prefill_only(w.model, w.max_batch_tokens)
         else:
-            cfg = choose_config(
-                w.model, self.tier_loads(counts), self.snap.max_spec_len, w.max_batch_tokens
-            )
+            outlook = self.snap.ttft_outlook if w.role == "mixed" else None
+            cfg = choose_config(w.model, self.tier_loads(counts), self.snap.max_spec_len,
+                                w.max_batch_tokens, outlook, self.prefill_share)
         _CONFIGS[key] = cfg
         return cfg
 

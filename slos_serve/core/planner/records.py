@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from slos_serve.core.perf_model import PerfModel
+from slos_serve.core.ttft_window import TtftOutlook
 
 Phase = Literal["prefill", "decode"]
 Role = Literal["prefill", "decode", "mixed"]
@@ -108,7 +109,8 @@ class Snapshot:
     now: float
     requests: list[PlanRequest]
     workers: list[PlanWorker]
-    spec_alpha: dict[float, float] = field(default_factory=dict)  # TPOT tier -> acceptance
+    # TPOT tier -> the acceptance to plan on (a lower bound: policy.planning_alphas)
+    spec_alpha: dict[float, float] = field(default_factory=dict)
     default_alpha: float = 0.0
     max_spec_len: int = 0  # 0 disables speculative decoding
     route_start: int = 0  # routing offset: new request i first tries worker (start+i) mod R
@@ -116,6 +118,9 @@ class Snapshot:
     # fraction of each request's expected remaining output reserved in KV (1: its peak;
     # 0.5: its average over a linear growth, an overcommit the workers' eviction covers)
     kv_output_reserve: float = 1.0
+    # the TTFTs arriving prompts have had lately (TtftWindow.outlook; None: no bound): no
+    # batch period may make more than a few of them late (spec.ttft_miss)
+    ttft_outlook: TtftOutlook | None = None
 
 
 @dataclass
