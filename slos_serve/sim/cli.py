@@ -30,7 +30,7 @@ from slos_serve.sim.workloads import SCENARIOS, TraceOptions, WorkloadSpec, buil
 if TYPE_CHECKING:
     from slos_serve.sim.core import SimConfig
 
-SYSTEM_NAMES = ("vllm", "sarathi", "distserve", "slos", "slos-colocated")
+SYSTEM_NAMES = ("vllm", "sarathi", "distserve", "slos", "slos-pd", "slos-colocated")
 # rough capacities (req/s, 2 OPT-13B replicas) the searches start from; any start works
 START = {"chatbot": 12.0, "coding": 24.0, "summarization": 6.0, "mixed": 10.0, "tool": 6.0,
          "reasoning": 1.0}

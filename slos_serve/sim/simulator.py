@@ -18,7 +18,7 @@ from slos_serve.sim.metrics import RequestResult, Summary, result, summarize
 from slos_serve.sim.slos_system import SlosSystem
 from slos_serve.sim.workloads import Request
 
-DISAGGREGATED = {"distserve", "slos"}
+DISAGGREGATED = {"distserve", "slos-pd"}
 PD_RATIOS = ((1, 1), (2, 1), (1, 2))
 
 
@@ -26,8 +26,9 @@ SYSTEMS: dict[str, Callable[[], System]] = {
     "vllm": lambda: ColocatedFcfs("vllm"),
     "sarathi": lambda: ColocatedFcfs("sarathi", budget=None),
     "distserve": DistServe,
-    "slos": lambda: SlosSystem(colocated=False),
-    "slos-colocated": lambda: SlosSystem(colocated=True),
+    "slos": lambda: SlosSystem("slos"),
+    "slos-pd": lambda: SlosSystem("slos-pd"),
+    "slos-colocated": lambda: SlosSystem("slos-colocated"),
 }
 
 

@@ -65,6 +65,7 @@ from __future__ import annotations
 from slos_serve.core.planner.records import (
     Action,
     DecodePlan,
+    Layout,
     OnReject,
     Phase,
     Plan,
@@ -77,6 +78,7 @@ from slos_serve.core.planner.records import (
     State,
     TierCadence,
     Verdict,
+    WorkerRole,
     plan_request,
 )
 from slos_serve.core.planner.schedule import PREFILL_HORIZON
@@ -84,7 +86,7 @@ from slos_serve.core.planner.shares import engine_plan
 from slos_serve.core.planner.steps import plan
 
 __all__ = [
-    "PREFILL_HORIZON", "Action", "DecodePlan", "OnReject", "Phase", "Plan", "PlanRequest",
+    "PREFILL_HORIZON", "Action", "DecodePlan", "Layout", "OnReject", "Phase", "Plan", "PlanRequest",
     "PlanWorker", "PlannedBatch", "PrefillSchedule", "Role", "Snapshot", "State", "TierCadence",
-    "Verdict", "engine_plan", "plan", "plan_request",
+    "Verdict", "WorkerRole", "engine_plan", "plan", "plan_request",
 ]

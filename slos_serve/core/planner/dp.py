@@ -31,10 +31,10 @@ class DpState(NamedTuple):
 class PrefillBudget:
     """Prefill tokens the worker can finish by a deadline with some more decoders admitted."""
 
-    def __init__(self, ctx: PlanContext, load: WorkerLoad) -> None:
+    def __init__(self, ctx: PlanContext, load: WorkerLoad, local: bool = True) -> None:
         self.ctx = ctx
         self.worker = load.worker
-        self.mixed = load.role == "mixed"
+        self.mixed = load.role == "mixed" and local  # admissions add decoders here
         self.t0 = max(ctx.now, load.worker.busy_until)
         self.base = tuple(load.counts)
         self._configs: dict[tuple, DecodeConfig | None] = {}
@@ -59,9 +59,11 @@ class PrefillBudget:
         return prefill_within(self.worker.model, cfg, deadline - self.t0)
 
 
-def select(ctx: PlanContext, load: WorkerLoad, cands: list[QueuedPrompt]) -> list[QueuedPrompt]:
-    """The largest subset of `cands` the worker can admit next to its committed queue."""
-    budget = PrefillBudget(ctx, load)
+def select(ctx: PlanContext, load: WorkerLoad, cands: list[QueuedPrompt],
+           local: bool = True) -> list[QueuedPrompt]:
+    """The largest subset of `cands` the worker can admit next to its committed queue
+    (local: they decode here too, on a mixed worker; else they hand their KV off)."""
+    budget = PrefillBudget(ctx, load, local)
     if not budget.feasible():
         return []
     items = sorted(load.queue + cands, key=lambda it: (it.deadline, not it.committed))

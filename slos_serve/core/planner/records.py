@@ -15,6 +15,7 @@ from slos_serve.core.perf_model import PerfModel
 
 Phase = Literal["prefill", "decode"]
 Role = Literal["prefill", "decode", "mixed"]
+Layout = Literal["adaptive", "pd", "colocated"]  # how a caller lays out its workers
 Action = Literal["admit", "best_effort", "reject"]
 State = Literal["new", "admitted", "best_effort"]
 OnReject = Literal["best_effort", "reject"]
@@ -101,6 +102,9 @@ class PlanWorker:
     block_size: int = 16
     max_batch_tokens: int = 2048
     busy_until: float = 0.0  # the batch running now ends at this time (0: idle)
+    # the role it is changing to (None: none): it drains first, taking no new work of the
+    # kind its next role does not do (Snapshot.adaptive_layout; see planner/layout.py)
+    target_role: Role | None = None
 
 
 @dataclass
@@ -116,6 +120,9 @@ class Snapshot:
     # fraction of each request's expected remaining output reserved in KV (1: its peak;
     # 0.5: its average over a linear growth, an overcommit the workers' eviction covers)
     kv_output_reserve: float = 1.0
+    # conditional disaggregation: a request may prefill on one worker and decode on another
+    # (KV hand-off), and the workers' roles follow the load (planner/layout.py)
+    adaptive_layout: bool = False
 
 
 @dataclass
@@ -178,6 +185,14 @@ class DecodePlan:
     feasible: bool = True  # False: even the admitted set cannot be sustained
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """A worker's role after a plan, and the role it is draining towards (None: none)."""
+
+    role: Role
+    target: Role | None = None
+
+
 @dataclass
 class Plan:
     now: float
@@ -185,6 +200,7 @@ class Plan:
     prefill: dict[str, PrefillSchedule]  # by worker id (prefill and mixed workers)
     decode: dict[str, DecodePlan]  # by worker id (decode and mixed workers)
     admitted: list[str]  # every admitted request after this plan (old and new)
+    roles: dict[str, WorkerRole] = field(default_factory=dict)  # adaptive layout only
 
     def verdict(self, request_id: str) -> Verdict | None:
         for v in self.verdicts:
