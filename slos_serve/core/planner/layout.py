@@ -126,15 +126,17 @@ def better_as_prefill(ctx: PlanContext, load: WorkerLoad, others: list[WorkerLoa
     predicted prefill rate of the cluster by GAIN, every worker still sustaining its TPOTs."""
     if not others:
         return False
-    now = _rate_after(ctx, [load, *others], [[0] * len(load.counts)] * (len(others) + 1),
-                      [0] * (len(others) + 1))
+    zero = [0] * len(load.counts)
+    mine = prefill_rate(ctx, load.worker, tuple(load.counts))
+    rest = _rate_after(ctx, others, [zero] * len(others), [0] * len(others))
+    full = prefill_rate(ctx, load.worker, tuple(zero))
+    now = mine + rest
+    if full + rest <= GAIN * now:  # an upper bound: more decoders never prefill faster
+        return False
     decode_kv = load.kv_used - sum(it.kv for it in load.queue if not it.local)
     moves, kv = spread(load.counts, decode_kv, others)
     after = _rate_after(ctx, others, moves, kv)
-    if after < 0:
-        return False
-    full = prefill_rate(ctx, load.worker, (0,) * len(load.counts))
-    return full + after > GAIN * now
+    return after >= 0 and full + after > GAIN * now
 
 
 def better_as_mixed(ctx: PlanContext, load: WorkerLoad, others: list[WorkerLoad]) -> bool:
