@@ -3,9 +3,12 @@ between local prefill + decode and a KV hand-off, and role changes that drain fi
 
 from __future__ import annotations
 
-from slos_serve.core.perf_model import PerfModel, Piece
+from slos_serve.core.perf_model import PerfModel, Piece, load_profile
 from slos_serve.core.planner import Plan, PlanRequest, PlanWorker, Snapshot, WorkerRole, plan
+from slos_serve.sim.core import Cluster, SimConfig, SimRequest
 from slos_serve.sim.simulator import SYSTEMS, roles_for
+from slos_serve.sim.slos_system import SlosSystem
+from slos_serve.sim.workloads import Request, Segment
 
 # 1 ms per token + 10 ms per batch
 TOY = PerfModel([Piece((1e-3, 1e-3, 1e-3, 0, 0, 0), 0.01)], name="toy")
@@ -132,3 +135,47 @@ def test_the_simulators_layouts() -> None:
     assert roles_for("slos", 4, None) == ["mixed"] * 4  # roles follow the load from there
     assert roles_for("slos-colocated", 2, None) == ["mixed"] * 2
     assert roles_for("slos-pd", 2, None) == ["prefill", "decode"]
+
+
+def adaptive_cluster() -> tuple[Cluster, SlosSystem]:
+    system = SlosSystem("slos")
+    cluster = Cluster(SimConfig(workers=2), load_profile("opt-13b-a100"), ["mixed"] * 2, system,
+                      profile="opt-13b-a100")
+    system.setup(cluster)
+    return cluster, system
+
+
+def prefilled(cluster: Cluster, on: int, decode: int | None) -> SimRequest:
+    r = SimRequest(Request(0, 0.0, "t", (Segment(100, 20, 10.0, 0.1),)))
+    r.segment_start.append(0.0)
+    r.first_token.append(0.0)
+    r.segment_end.append(None)
+    r.decision, r.pinned_prefill, r.pinned_decode = "admit", on, decode
+    r.phase, r.generated = "prefill", 1
+    cluster.alloc(r, cluster.workers[on], 101)
+    r.context = 101
+    return r
+
+
+def test_the_simulator_hands_kv_off_where_the_plan_decodes() -> None:
+    cluster, system = adaptive_cluster()
+    r = prefilled(cluster, on=0, decode=1)
+    system.on_prefill_done(r, cluster.workers[0])
+    assert r.phase == "transfer" and r.worker == 1  # KV reserved on m1, moving there
+    local = prefilled(cluster, on=0, decode=0)
+    system.on_prefill_done(local, cluster.workers[0])
+    assert local.phase == "decode" and local.id in system.ex[0].decoders
+
+
+def test_a_returning_stage_whose_decode_worker_turned_prefill_decodes_elsewhere() -> None:
+    cluster, system = adaptive_cluster()
+    system.pworkers[1].role = "prefill"
+    r = prefilled(cluster, on=1, decode=1)
+    r.phase = "gap"
+    system.on_segment_start(r)
+    assert r.pinned_decode is None and r.pinned_prefill == 0  # m1 decodes no more
+    system.pworkers[1].role = "mixed"
+    system.pworkers[0].role, system.pworkers[0].target_role = "mixed", "decode"
+    r2 = prefilled(cluster, on=0, decode=0)
+    system.on_segment_start(r2)  # m0 drains to decode: the prompt goes to m1, decoded on m0
+    assert r2.pinned_prefill == 1 and r2.pinned_decode == 0
