@@ -128,8 +128,9 @@ class Planning:
             pending = nxt
 
     def _prefill_targets(self, r: PlanRequest) -> list[tuple[str, bool]]:
-        """The (prefill-capable worker, decodes there too) placements r may try, in its
-        routing order: local ones first, then hand-offs (none: why is noted)."""
+        """The (prefill-capable worker, decodes there too) placements r may try (none: why is
+        noted). Fixed layouts: in routing order. Adaptive: the workers that prefill fastest
+        now first, each locally before handing off (planner/layout.py)."""
         if r.phase == "decode":
             return []
         if r.ttft_deadline <= self.snap.now:
