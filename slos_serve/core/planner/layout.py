@@ -29,6 +29,8 @@ from slos_serve.core.spec import choose_config
 DECODE_BOUND = 1 / 32  # below this share of a batch left to prefill a mixed worker decodes
 MIXED_AGAIN = 1 / 8  # a decode worker with this share free takes prompts again
 GAIN = 1.1  # a layout change must raise the predicted cluster prefill rate this much
+HEADROOM = 2  # ... and leave the decode workers room for this many times their load and KV
+KV_FULL = 0.9  # a prefill worker decodes again when a decode worker's KV is this full
 
 
 def takes_prompts(w: PlanWorker) -> bool:
@@ -136,16 +138,25 @@ def better_as_prefill(ctx: PlanContext, load: WorkerLoad, others: list[WorkerLoa
     decode_kv = load.kv_used - sum(it.kv for it in load.queue if not it.local)
     moves, kv = spread(load.counts, decode_kv, others)
     after = _rate_after(ctx, others, moves, kv)
-    return after >= 0 and full + after > GAIN * now
+    if after < 0 or full + after <= GAIN * now:
+        return False
+    # headroom: the receivers would still sustain HEADROOM times the decoders they would hold
+    # (else the next burst of decodes turns the layout back at once)
+    grown = [[HEADROOM * (a + b) for a, b in zip(o.counts, m, strict=True)]
+             for o, m in zip(others, moves, strict=True)]
+    return all(prefill_rate(ctx, o.worker, tuple(g)) >= 0
+               and HEADROOM * (o.kv_used + k) <= o.worker.kv_capacity_blocks
+               for o, g, k in zip(others, grown, kv, strict=True))
 
 
 def better_as_mixed(ctx: PlanContext, load: WorkerLoad, others: list[WorkerLoad]) -> bool:
     """Taking an equal share of the decoders of `others` onto this prefill worker raises
-    the predicted prefill rate of the cluster by GAIN (or `others` no longer sustain theirs)."""
+    the predicted prefill rate of the cluster by GAIN, or `others` no longer sustain theirs or
+    fill their KV (a pure prefill worker's memory holds no decodes)."""
     zero = [0] * len(load.counts)
     now = _rate_after(ctx, others, [zero] * len(others), [0] * len(others))
-    if now < 0:
-        return True
+    if now < 0 or any(o.kv_used > KV_FULL * o.worker.kv_capacity_blocks for o in others):
+        return True  # the decode workers no longer sustain their load, or their KV fills
     share = [[-(n // (len(others) + 1)) for n in o.counts] for o in others]
     taken = [-sum(col) for col in zip(*share, strict=True)] if share else zero
     mine = prefill_rate(ctx, load.worker, tuple(taken))
