@@ -19,10 +19,10 @@ def new(rid: str, prompt: int = 100, deadline: float = 0.5, output: int = 400,
     return PlanRequest(rid, "prefill", 0.0, deadline, tpot, prompt, expected_output=output)
 
 
-def decoding(rid: str, worker: str, tpot: float = 0.1) -> PlanRequest:
+def decoding(rid: str, worker: str, tpot: float = 0.1, **kw) -> PlanRequest:
     return PlanRequest(rid, "decode", 0.0, 0.0, tpot, 16, remaining_prefill=0, generated=1,
                        expected_output=16, is_new=False, state="admitted",
-                       prefill_worker=worker, decode_worker=worker)
+                       prefill_worker=worker, decode_worker=worker, **kw)
 
 
 def queued(rid: str, worker: str, deadline: float = 5.0) -> PlanRequest:
@@ -116,6 +116,25 @@ def test_tight_decoders_spread_over_mixed_workers_move_off_one_of_them() -> None
     assert p.roles == {"m0": WorkerRole("mixed", "prefill"), "m1": WorkerRole("mixed")}
     loose = [decoding("a", "m0", tpot=1.0), decoding("b", "m1", tpot=1.0)]
     p = plan(Snapshot(0.0, loose, ws, adaptive_layout=True))
+    assert p.roles == {"m0": WorkerRole("mixed"), "m1": WorkerRole("mixed")}
+
+
+def test_a_prefill_worker_decodes_again_when_the_decode_workers_kv_fills() -> None:
+    ws = [PlanWorker("m0", "prefill", TOY, 100), mixed("m1", kv=100)]
+    light = [decoding("a", "m1", tpot=0.03, kv_blocks=50)]
+    p = plan(Snapshot(0.0, light, ws, adaptive_layout=True))
+    assert p.roles["m0"] == WorkerRole("prefill")
+    full = [decoding("a", "m1", tpot=0.03, kv_blocks=95)]
+    p = plan(Snapshot(0.0, full, ws, adaptive_layout=True))
+    assert p.roles["m0"] == WorkerRole("mixed")
+
+
+def test_no_worker_turns_to_prefill_without_decode_headroom() -> None:
+    # the move of test_tight_decoders_spread... pays, but m1 could not hold twice the KV
+    ws = [mixed("m0", max_batch_tokens=256), mixed("m1", kv=100, max_batch_tokens=256)]
+    reqs = [decoding("a", "m0", tpot=0.03, kv_blocks=30),
+            decoding("b", "m1", tpot=0.03, kv_blocks=30)]
+    p = plan(Snapshot(0.0, reqs, ws, adaptive_layout=True))
     assert p.roles == {"m0": WorkerRole("mixed"), "m1": WorkerRole("mixed")}
 
 
