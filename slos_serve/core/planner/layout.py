@@ -1,21 +1,25 @@
 """Conditional disaggregation (Snapshot.adaptive_layout): where a request decodes, and which
 role each worker plays.
 
-Per request (steps.admit_prompts, admit_decodes): a new prompt first tries to prefill and
-decode on one mixed worker (the DP with its decode tier counted there); if no worker admits
-it so, it tries to prefill on one worker and hand its KV off to another for decoding: the
-prefill side by the DP's budget with only that worker's own decoders, the decode side on the
-least loaded other worker that sustains every TPOT with it added (and, if that worker is
-mixed, still meets its own committed prompts' deadlines). Local first: it moves no KV and
-needs no second worker's decode capacity.
+Per request (steps.admit_prompts, admit_decodes): the workers that prefill fastest now (the
+prefill rate their decode configuration leaves) are tried first; on each, the prompt first
+tries to prefill and decode there (the DP with its decode tier counted on that worker), then
+to prefill there and hand its KV off (the DP with only that worker's own decoders), the
+decode side going to the least loaded other worker that sustains every TPOT with it added
+and, if that worker is mixed, still meets its own committed prompts' deadlines. Local before
+hand-off on one worker: it moves no KV and needs no second worker's decode capacity.
 
 Per worker (`next_roles`, after admission): a mixed worker whose decode configuration leaves
-little of its batches to prefill turns to decode; one without decoders of its own while a
-batch of admitted prompts waits turns to prefill (its new prompts hand their decodes off, so
-its batches are not paced by decoders). A change to a pure role drains first: the worker takes
-no new work of the kind it gives up and switches once the last such request has left it; a
-change back to mixed adds a kind and is immediate. At least one worker keeps taking prompts
-and one decodes.
+almost nothing of its batches to prefill turns to decode (back to mixed with some room); the
+mixed worker with the fewest decoders turns to prefill when the model predicts the cluster
+prefills GAIN times faster with its decoders moved to the others, and the others keep
+HEADROOM (they could sustain twice the decoders and KV they would hold); a prefill worker is
+mixed again when taking a share of the decoders back pays as much, or a decode worker can no
+longer sustain its load or has KV_FULL of its memory reserved (a prefill worker's memory holds
+no decodes: where KV binds, the fixed 1P+1D layout loses). A change to a pure role drains
+first: the worker takes no new work of the kind it gives up and switches once the last such
+request has left it; a change back to mixed adds a kind and is immediate. At least one worker
+keeps taking prompts and one decodes.
 """
 
 from __future__ import annotations
