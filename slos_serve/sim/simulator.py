@@ -3,7 +3,8 @@
 Every system gets the same number of workers (`SimConfig.workers`). Disaggregated systems
 split them into prefill and decode pools; unless a P:D split is given they are run with each
 of the splits the ratios 1:1, 2:1 and 1:2 give for that worker count and the best result is
-kept (DistServe's own evaluation does the same).
+kept (DistServe's own evaluation does the same). `slos` starts every worker mixed and lets
+the planner lay them out (slos_serve/core/planner/layout.py).
 """
 
 from __future__ import annotations
