@@ -92,4 +92,4 @@ def test_pd_splits_and_roles() -> None:
     assert pd_splits(2) == [(1, 1)]
     assert pd_splits(4) == [(2, 2), (3, 1), (1, 3)]
     assert roles_for("vllm", 3, None) == ["mixed"] * 3
-    assert roles_for("slos", 3, (2, 1)) == ["prefill", "prefill", "decode"]
+    assert roles_for("slos-pd", 3, (2, 1)) == ["prefill", "prefill", "decode"]

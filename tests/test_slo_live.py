@@ -266,7 +266,7 @@ def test_simulated_and_live_attainment_agree_at_a_moderate_load(
     profile = slos_cluster.spec.resolve_profile()
     cfg = SimConfig(workers=2, kv_capacity_tokens=16 * 4096, max_spec_len=SPEC_TOKENS,
                     spec_alpha=0.5)
-    sim = simulate_split(requests, "slos", cfg, PerfModel.load(profile), split=(1, 1))
+    sim = simulate_split(requests, "slos-pd", cfg, PerfModel.load(profile), split=(1, 1))
     sim_att = sim.summary.attainment
     print(f"attainment at {rate} req/s: live {live_att:.2f}, simulated {sim_att:.2f}")
     assert abs(live_att - sim_att) <= 0.10, (

@@ -3,7 +3,8 @@
 Every system gets the same number of workers (`SimConfig.workers`). Disaggregated systems
 split them into prefill and decode pools; unless a P:D split is given they are run with each
 of the splits the ratios 1:1, 2:1 and 1:2 give for that worker count and the best result is
-kept (DistServe's own evaluation does the same).
+kept (DistServe's own evaluation does the same). `slos` starts every worker mixed and lets
+the planner lay them out (slos_serve/core/planner/layout.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from slos_serve.sim.metrics import RequestResult, Summary, result, summarize
 from slos_serve.sim.slos_system import SlosSystem
 from slos_serve.sim.workloads import Request
 
-DISAGGREGATED = {"distserve", "slos"}
+DISAGGREGATED = {"distserve", "slos-pd"}
 PD_RATIOS = ((1, 1), (2, 1), (1, 2))
 
 
@@ -29,8 +30,9 @@ SYSTEMS: dict[str, Callable[[], System]] = {
     "vllm-v0": vllm_v0,
     **{f"vllm-spec{s}": partial(vllm_spec, s) for s in SPEC_LENGTHS},
     "distserve": DistServe,
-    "slos": lambda: SlosSystem(colocated=False),
-    "slos-colocated": lambda: SlosSystem(colocated=True),
+    "slos": lambda: SlosSystem("slos"),
+    "slos-pd": lambda: SlosSystem("slos-pd"),
+    "slos-colocated": lambda: SlosSystem("slos-colocated"),
 }
 
 

@@ -1,7 +1,15 @@
-"""`slos` and `slos-colocated`: the SLOs-Serve planner (slos_serve/core/planner) driving the
-simulated cluster through the same records the live coordinator uses (Snapshot -> Plan), and
-simulated engines that carry out each worker's share of the plan (planner.engine_plan, the
-record the live workers get) with the live engines' own policy (slos_worker.py).
+"""`slos`, `slos-pd` and `slos-colocated`: the SLOs-Serve planner (slos_serve/core/planner)
+driving the simulated cluster through the same records the live coordinator uses (Snapshot ->
+Plan), and simulated engines that carry out each worker's share of the plan
+(planner.engine_plan, the record the live workers get) with the live engines' own policy
+(slos_worker.py).
+
+Layouts (LAYOUTS): "adaptive" (`slos`): every worker starts mixed and the planner chooses, per
+request, local prefill + decode or a KV hand-off to another worker, and each worker's role
+(planner/layout.py; a worker changing role drains first); "pd" (`slos-pd`): fixed prefill
+and decode pools; "colocated" (`slos-colocated`): every request prefilled and decoded on one
+mixed worker. The simulated workers keep their physical role (a planner-prefill worker under
+the adaptive layout still holds its prompts' KV until they are handed off).
 
 The planner decides admission (admit / best effort / reject) and routing for new requests;
 this module turns the simulated requests into PlanRequests (planner.plan_request, as the
@@ -26,6 +34,7 @@ for by default ("best_effort" or "reject"; SimConfig.on_reject and `--on-reject`
 from __future__ import annotations
 
 from slos_serve.core.planner import (
+    Layout,
     Plan,
     PlanRequest,
     PlanWorker,
@@ -34,6 +43,7 @@ from slos_serve.core.planner import (
     plan,
     plan_request,
 )
+from slos_serve.core.planner.layout import takes_decodes, takes_prompts
 from slos_serve.core.ttft_window import TtftWindow
 from slos_serve.sim.acceptance import AcceptanceCounter
 from slos_serve.sim.core import Batch, Cluster, SimRequest, Worker
@@ -61,10 +71,15 @@ def _set_pace(r: SimRequest) -> None:
         r.due0 = r.segment_start[r.segment] + st.tpot_slo
 
 
+LAYOUTS: dict[str, Layout] = {"slos": "adaptive", "slos-pd": "pd",
+                              "slos-colocated": "colocated"}
+
+
 class SlosSystem:
-    def __init__(self, colocated: bool = False, on_reject: str | None = None) -> None:
-        self.name = "slos-colocated" if colocated else "slos"
-        self.colocated = colocated
+    def __init__(self, name: str = "slos", on_reject: str | None = None) -> None:
+        self.name = name
+        self.layout = LAYOUTS[name]
+        self.colocated = self.layout == "colocated"
         self.on_reject = on_reject  # None: SimConfig.on_reject
         self.undecided: dict[int, SimRequest] = {}
         self.last_plan = -1.0
@@ -89,31 +104,43 @@ class SlosSystem:
         self.acceptance = AcceptanceCounter()  # what the planner's spec_alpha comes from
         self.ttft = TtftWindow(cluster.model)  # the TTFTs arriving (ttft_outlook)
 
+    def role(self, e: WorkerExecutor) -> str:
+        """e's role as the planner sees it (under the adaptive layout it follows the load)."""
+        return self.pworkers[e.w.idx].role
+
     def on_arrival(self, r: SimRequest) -> None:
         self.live[r.id] = r
         self.undecided[r.id] = r
         for st in r.req.segments:  # its later calls' TTFTs too: they will arrive
             if st.ttft_slo is not None:
                 self.ttft.observe(self.c.now, st.ttft_slo, st.prompt_tokens)
-        if any(e.w.batch is None and e.w.role != "decode" for e in self.ex):
+        if any(e.w.batch is None and self.role(e) != "decode" for e in self.ex):
             self._replan()
 
     def on_segment_start(self, r: SimRequest) -> None:
-        """A later segment (tool result) needs a prefill: keep r's decision and decode worker."""
+        """A later segment (tool result) needs a prefill: keep r's decision; prefill where it
+        decodes (its prefix is cached there) if that worker takes prompts, else on the
+        prompt-taking worker with the least queued (then it hands its KV back, or to a
+        decode worker if its own no longer decodes)."""
         self.live[r.id] = r
-        if self.colocated:
-            idx = r.pinned_prefill
+        d = r.pinned_decode
+        if d is not None and not takes_decodes(self.pworkers[d]):
+            d = r.pinned_decode = None
+        if d is not None and takes_prompts(self.pworkers[d]):
+            idx = d
         else:
-            pre = [e for e in self.ex if e.w.role == "prefill"]
+            pre = [e for e in self.ex if takes_prompts(self.pworkers[e.w.idx])]
             idx = min(pre, key=lambda e: (e.queued_tokens, e.w.idx)).w.idx
-            r.pinned_prefill = idx
+        r.pinned_prefill = idx
         self.ex[idx].add_prompt(r)
         self.dirty = True
 
     def on_prefill_done(self, r: SimRequest, w: Worker) -> None:
         e = self.ex[w.idx]
         self.dirty = True
-        if w.role != "prefill":  # mixed worker, or a decode worker recomputing evicted KV
+        d = r.pinned_decode
+        if d == w.idx or (d is None and self.role(e) != "prefill"):
+            # local: a mixed worker, or a decode worker recomputing evicted KV
             r.phase = "decode"
             _set_pace(r)
             e.add_decoder(r)
@@ -122,7 +149,7 @@ class SlosSystem:
         r.phase = "kvwait"
         r.extra["kv_tokens"] = r.cur.prompt_tokens
         if r.pinned_decode is None:
-            dec = [x for x in self.ex if x.w.role == "decode"]
+            dec = [x for x in self.ex if x is not e and takes_decodes(self.pworkers[x.w.idx])]
             r.pinned_decode = min(dec, key=lambda x: (len(x.decoders), x.w.idx)).w.idx
         d = self.ex[r.pinned_decode]
         d.kvwait.append(r)
@@ -208,6 +235,7 @@ class SlosSystem:
             route_start=self.route,
             kv_output_reserve=KV_OUTPUT_RESERVE,
             ttft_outlook=self.ttft.outlook(now),
+            adaptive_layout=self.layout == "adaptive",
         )
         self.route += len(self.undecided)
         p = plan(snap)
@@ -231,7 +259,7 @@ class SlosSystem:
                 r.pinned_decode = self.by_name[d.decode_worker]
             pw = d.prefill_worker
             if pw is None:
-                pre = [e for e in self.ex if e.w.role != "decode"]
+                pre = [e for e in self.ex if takes_prompts(self.pworkers[e.w.idx])]
                 idx = min(pre, key=lambda e: (e.queued_tokens, e.w.idx)).w.idx
             else:
                 idx = self.by_name[pw]
@@ -241,15 +269,20 @@ class SlosSystem:
             self.ex[idx].add_prompt(r)
         for r in new.values():  # no decision (should not happen): ask again
             self.undecided[r.id] = r
+        for pw in self.pworkers:
+            change = p.roles.get(pw.id)
+            if change is not None:
+                pw.role, pw.target_role = change.role, change.target
         for e in self.ex:
-            e.plan = engine_plan(p, e.w.name, e.w.role, p.now)
+            e.plan = engine_plan(p, e.w.name, self.role(e), p.now)
 
     # ------------------------------------------------------------ batches
 
     def next_batch(self, w: Worker) -> Batch | None:
         now = self.c.now
         self.acceptance.finished(w.idx)
-        if self.undecided and (now - self.last_plan >= NEW_GAP or w.role != "decode"):
+        if self.undecided and (now - self.last_plan >= NEW_GAP
+                               or self.pworkers[w.idx].role != "decode"):
             self._replan()
         elif self.dirty and now - self.last_plan >= PERIOD:
             self._replan()

@@ -5,7 +5,8 @@ One pure function, plan(Snapshot) -> Plan, used by the simulator and the live co
 Modules: records (the input and output records, and `plan_request`, the one way a request
 becomes a PlanRequest), context (per-plan TPOT tiers and the decode configuration cache),
 load (a worker's reservations, with can_admit/admit check-act pairs), dp (the admission DP),
-schedule (the predicted batches of one worker), steps (plan() as a sequence of named steps).
+schedule (the predicted batches of one worker), layout (conditional disaggregation: local or
+hand-off per request, roles that follow the load), steps (plan() as a sequence of named steps).
 
 Formulation. Objective: the number of requests that meet their SLOs (profit 1 each). A new
 request is admitted iff, by the performance model, it and every request admitted before meet
@@ -35,6 +36,9 @@ Where it departs from the paper, and why:
   The prefill DP runs first; the decode side is then assigned greedily in deadline order
   (try decode worker (start + i) mod D, then the next). A decode pool has no deadline
   ordering to exploit, only the sustained-TPOT and KV checks, so a greedy pass suffices.
+- Adaptive layout (Snapshot.adaptive_layout, layout.py): all workers may be mixed; a request
+  prefills and decodes on one worker or hands its KV off to another, and workers turn to pure
+  prefill or decode (draining first) where the model predicts the cluster prefills faster.
 - Routing: each new request i first tries worker (route_start + i) mod R. Rather than one DP
   per request and try, each worker runs one DP over all requests routed to it this round;
   requests it declines move on to their next worker; earlier rounds' admissions stay fixed.
@@ -65,6 +69,7 @@ from __future__ import annotations
 from slos_serve.core.planner.records import (
     Action,
     DecodePlan,
+    Layout,
     OnReject,
     Phase,
     Plan,
@@ -77,6 +82,7 @@ from slos_serve.core.planner.records import (
     State,
     TierCadence,
     Verdict,
+    WorkerRole,
     plan_request,
 )
 from slos_serve.core.planner.schedule import PREFILL_HORIZON
@@ -84,7 +90,7 @@ from slos_serve.core.planner.shares import engine_plan
 from slos_serve.core.planner.steps import plan
 
 __all__ = [
-    "PREFILL_HORIZON", "Action", "DecodePlan", "OnReject", "Phase", "Plan", "PlanRequest",
+    "PREFILL_HORIZON", "Action", "DecodePlan", "Layout", "OnReject", "Phase", "Plan", "PlanRequest",
     "PlanWorker", "PlannedBatch", "PrefillSchedule", "Role", "Snapshot", "State", "TierCadence",
-    "Verdict", "engine_plan", "plan", "plan_request",
+    "Verdict", "WorkerRole", "engine_plan", "plan", "plan_request",
 ]

@@ -33,10 +33,10 @@ class PrefillBudget:
     Values are kept: a worker's DP runs once per routing round, mostly on the same base load
     and so over the same committed deadlines and keys."""
 
-    def __init__(self, ctx: PlanContext, load: WorkerLoad) -> None:
+    def __init__(self, ctx: PlanContext, load: WorkerLoad, local: bool = True) -> None:
         self.ctx = ctx
         self.worker = load.worker
-        self.mixed = load.role == "mixed"
+        self.mixed = load.role == "mixed" and local  # admissions add decoders here
         self.t0 = max(ctx.now, load.worker.busy_until)
         self.base = tuple(load.counts)
         self._configs: dict[tuple, DecodeConfig | None] = {}
@@ -68,16 +68,17 @@ class PrefillBudget:
         return prefill_within(self.worker.model, cfg, deadline - self.t0)
 
 
-BudgetCache = dict[tuple[str, tuple[int, ...]], PrefillBudget]  # one plan's, by worker, base
+BudgetCache = dict[tuple[str, tuple[int, ...], bool], PrefillBudget]  # worker, base, local
 
 
 def select(
-    ctx: PlanContext, load: WorkerLoad, cands: list[QueuedPrompt],
+    ctx: PlanContext, load: WorkerLoad, cands: list[QueuedPrompt], local: bool = True,
     budgets: BudgetCache | None = None,
 ) -> list[QueuedPrompt]:
-    """The largest subset of `cands` the worker can admit next to its committed queue.
+    """The largest subset of `cands` the worker can admit next to its committed queue
+    (local: they decode here too, on a mixed worker; else they hand their KV off).
     `budgets`: the plan's budgets so far (kept across its routing rounds)."""
-    budget = _budget_of(ctx, load, {} if budgets is None else budgets)
+    budget = _budget_of(ctx, load, local, {} if budgets is None else budgets)
     if not budget.feasible():
         return []
     items = sorted(load.queue + cands, key=lambda it: (it.deadline, not it.committed))
@@ -105,11 +106,12 @@ def select(
     return out
 
 
-def _budget_of(ctx: PlanContext, load: WorkerLoad, budgets: BudgetCache) -> PrefillBudget:
-    key = (load.worker.id, tuple(load.counts))
+def _budget_of(ctx: PlanContext, load: WorkerLoad, local: bool,
+               budgets: BudgetCache) -> PrefillBudget:
+    key = (load.worker.id, tuple(load.counts), local)
     budget = budgets.get(key)
     if budget is None:
-        budget = budgets[key] = PrefillBudget(ctx, load)
+        budget = budgets[key] = PrefillBudget(ctx, load, local)
     return budget
 
 

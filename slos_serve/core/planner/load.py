@@ -20,13 +20,16 @@ class QueuedPrompt:
     kv: int  # blocks reserved on this worker
     tier: int
     committed: bool  # in the queue: admitted (before or by this plan), never dropped by the DP
+    local: bool = False  # decodes on this (mixed) worker too; else its KV is handed off
 
 
-def queued_prompt(ctx: PlanContext, r: PlanRequest, w: PlanWorker, committed: bool) -> QueuedPrompt:
-    """r as a prompt on w: a mixed worker also keeps its KV to decode, a prefill worker only
-    the prompt's."""
-    kv = ctx.kv_blocks(r, w) if w.role == "mixed" else blocks(r.prompt_tokens, w.block_size)
-    return QueuedPrompt(r, r.ttft_deadline, r.prefill_left, kv, ctx.tier(r), committed)
+def queued_prompt(ctx: PlanContext, r: PlanRequest, w: PlanWorker, committed: bool,
+                  local: bool | None = None) -> QueuedPrompt:
+    """r as a prompt on w: decoding locally (a mixed worker's default) it keeps its KV to
+    decode, else (a prefill worker, or a hand-off) only the prompt's."""
+    local = w.role == "mixed" if local is None else local
+    kv = ctx.kv_blocks(r, w) if local else blocks(r.prompt_tokens, w.block_size)
+    return QueuedPrompt(r, r.ttft_deadline, r.prefill_left, kv, ctx.tier(r), committed, local)
 
 
 @dataclass(slots=True)
@@ -68,12 +71,12 @@ class WorkerLoad:
     # ------------------------------------------------------------ prefill side
 
     def admit_prompt(self, p: QueuedPrompt) -> None:
-        """Queue a prompt this plan admits: its KV (and, on a mixed worker, its tier)."""
+        """Queue a prompt this plan admits: its KV (and, decoding here, its tier)."""
         p.committed = True
         self.queue.append(p)
         self.new_ids.add(p.req.id)
         self.kv_used += p.kv
-        if self.role == "mixed":
+        if p.local:
             self.counts[p.tier] += 1
 
     def keep_prompt(self, p: QueuedPrompt, *, reserve_kv: bool) -> None:

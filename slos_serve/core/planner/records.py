@@ -16,6 +16,7 @@ from slos_serve.core.ttft_window import TtftOutlook
 
 Phase = Literal["prefill", "decode"]
 Role = Literal["prefill", "decode", "mixed"]
+Layout = Literal["adaptive", "pd", "colocated"]  # how a caller lays out its workers
 Action = Literal["admit", "best_effort", "reject"]
 State = Literal["new", "admitted", "best_effort"]
 OnReject = Literal["best_effort", "reject"]
@@ -102,6 +103,9 @@ class PlanWorker:
     block_size: int = 16
     max_batch_tokens: int = 2048
     busy_until: float = 0.0  # the batch running now ends at this time (0: idle)
+    # the role it is changing to (None: none): it drains first, taking no new work of the
+    # kind its next role does not do (Snapshot.adaptive_layout; see planner/layout.py)
+    target_role: Role | None = None
 
 
 @dataclass
@@ -121,6 +125,9 @@ class Snapshot:
     # the TTFTs arriving prompts have had lately (TtftWindow.outlook; None: no bound): no
     # batch period may make more than a few of them late (spec.ttft_miss)
     ttft_outlook: TtftOutlook | None = None
+    # conditional disaggregation: a request may prefill on one worker and decode on another
+    # (KV hand-off), and the workers' roles follow the load (planner/layout.py)
+    adaptive_layout: bool = False
 
 
 @dataclass
@@ -183,6 +190,14 @@ class DecodePlan:
     feasible: bool = True  # False: even the admitted set cannot be sustained
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """A worker's role after a plan, and the role it is draining towards (None: none)."""
+
+    role: Role
+    target: Role | None = None
+
+
 @dataclass
 class Plan:
     now: float
@@ -190,6 +205,7 @@ class Plan:
     prefill: dict[str, PrefillSchedule]  # by worker id (prefill and mixed workers)
     decode: dict[str, DecodePlan]  # by worker id (decode and mixed workers)
     admitted: list[str]  # every admitted request after this plan (old and new)
+    roles: dict[str, WorkerRole] = field(default_factory=dict)  # adaptive layout only
 
     def verdict(self, request_id: str) -> Verdict | None:
         for v in self.verdicts:

@@ -6,11 +6,13 @@
 3. admit decodes: the decode side of disaggregated admissions, greedily in deadline order;
 4. decline: the rest become best effort or are rejected, by their own `on_reject`;
 5. schedule: each worker's predicted batches; a new admission predicted late is declined
-   (Moore-Hodgson) and the schedule emitted again.
+   (Moore-Hodgson) and the schedule emitted again;
+6. relayout (adaptive layout only): each worker's next role (planner/layout.py).
 """
 
 from __future__ import annotations
 
+from slos_serve.core.planner import layout
 from slos_serve.core.planner.context import INF, PlanContext, rotate
 from slos_serve.core.planner.dp import BudgetCache, select
 from slos_serve.core.planner.load import Placement, QueuedPrompt, WorkerLoad, queued_prompt
@@ -18,9 +20,11 @@ from slos_serve.core.planner.records import (
     DecodePlan,
     Plan,
     PlanRequest,
+    PlanWorker,
     PrefillSchedule,
     Snapshot,
     Verdict,
+    WorkerRole,
 )
 from slos_serve.core.planner.schedule import (
     Emitted,
@@ -39,6 +43,7 @@ def plan(snap: Snapshot) -> Plan:
     p.admit_decodes()
     p.decline_the_rest()
     p.schedule_workers()
+    p.relayout()
     return p.result()
 
 
@@ -49,9 +54,13 @@ class Planning:
         self.snap = snap
         self.ctx = PlanContext(snap)
         self.loads = {w.id: WorkerLoad(w, [0] * len(self.ctx.tpots)) for w in snap.workers}
-        self.prefill_ids = [w.id for w in snap.workers if w.role != "decode"]
-        dec = [w.id for w in snap.workers if w.role == "decode"]
-        self.decode_ids = dec or [w.id for w in snap.workers if w.role == "mixed"]
+        self.adaptive = snap.adaptive_layout
+        self.prefill_ids = [w.id for w in snap.workers if layout.takes_prompts(w)]
+        if self.adaptive:
+            self.decode_ids = [w.id for w in snap.workers if layout.takes_decodes(w)]
+        else:
+            dec = [w.id for w in snap.workers if w.role == "decode"]
+            self.decode_ids = dec or [w.id for w in snap.workers if w.role == "mixed"]
         self.new = [r for r in snap.requests if r.state == "new"]
         self.new.sort(key=lambda r: (r.ttft_deadline if r.phase == "prefill" else -INF,
                                      r.arrival))
@@ -63,6 +72,8 @@ class Planning:
         self.prefill_plans: dict[str, PrefillSchedule] = {}
         self.decode_plans: dict[str, DecodePlan] = {}
         self.budgets: BudgetCache = {}  # the prompt DPs' budgets, kept across routing rounds
+        self.roles: dict[str, WorkerRole] = {}
+        self.rates: dict[str, float] = {}  # adaptive layout: prefill rate by worker
 
     # ------------------------------------------------------------ 1. reserve
 
@@ -90,7 +101,8 @@ class Planning:
                     dw.queue_best_effort(r)
                 continue
             if r.phase == "prefill" and pw is not None:
-                pw.keep_prompt(queued_prompt(ctx, r, pw.worker, True), reserve_kv=pw is not dw)
+                pw.keep_prompt(queued_prompt(ctx, r, pw.worker, True, local=pw is dw),
+                               reserve_kv=pw is not dw)
             if dw is not None:
                 dw.admit_decode(ctx, r, new=False)
 
@@ -98,8 +110,12 @@ class Planning:
 
     def admit_prompts(self) -> None:
         """Route new prompts to prefill-capable workers; each worker's DP admits a subset."""
-        targets: dict[str, list[str]] = {}
-        pending: dict[str, list[PlanRequest]] = {}
+        if self.adaptive:
+            self.rates = {w: layout.prefill_rate(self.ctx, self.loads[w].worker,
+                                                  tuple(self.loads[w].counts))
+                           for w in self.prefill_ids}
+        targets: dict[str, list[tuple[str, bool]]] = {}
+        pending: dict[tuple[str, bool], list[PlanRequest]] = {}
         for r in self.new:
             ts = self._prefill_targets(r)
             if ts:
@@ -107,9 +123,9 @@ class Planning:
                 pending.setdefault(ts[0], []).append(r)
         tried = dict.fromkeys(targets, 0)
         while pending:
-            nxt: dict[str, list[PlanRequest]] = {}
-            for wid, reqs in pending.items():
-                for r in self._admit_on(self.loads[wid], reqs):
+            nxt: dict[tuple[str, bool], list[PlanRequest]] = {}
+            for (wid, local), reqs in pending.items():
+                for r in self._admit_on(self.loads[wid], reqs, local):
                     tried[r.id] += 1
                     if tried[r.id] < len(targets[r.id]):
                         nxt.setdefault(targets[r.id][tried[r.id]], []).append(r)
@@ -117,35 +133,48 @@ class Planning:
                         self.why[r.id] = "no worker can meet its TTFT and TPOT"
             pending = nxt
 
-    def _prefill_targets(self, r: PlanRequest) -> list[str]:
-        """The prefill-capable workers r may try, in its routing order (none: why is noted)."""
+    def _prefill_targets(self, r: PlanRequest) -> list[tuple[str, bool]]:
+        """The (prefill-capable worker, decodes there too) placements r may try (none: why is
+        noted). Fixed layouts: in routing order. Adaptive: the workers that prefill fastest
+        now first, each locally before handing off (planner/layout.py)."""
         if r.phase == "decode":
             return []
         if r.ttft_deadline <= self.snap.now:
             self.why[r.id] = "TTFT deadline already passed"
             return []
-        order = rotate(self.prefill_ids, self.route[r.id])
-        mixed = [w for w in order if self.loads[w].role == "mixed"]
-        fits = len(mixed) == len(order) or any(  # (the decode check only matters if not)
+        ws = [self.loads[w].worker for w in rotate(self.prefill_ids, self.route[r.id])]
+        # the decode check only matters where a prompt may hand its KV off
+        fits = (self.adaptive or any(w.role == "prefill" for w in ws)) and any(
             self.loads[d].can_admit_decode(self.ctx, r) for d in self.decode_ids)
-        ts = order if fits else mixed
+        if self.adaptive:  # where prefill is fastest first; per worker, local first
+            ws.sort(key=lambda w: -self.rates[w.id])
+            ts = [(w.id, local) for w in ws for local in (True, False)
+                  if (layout.decodes_locally(w) if local else fits and self._hands_off(w))]
+        else:
+            ts = [(w.id, True) for w in ws if w.role == "mixed"]
+            ts += [(w.id, False) for w in ws if fits and w.role == "prefill"]
         if not ts:
             self.why[r.id] = ("no decode capacity for its TPOT tier" if self.prefill_ids
                               else "no prefill worker")
         return ts
 
-    def _admit_on(self, load: WorkerLoad, reqs: list[PlanRequest]) -> list[PlanRequest]:
-        """Admit the DP's choice among `reqs` on `load`; returns the ones it declined."""
-        cands = [queued_prompt(self.ctx, r, load.worker, False) for r in reqs]
-        chosen = {id(it) for it in select(self.ctx, load, cands, self.budgets)}
+    def _hands_off(self, w: PlanWorker) -> bool:
+        """Under the adaptive layout a prompt on w may hand its KV off to another worker."""
+        return any(d != w.id for d in self.decode_ids)
+
+    def _admit_on(self, load: WorkerLoad, reqs: list[PlanRequest],
+                  local: bool) -> list[PlanRequest]:
+        """Admit the DP's choice among `reqs` on `load` (local: decoding there too);
+        returns the ones it declined."""
+        cands = [queued_prompt(self.ctx, r, load.worker, False, local) for r in reqs]
+        chosen = {id(it) for it in select(self.ctx, load, cands, local, self.budgets)}
         declined = []
         for it in cands:
             if id(it) not in chosen:
                 declined.append(it.req)
                 continue
             load.admit_prompt(it)
-            mixed = load.role == "mixed"
-            self.placed[it.req.id] = Placement(load, load if mixed else None, it)
+            self.placed[it.req.id] = Placement(load, load if local else None, it)
         return declined
 
     # ------------------------------------------------------------ 3. decodes
@@ -158,9 +187,8 @@ class Planning:
             p = self.placed.get(r.id)
             if r.phase == "prefill" and (p is None or p.decode is not None):
                 continue
-            order = rotate(self.decode_ids, self.route[r.id])
-            dl = next((self.loads[d] for d in order if self.loads[d].can_admit_decode(ctx, r)),
-                      None)
+            dl = next((d for d in self._decode_order(r, p) if d.can_admit_decode(ctx, r)
+                       and layout.keeps_prompts(ctx, d, ctx.tier(r))), None)
             if dl is None:
                 if p is not None:
                     p.release(ctx, r)
@@ -169,6 +197,15 @@ class Planning:
                 continue
             dl.admit_decode(ctx, r, new=True)
             self.placed[r.id] = Placement(p.prefill if p else None, dl, p.prompt if p else None)
+
+    def _decode_order(self, r: PlanRequest, p: Placement | None) -> list[WorkerLoad]:
+        """The decode workers r tries: in routing order (fixed layouts); least decode load
+        first, never its own prefill worker, under adaptive layout (a hand-off)."""
+        loads = [self.loads[d] for d in rotate(self.decode_ids, self.route[r.id])]
+        if not self.adaptive:
+            return loads
+        own = p.prefill if p is not None else None
+        return sorted((d for d in loads if d is not own), key=layout.decode_load)
 
     # ------------------------------------------------------------ 4. declined
 
@@ -183,7 +220,7 @@ class Planning:
                 continue
             route = self.route[r.id]
             pl = self.loads[rotate(pre, route)[0]] if pre and r.phase == "prefill" else None
-            dl = pl if pl is not None and pl.role == "mixed" else None
+            dl = pl if pl is not None and self._decodes_with(pl) else None
             if dl is None and dec:
                 dl = self.loads[rotate(dec, route)[0]]
             if pl is not None:
@@ -235,9 +272,20 @@ class Planning:
             return
         load.best_effort_prompts.append(r)
         w = load.worker
-        dw = w.id if w.role == "mixed" else (rotate(self.decode_ids, self.route[r.id])
-                                             or [None])[0]
+        dw = w.id if self._decodes_with(load) else (rotate(self.decode_ids, self.route[r.id])
+                                                    or [None])[0]
         self.verdicts.append(Verdict(r.id, "best_effort", w.id, dw, why))
+
+    def _decodes_with(self, load: WorkerLoad) -> bool:
+        """A declined prompt on this worker is served best effort there, start to end."""
+        return load.role == "mixed" and load.worker.id in self.decode_ids
+
+    # ------------------------------------------------------------ 6. relayout
+
+    def relayout(self) -> None:
+        """Adaptive layout: each worker's next role from the load this plan leaves."""
+        if self.adaptive:
+            self.roles = layout.next_roles(self.ctx, self.loads)
 
     # ------------------------------------------------------------ result
 
@@ -253,7 +301,7 @@ class Planning:
         order = {r.id: i for i, r in enumerate(self.snap.requests)}
         out.sort(key=lambda v: order.get(v.request_id, 0))
         return Plan(self.snap.now, self.notes + out, self.prefill_plans, self.decode_plans,
-                    admitted)
+                    admitted, self.roles)
 
 
 def decode_plan(worker_id: str, cfg: DecodeConfig | None, out: Emitted) -> DecodePlan:
