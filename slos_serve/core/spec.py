@@ -221,29 +221,41 @@ class TtftBound:
 def _config_at(
     model: PerfModel, tiers: list[TierLoad], spans: list[list[float]], u: float, max_tokens: int
 ) -> DecodeConfig | None:
+    """The configuration of period u (None: a tier cannot keep pace, or no room is left).
+    Its decode part is decode_shape's, summed in the same loop (a hot path)."""
     spec, every, exp = [], [], []
+    dec = ver = reqs = ctx = steps = 0
     for t, sp in zip(tiers, spans, strict=True):
         s = bisect_left(sp, u - 1e-12)  # spans are non-decreasing in the length
+        count = t.count
         if s == len(sp):
-            if t.count > 0:
+            if count > 0:
                 return None
             s = 0
+        span = sp[s]
+        m = max(1, int(span / u + 1e-9))
         spec.append(s)
-        every.append(max(1, int(sp[s] / u + 1e-9)))
-        exp.append(sp[s] / t.tpot)
-    spec_t, every_t = tuple(spec), tuple(every)
-    base = decode_shape(tiers, spec_t, every_t)
-    dec = base.decode_tokens + base.verify_tokens
-    if dec > max_tokens:
+        every.append(m)
+        exp.append(span / t.tpot)
+        if count > 0:
+            n = -(-count // m)
+            reqs += n
+            ctx += -(-t.context_tokens * n // count)
+            if s > 0:
+                ver += n * (s + 1)
+                steps = max(steps, s)
+            else:
+                dec += n
+    if dec + ver > max_tokens:
         return None
+    base = BatchShape(0, dec, ver, reqs, ctx, steps)
     room = model.prefill_capacity(u, base)
     if room < 0:
         return None
-    room = min(room, max_tokens - dec)
-    full = BatchShape(room, base.decode_tokens, base.verify_tokens, base.num_requests + 1,
-                      base.context_tokens, base.spec_steps)
-    t = min(u, model.predict(full))
-    return DecodeConfig(u, spec_t, every_t, tuple(exp), dec, dec + room, room, base, t)
+    room = min(room, max_tokens - dec - ver)
+    t = min(u, model.predict(BatchShape(room, dec, ver, reqs + 1, ctx, steps)))
+    return DecodeConfig(u, tuple(spec), tuple(every), tuple(exp), dec + ver, dec + ver + room,
+                        room, base, t)
 
 
 def batches_within(seconds: float, period: float) -> int:
