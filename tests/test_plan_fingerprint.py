@@ -20,7 +20,7 @@ from slos_serve.sim.overhead import make_snapshot
 
 EXPECTED = "2eac03886ea8c25773e6a33aa85003c50c9caefeacb7b428b0822f73b163d6aa"
 # the same snapshots as a live coordinator's: a TTFT outlook and measured per-tier acceptance
-EXPECTED_MEASURED = "61502f39222adfb12db71daa7c787b9f638b6e144c783ad73e5535c35f04ef8c"
+EXPECTED_MEASURED = "1b135226906e6b156467e6bd52298a0667f047936c200fd74229f2d0f973f34f"
 
 
 def varied(snap: Snapshot, seed: int) -> Snapshot:

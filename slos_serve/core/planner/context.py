@@ -6,17 +6,10 @@ import math
 
 from slos_serve.core.planner.records import PlanRequest, PlanWorker, Snapshot
 from slos_serve.core.spec import DecodeConfig, TierLoad, choose_config, prefill_only
-from slos_serve.core.ttft_window import TtftOutlook
 
 INF = float("inf")
 _CONFIGS: dict[tuple, DecodeConfig | None] = {}  # decode configurations, across plans
 _MAX_CONFIGS = 100_000
-# Planned on rounded down (both err on the safe side: fewer tokens per verify step, a tighter
-# TTFT bound), so that consecutive plans share their decode configurations: measured
-# acceptance moves with every verify step and the outlook with every arrival (simulated
-# slos-colocated: 37 % of configurations reused across plans unrounded, 70 % rounded).
-ALPHA_STEPS = 100  # acceptance, to 0.01
-SLACK_STEPS = 100  # outlook slacks, to 10 ms
 
 
 class PlanContext:
@@ -30,11 +23,7 @@ class PlanContext:
         tpots = sorted({r.tpot for r in snap.requests})
         self.tpots = tpots
         self.tier_of = {t: i for i, t in enumerate(tpots)}
-        self.alphas = [round_down(snap.spec_alpha.get(t, snap.default_alpha), ALPHA_STEPS)
-                       for t in tpots]
-        out = snap.ttft_outlook
-        self.outlook = None if out is None else TtftOutlook(
-            tuple(round_down(x, SLACK_STEPS) for x in out.slacks), out.prompt_tokens_per_s)
+        self.alphas = [snap.spec_alpha.get(t, snap.default_alpha) for t in tpots]
         ctx = [0] * len(tpots)
         num = [0] * len(tpots)
         for r in snap.requests:
@@ -54,7 +43,7 @@ class PlanContext:
             uses_ctx = any(p.weights[4] for p in w.model.pieces)
             key = (pieces, w.role == "prefill", w.max_batch_tokens, self.snap.max_spec_len,
                    tuple(self.tpots), tuple(self.alphas),
-                   self.outlook if w.role == "mixed" else None, self.prefill_share,
+                   self.snap.ttft_outlook if w.role == "mixed" else None, self.prefill_share,
                    tuple(self.avg_ctx) if uses_ctx else ())
             self._model_keys[id(w)] = key
         return key
@@ -70,7 +59,7 @@ class PlanContext:
         if w.role == "prefill":
             cfg = prefill_only(w.model, w.max_batch_tokens)
         else:
-            outlook = self.outlook if w.role == "mixed" else None
+            outlook = self.snap.ttft_outlook if w.role == "mixed" else None
             cfg = choose_config(w.model, self.tier_loads(counts), self.snap.max_spec_len,
                                 w.max_batch_tokens, outlook, self.prefill_share)
         _CONFIGS[key] = cfg
@@ -90,11 +79,6 @@ class PlanContext:
             return r.kv_blocks
         rest = math.ceil(r.expected_output * self.kv_frac)
         return -(-max(r.prompt_tokens + r.generated + rest, 0) // max(w.block_size, 1))
-
-
-def round_down(x: float, steps: int) -> float:
-    """x rounded down to a multiple of 1 / steps (exact multiples stay: 0.7 -> 0.7)."""
-    return math.floor(x * steps + 1e-9) / steps
 
 
 def blocks(tokens: int, block_size: int) -> int:
