@@ -43,7 +43,7 @@ def expected_tokens(n: int, alpha: float) -> float:
     return (1.0 - alpha ** (n + 1)) / (1.0 - alpha)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TierLoad:
     tpot: float
     count: int
@@ -51,7 +51,7 @@ class TierLoad:
     context_tokens: int = 0  # sum over the tier's requests
 
 
-@dataclass
+@dataclass(slots=True)
 class DecodeConfig:
     period: float  # u, seconds per batch
     spec: tuple[int, ...]  # per tier, aligned with the TierLoad list
