@@ -19,6 +19,8 @@ from slos_serve.core.planner.schedule import PredictedBatches
 from slos_serve.sim.overhead import make_snapshot
 
 EXPECTED = "2eac03886ea8c25773e6a33aa85003c50c9caefeacb7b428b0822f73b163d6aa"
+# the same snapshots as a live coordinator's: a TTFT outlook and measured per-tier acceptance
+EXPECTED_MEASURED = "1b135226906e6b156467e6bd52298a0667f047936c200fd74229f2d0f973f34f"
 
 
 def varied(snap: Snapshot, seed: int) -> Snapshot:
@@ -45,13 +47,14 @@ def varied(snap: Snapshot, seed: int) -> Snapshot:
                    max_spec_len=2 if seed == 1 else snap.max_spec_len)
 
 
-def cases() -> list[Snapshot]:
+def cases(measured: bool = False) -> list[Snapshot]:
     out = []
     for mode in ("disagg", "colocated"):
         for workers, live, new in ((2, 16, 4), (4, 64, 16), (4, 256, 16), (16, 256, 16),
                                    (64, 256, 16), (64, 1024, 64)):
             for seed in range(3):
-                snap = make_snapshot(live, new, mode=mode, workers=workers, seed=seed)
+                snap = make_snapshot(live, new, mode=mode, workers=workers, seed=seed,
+                                     measured=measured)
                 out.append(snap)
                 out.append(varied(snap, seed))
     return out
@@ -62,13 +65,25 @@ def fingerprint(p: Plan) -> str:
     return repr((p.verdicts, sorted(p.prefill.items()), sorted(p.decode.items()), p.admitted))
 
 
-def test_plan_decisions_are_unchanged() -> None:
+def digest(snaps: list[Snapshot]) -> str:
     h = hashlib.sha256()
-    for snap in cases():
+    for snap in snaps:
         h.update(fingerprint(plan(snap)).encode())
-    digest = h.hexdigest()
-    print(f"plan fingerprint {digest}")
-    assert digest == EXPECTED
+    return h.hexdigest()
+
+
+def test_plan_decisions_are_unchanged() -> None:
+    d = digest(cases())
+    print(f"plan fingerprint {d}")
+    assert d == EXPECTED
+
+
+def test_plan_decisions_under_a_ttft_outlook_are_unchanged() -> None:
+    snaps = cases(measured=True)
+    assert all(s.ttft_outlook is not None and s.spec_alpha for s in snaps)
+    d = digest(snaps)
+    print(f"plan fingerprint (measured) {d}")
+    assert d == EXPECTED_MEASURED
 
 
 def test_deferred_batches_read_later_are_those_of_the_snapshot_planned() -> None:

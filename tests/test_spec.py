@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from slos_serve.core.perf_model import BatchShape, PerfModel, Piece, load_profile
@@ -98,3 +100,18 @@ def test_prefill_within_counts_a_partial_batch() -> None:
     assert prefill_within(toy, cfg, 0.05) in (39, 40)
     assert prefill_within(toy, cfg, 0.15) in (129, 130)  # one full batch + a partial one
     assert prefill_within(toy, cfg, 0.3) in (269, 270)
+
+
+def test_a_configurations_decode_part_is_decode_shapes() -> None:
+    """choose_config sums the decode part in its own loop (a hot path): it must be the shape
+    decode_shape gives for the configuration's lengths and cadence."""
+    m = load_profile("opt-13b-a100")
+    rng = random.Random(5)
+    for _ in range(50):
+        tiers = [TierLoad(tpot, rng.choice((0, rng.randint(1, 80))), rng.uniform(0.3, 0.9),
+                          rng.randint(0, 40_000)) for tpot in (0.03, 0.05, 0.1)]
+        cfg = choose_config(m, tiers, max_spec_len=rng.randint(0, 6), max_batch_tokens=4096)
+        if cfg is None or not any(t.count for t in tiers):
+            continue
+        assert cfg.base == decode_shape(tiers, cfg.spec, cfg.every)
+        assert cfg.decode_tokens == cfg.base.decode_tokens + cfg.base.verify_tokens

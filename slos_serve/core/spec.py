@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from slos_serve.core.perf_model import BatchShape, PerfModel
 from slos_serve.core.ttft_window import TtftOutlook
@@ -43,7 +43,7 @@ def expected_tokens(n: int, alpha: float) -> float:
     return (1.0 - alpha ** (n + 1)) / (1.0 - alpha)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TierLoad:
     tpot: float
     count: int
@@ -51,7 +51,7 @@ class TierLoad:
     context_tokens: int = 0  # sum over the tier's requests
 
 
-@dataclass
+@dataclass(slots=True)
 class DecodeConfig:
     period: float  # u, seconds per batch
     spec: tuple[int, ...]  # per tier, aligned with the TierLoad list
@@ -114,77 +114,148 @@ def choose_config(
     if not configs:
         return None
 
-    def fits(c: DecodeConfig | None) -> bool:
-        return c is not None and (outlook is None
-                                  or ttft_miss(model, c, outlook, prefill_share)
-                                  <= TTFT_MISS_BUDGET)
+    if outlook is None or not outlook.slacks:
+        return max(configs, key=rank)
+    return _best_within(model, tiers, spans, max_batch_tokens, configs,
+                        TtftBound(model, outlook, prefill_share))
 
-    within = [c for c in configs if fits(c)]
-    if len(within) < len(configs):  # the longest period within the bound, by bisection
-        lo = max((c.period for c in within), default=0.0)
-        hi = min(c.period for c in configs if c.period > lo)
+
+def rank(c: DecodeConfig) -> tuple[float, float]:
+    """The better configuration ranks higher: prefill rate, then the shorter period."""
+    return (c.prefill_rate, -c.period)
+
+
+def _best_within(
+    model: PerfModel, tiers: list[TierLoad], spans: list[list[float]], max_tokens: int,
+    configs: list[DecodeConfig], bound: TtftBound,
+) -> DecodeConfig:
+    """The best of `configs` (ascending periods) and of the periods bisected between the
+    longest one within the bound and the next, within the bound (none: the shortest). Only
+    the configurations that can decide are checked against the bound: from the longest down
+    to the first within it, then (after bisection) those ranking above the best found."""
+    def fits(c: DecodeConfig | None) -> bool:
+        return c is not None and bound.miss(c) <= TTFT_MISS_BUDGET
+
+    top = next((i for i in range(len(configs) - 1, -1, -1) if fits(configs[i])), -1)
+    found = [] if top < 0 else [configs[top]]
+    if top < len(configs) - 1:  # the longest period within the bound, by bisection
+        lo = 0.0 if top < 0 else configs[top].period
+        hi = configs[top + 1].period
         for _ in range(BISECT_STEPS):
             mid = (lo + hi) / 2
-            cfg = _config_at(model, tiers, spans, mid, max_batch_tokens)
+            cfg = _config_at(model, tiers, spans, mid, max_tokens)
             if fits(cfg):
                 lo = mid
-                within.append(cfg)  # type: ignore[arg-type]
+                found.append(cfg)  # type: ignore[arg-type]
             else:
                 hi = mid
-    if not within:
+    if not found:
         return configs[0]
-    return max(within, key=lambda c: (c.prefill_rate, -c.period))
+    best = max(found, key=rank)
+    for c in sorted(configs[:top], key=rank, reverse=True):
+        if rank(c) <= rank(best):
+            break
+        if fits(c):
+            return c
+    return best
+
+
+ALONE = BatchShape(prefill_tokens=1, num_requests=1)
 
 
 def prompt_overhead(model: PerfModel, base: BatchShape) -> float:
     """What a batch's decode part `base` adds to the time of a prompt's batch."""
-    alone = model.predict(BatchShape(prefill_tokens=1, num_requests=1))
-    joined = model.predict(replace(base, prefill_tokens=1, num_requests=base.num_requests + 1))
-    return max(joined - alone, 0.0)
+    return TtftBound(model, TtftOutlook((), 0.0)).overhead(base)
 
 
 def ttft_miss(model: PerfModel, cfg: DecodeConfig, outlook: TtftOutlook,
               prefill_share: float = 1.0) -> float:
-    """Expected fraction of arriving prompts that `cfg`'s batches make miss their TTFT. A
-    prompt finds a full batch running with probability rho (the share of the batches' prefill
-    room that the arriving prompt tokens fill), at a uniform moment of it; it waits for the
-    rest, then its own batch takes its prefill time plus what the decode part adds to it. It
-    is late if that wait exceeds its slack (TTFT less prefill time) less that overhead."""
-    if not outlook.slacks:
-        return 0.0
-    step = cfg.batch_time if cfg.batch_time > 0 else cfg.period
-    rate = cfg.prefill_rate
-    rho = 1.0 if rate <= 0 else min(1.0, outlook.prompt_tokens_per_s * prefill_share / rate)
-    over = prompt_overhead(model, cfg.base)
-    late = sum(min(1.0, max(0.0, 1.0 - (s - over) / step)) for s in outlook.slacks)
-    return rho * late / len(outlook.slacks)
+    """Expected fraction of arriving prompts that `cfg`'s batches make miss their TTFT."""
+    return TtftBound(model, outlook, prefill_share).miss(cfg)
+
+
+class TtftBound:
+    """ttft_miss for many configurations of one worker and outlook (one choose_config)."""
+
+    __slots__ = ("model", "slacks", "arriving", "alone", "_over")
+
+    def __init__(self, model: PerfModel, outlook: TtftOutlook, prefill_share: float = 1.0):
+        self.model = model
+        self.slacks = tuple(sorted(outlook.slacks))  # miss() stops at the first on time
+        self.arriving = outlook.prompt_tokens_per_s * prefill_share
+        self.alone = model.predict(ALONE)
+        self._over: dict[BatchShape, float] = {}
+
+    def overhead(self, base: BatchShape) -> float:
+        """What a batch's decode part `base` adds to the time of a prompt's batch."""
+        over = self._over.get(base)
+        if over is None:
+            joined = self.model.predict(BatchShape(
+                1, base.decode_tokens, base.verify_tokens, base.num_requests + 1,
+                base.context_tokens, base.spec_steps))
+            over = self._over[base] = max(joined - self.alone, 0.0)
+        return over
+
+    def miss(self, cfg: DecodeConfig) -> float:
+        """Expected fraction of arriving prompts that `cfg`'s batches make miss their TTFT. A
+        prompt finds a full batch running with probability rho (the share of the batches'
+        prefill room that the arriving prompt tokens fill), at a uniform moment of it; it waits
+        for the rest, then its own batch takes its prefill time plus what the decode part adds
+        to it. It is late if that wait exceeds its slack (TTFT less prefill time) less that
+        overhead."""
+        slacks = self.slacks
+        if not slacks:
+            return 0.0
+        step = cfg.batch_time if cfg.batch_time > 0 else cfg.period
+        rate = cfg.prefill_rate
+        rho = 1.0 if rate <= 0 else min(1.0, self.arriving / rate)
+        over = self.overhead(cfg.base)
+        late = 0.0
+        for s in slacks:  # ascending: the rest are on time (adding 0.0 changes no sum)
+            if s - over >= step:
+                break
+            late += min(1.0, max(0.0, 1.0 - (s - over) / step))
+        return rho * late / len(slacks)
 
 
 def _config_at(
     model: PerfModel, tiers: list[TierLoad], spans: list[list[float]], u: float, max_tokens: int
 ) -> DecodeConfig | None:
+    """The configuration of period u (None: a tier cannot keep pace, or no room is left).
+    Its decode part is decode_shape's, summed in the same loop (a hot path)."""
     spec, every, exp = [], [], []
+    dec = ver = reqs = ctx = steps = 0
     for t, sp in zip(tiers, spans, strict=True):
         s = bisect_left(sp, u - 1e-12)  # spans are non-decreasing in the length
+        count = t.count
         if s == len(sp):
-            if t.count > 0:
+            if count > 0:
                 return None
             s = 0
+        span = sp[s]
+        m = max(1, int(span / u + 1e-9))
         spec.append(s)
-        every.append(max(1, int(sp[s] / u + 1e-9)))
-        exp.append(sp[s] / t.tpot)
-    spec_t, every_t = tuple(spec), tuple(every)
-    base = decode_shape(tiers, spec_t, every_t)
-    dec = base.decode_tokens + base.verify_tokens
-    if dec > max_tokens:
+        every.append(m)
+        exp.append(span / t.tpot)
+        if count > 0:
+            n = -(-count // m)
+            reqs += n
+            ctx += -(-t.context_tokens * n // count)
+            if s > 0:
+                ver += n * (s + 1)
+                steps = max(steps, s)
+            else:
+                dec += n
+    if dec + ver > max_tokens:
         return None
+    base = BatchShape(0, dec, ver, reqs, ctx, steps)
     room = model.prefill_capacity(u, base)
     if room < 0:
         return None
-    room = min(room, max_tokens - dec)
-    full = replace(base, prefill_tokens=room, num_requests=base.num_requests + 1)
-    t = min(u, model.predict(full))
-    return DecodeConfig(u, spec_t, every_t, tuple(exp), dec, dec + room, room, base, t)
+    room = min(room, max_tokens - dec - ver)
+    t = min(u, model.predict(BatchShape(room, dec, ver, reqs + 1, ctx, steps)))
+    return DecodeConfig(u, tuple(spec), tuple(every), tuple(exp), dec + ver, dec + ver + room,
+                        room, base, t)
 
 
 def batches_within(seconds: float, period: float) -> int:

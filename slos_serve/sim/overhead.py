@@ -3,9 +3,13 @@
 Builds synthetic snapshots (seeded) of a cluster of `--workers` engines (disagg: half prefill,
 half decode; colocated: all mixed) carrying `live` admitted requests (a quarter waiting for
 prefill, the rest decoding, two TPOT tiers) plus `new` arrivals, and times plan(), one row per
-mode, cluster size, live and new count. The paper reports < 10 ms per schedule with a C++ DP
-core; the target here is CPU p99 <= 5 ms at 256 live requests with 16 new arrivals, at 4 and
-at 64 workers, both modes:
+mode, cluster size, live and new count. Like a live coordinator's, each snapshot carries the
+TTFT outlook of the last WINDOW_S seconds of arrivals (a TtftWindow fed arrivals drawn as the
+requests are, at the rate that keeps `live` requests in flight) and per-tier acceptance lower
+bounds from measured counts (policy.planning_alphas).
+
+The paper reports < 10 ms per schedule with a C++ DP core; the target here is CPU p99 <= 5 ms
+at 256 live requests with 16 new arrivals, at 4 and at 64 workers, both modes:
 
   slos-serve simulate overhead --live 256 --new 16 --workers 4 64
 """
@@ -19,17 +23,24 @@ import random
 import statistics
 import time
 
-from slos_serve.core.perf_model import load_profile
+from slos_serve.core.perf_model import PerfModel, load_profile
 from slos_serve.core.planner import PlanRequest, PlanWorker, Snapshot, plan
+from slos_serve.core.policy import planning_alphas
+from slos_serve.core.ttft_window import WINDOW_S, TtftOutlook, TtftWindow
 
 TIERS = ((0.05, 3.0), (0.1, 5.0))  # (TPOT s, TTFT multiple of zero-load prefill)
+PROMPTS = (32, 1024)  # prompt tokens, uniform
+OUTPUTS = (16, 512)  # output tokens, uniform
 
 
 def make_snapshot(
     live: int, new: int, mode: str = "disagg", workers: int = 4, seed: int = 0,
     profile: str = "opt-13b-a100", max_spec_len: int = 8, alpha: float = 0.7,
+    measured: bool = True,
 ) -> Snapshot:
-    """A plausible cluster state: admitted load spread over the workers, new arrivals."""
+    """A plausible cluster state: admitted load spread over the workers, new arrivals, and
+    (`measured`) the TTFT outlook and per-tier acceptance a live coordinator plans on; without
+    them, every tier plans on `alpha` and no TTFT bound applies."""
     rng = random.Random(seed)
     model = load_profile(profile)
     if mode == "colocated":
@@ -45,8 +56,8 @@ def make_snapshot(
     reqs: list[PlanRequest] = []
     for i in range(live + new):
         tpot, mult = TIERS[rng.randrange(len(TIERS))]
-        prompt = rng.randint(32, 1024)
-        out = rng.randint(16, 512)
+        prompt = rng.randint(*PROMPTS)
+        out = rng.randint(*OUTPUTS)
         is_new = i >= live
         prefilling = is_new or rng.random() < 0.25
         arrival = now - (0.0 if is_new else rng.uniform(0.0, 0.3))
@@ -63,8 +74,39 @@ def make_snapshot(
             prefill_worker=None if is_new else p, decode_worker=None if is_new else d,
             token_deadline=None if prefilling else now + rng.uniform(0.0, tpot),
         ))
-    return Snapshot(now, reqs, ws, default_alpha=alpha, max_spec_len=max_spec_len,
-                    route_start=seed)
+    if not measured:
+        return Snapshot(now, reqs, ws, default_alpha=alpha, max_spec_len=max_spec_len,
+                        route_start=seed)
+    spec_alpha, default = measured_alphas(rng, alpha)
+    return Snapshot(now, reqs, ws, spec_alpha=spec_alpha, default_alpha=default,
+                    max_spec_len=max_spec_len, route_start=seed,
+                    ttft_outlook=recent_outlook(rng, model, now, live))
+
+
+def recent_outlook(rng: random.Random, model: PerfModel, now: float, live: int) -> TtftOutlook:
+    """The outlook of a window of Poisson arrivals drawn as the snapshot's requests are, at
+    the rate that keeps `live` requests in flight (Little's law: live / mean lifetime)."""
+    mean_tpot = sum(t for t, _ in TIERS) / len(TIERS)
+    lifetime = sum(OUTPUTS) / 2 * mean_tpot
+    rate = max(live, 1) / lifetime
+    window = TtftWindow(model)
+    t = now - WINDOW_S
+    while (t := t + rng.expovariate(rate)) <= now:
+        _, mult = TIERS[rng.randrange(len(TIERS))]
+        prompt = rng.randint(*PROMPTS)
+        window.observe(t, mult * model.zero_load_prefill(prompt), prompt)
+    return window.outlook(now) or TtftOutlook((), 0.0)
+
+
+def measured_alphas(rng: random.Random, alpha: float) -> tuple[dict[float, float], float]:
+    """Per-tier acceptance bounds from counts measured at rate `alpha` (1k to 20k trials)."""
+    counts = []
+    for tpot, _ in TIERS:
+        trials = rng.randint(1_000, 20_000)
+        sd = (trials * alpha * (1 - alpha)) ** 0.5
+        counts.append((tpot, min(trials, max(0, round(trials * alpha + rng.gauss(0, sd)))),
+                       trials))
+    return planning_alphas(counts)
 
 
 def measure(
