@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from slos_serve.core.perf_model import BatchShape, PerfModel
 from slos_serve.core.ttft_window import TtftOutlook
@@ -100,41 +101,34 @@ def choose_config(
     docstring; `prefill_share`: this worker's share of the arriving prompts); None if no
     period sustains the load. A load no period within the bound sustains gets the shortest
     sustainable period (the bound is about what may arrive, not what is decoding)."""
-    live = [t for t in tiers if t.count > 0]
-    if not live:
+    if not any(t.count > 0 for t in tiers):
         cfg = prefill_only(model, max_batch_tokens)
         k = len(tiers)
         return DecodeConfig(cfg.period, (0,) * k, (1,) * k, (1.0,) * k, 0, cfg.step_tokens,
                             cfg.prefill_tokens)
-    lens = range(max_spec_len + 1)
-    # per tier: interval E(s) * T for every length s (non-decreasing in s)
-    spans = [[expected_tokens(s, t.alpha) * t.tpot for s in lens] for t in tiers]
-    periods = sorted({spans[i][j] for i, t in enumerate(tiers) if t.count > 0 for j in lens})
-    configs = [c for u in periods if (c := _config_at(model, tiers, spans, u, max_batch_tokens))]
+    grid = tier_grid(tiers, max_spec_len)
+    search = PeriodSearch(model, tiers, grid, max_batch_tokens)
+    configs = [c for u in grid.periods(tiers) if (c := search.at(u))]
     if not configs:
         return None
-
     if outlook is None or not outlook.slacks:
-        return max(configs, key=rank)
-    return _best_within(model, tiers, spans, max_batch_tokens, configs,
-                        TtftBound(model, outlook, prefill_share))
+        return search.build(max(configs, key=rank))
+    return search.build(_best_within(search, configs,
+                                     TtftBound(model, outlook, prefill_share)))
 
 
-def rank(c: DecodeConfig) -> tuple[float, float]:
+def rank(c: Candidate) -> tuple[float, float]:
     """The better configuration ranks higher: prefill rate, then the shorter period."""
-    return (c.prefill_rate, -c.period)
+    return (c.room / c.period, -c.period)
 
 
-def _best_within(
-    model: PerfModel, tiers: list[TierLoad], spans: list[list[float]], max_tokens: int,
-    configs: list[DecodeConfig], bound: TtftBound,
-) -> DecodeConfig:
+def _best_within(search: PeriodSearch, configs: list[Candidate], bound: TtftBound) -> Candidate:
     """The best of `configs` (ascending periods) and of the periods bisected between the
     longest one within the bound and the next, within the bound (none: the shortest). Only
     the configurations that can decide are checked against the bound: from the longest down
     to the first within it, then (after bisection) those ranking above the best found."""
-    def fits(c: DecodeConfig | None) -> bool:
-        return c is not None and bound.miss(c) <= TTFT_MISS_BUDGET
+    def fits(c: Candidate | None) -> bool:
+        return c is not None and bound.miss_of(c) <= TTFT_MISS_BUDGET
 
     top = next((i for i in range(len(configs) - 1, -1, -1) if fits(configs[i])), -1)
     found = [] if top < 0 else [configs[top]]
@@ -143,7 +137,7 @@ def _best_within(
         hi = configs[top + 1].period
         for _ in range(BISECT_STEPS):
             mid = (lo + hi) / 2
-            cfg = _config_at(model, tiers, spans, mid, max_tokens)
+            cfg = search.at(mid)
             if fits(cfg):
                 lo = mid
                 found.append(cfg)  # type: ignore[arg-type]
@@ -161,6 +155,18 @@ def _best_within(
 
 
 ALONE = BatchShape(prefill_tokens=1, num_requests=1)
+Coefs = tuple[float, float, float, float, float, float, float]  # a piece's weights, its bias
+
+
+def coefs_of(model: PerfModel) -> tuple[Coefs, ...]:
+    return tuple((*p.weights, p.bias) for p in model.pieces)  # type: ignore[misc]
+
+
+def time_of(pieces: tuple[Coefs, ...], x0: int, x1: int, x2: int, x3: int, x4: int,
+            x5: int) -> float:
+    """model.predict of the shape with features x0..x5, in the same arithmetic (exact)."""
+    return max((w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3 + w4 * x4 + w5 * x5) + b
+               for w0, w1, w2, w3, w4, w5, b in pieces)
 
 
 def prompt_overhead(model: PerfModel, base: BatchShape) -> float:
@@ -177,23 +183,26 @@ def ttft_miss(model: PerfModel, cfg: DecodeConfig, outlook: TtftOutlook,
 class TtftBound:
     """ttft_miss for many configurations of one worker and outlook (one choose_config)."""
 
-    __slots__ = ("model", "slacks", "arriving", "alone", "_over")
+    __slots__ = ("pieces", "slacks", "arriving", "alone", "_over")
 
     def __init__(self, model: PerfModel, outlook: TtftOutlook, prefill_share: float = 1.0):
-        self.model = model
+        self.pieces = coefs_of(model)
         self.slacks = tuple(sorted(outlook.slacks))  # miss() stops at the first on time
         self.arriving = outlook.prompt_tokens_per_s * prefill_share
         self.alone = model.predict(ALONE)
-        self._over: dict[BatchShape, float] = {}
+        self._over: dict[tuple[int, ...], float] = {}
 
     def overhead(self, base: BatchShape) -> float:
         """What a batch's decode part `base` adds to the time of a prompt's batch."""
-        over = self._over.get(base)
+        return self._overhead(base.decode_tokens, base.verify_tokens, base.num_requests,
+                              base.context_tokens, base.spec_steps)
+
+    def _overhead(self, dec: int, ver: int, reqs: int, ctx: int, steps: int) -> float:
+        key = (dec, ver, reqs, ctx, steps)
+        over = self._over.get(key)
         if over is None:
-            joined = self.model.predict(BatchShape(
-                1, base.decode_tokens, base.verify_tokens, base.num_requests + 1,
-                base.context_tokens, base.spec_steps))
-            over = self._over[base] = max(joined - self.alone, 0.0)
+            joined = time_of(self.pieces, 1, dec, ver, reqs + 1, ctx, steps)
+            over = self._over[key] = max(joined - self.alone, 0.0)
         return over
 
     def miss(self, cfg: DecodeConfig) -> float:
@@ -203,13 +212,20 @@ class TtftBound:
         for the rest, then its own batch takes its prefill time plus what the decode part adds
         to it. It is late if that wait exceeds its slack (TTFT less prefill time) less that
         overhead."""
+        step = cfg.batch_time if cfg.batch_time > 0 else cfg.period
+        return self._late(step, cfg.prefill_rate, self.overhead(cfg.base))
+
+    def miss_of(self, c: Candidate) -> float:
+        """miss() of the configuration a candidate stands for."""
+        step = c.batch_time if c.batch_time > 0 else c.period
+        return self._late(step, c.room / c.period,
+                          self._overhead(c.dec, c.ver, c.reqs, c.ctx, c.steps))
+
+    def _late(self, step: float, rate: float, over: float) -> float:
         slacks = self.slacks
         if not slacks:
             return 0.0
-        step = cfg.batch_time if cfg.batch_time > 0 else cfg.period
-        rate = cfg.prefill_rate
         rho = 1.0 if rate <= 0 else min(1.0, self.arriving / rate)
-        over = self.overhead(cfg.base)
         late = 0.0
         for s in slacks:  # ascending: the rest are on time (adding 0.0 changes no sum)
             if s - over >= step:
@@ -218,44 +234,144 @@ class TtftBound:
         return rho * late / len(slacks)
 
 
-def _config_at(
-    model: PerfModel, tiers: list[TierLoad], spans: list[list[float]], u: float, max_tokens: int
-) -> DecodeConfig | None:
-    """The configuration of period u (None: a tier cannot keep pace, or no room is left).
-    Its decode part is decode_shape's, summed in the same loop (a hot path)."""
-    spec, every, exp = [], [], []
-    dec = ver = reqs = ctx = steps = 0
-    for t, sp in zip(tiers, spans, strict=True):
-        s = bisect_left(sp, u - 1e-12)  # spans are non-decreasing in the length
-        count = t.count
-        if s == len(sp):
+class PeriodSteps(NamedTuple):
+    """What each tier takes at one batch period (the same for every load of the tiers)."""
+
+    fits: tuple[bool, ...]  # False: the tier cannot keep pace at this period
+    spec: tuple[int, ...]
+    every: tuple[int, ...]
+    expected: tuple[float, ...]
+
+
+class Candidate(NamedTuple):
+    """A configuration before it is built: what ranking and the TTFT bound read."""
+
+    period: float
+    at: PeriodSteps  # the tiers' lengths and cadences at this period
+    dec: int  # decode part of the worst batch: BatchShape's features
+    ver: int
+    reqs: int
+    ctx: int
+    steps: int
+    room: int  # prefill tokens per batch
+    batch_time: float
+
+
+class TierGrid:
+    """Per tier, the interval E(s) * T of every length s (non-decreasing in s), and the
+    steps of each period asked for: both depend on the tiers' TPOTs and acceptance only, so
+    they serve every load of a plan's tiers (and of consecutive plans')."""
+
+    __slots__ = ("tpots", "spans", "_steps", "_periods")
+
+    def __init__(self, tpots: tuple[float, ...], alphas: tuple[float, ...], max_spec_len: int):
+        lens = range(max_spec_len + 1)
+        self.tpots = tpots
+        self.spans = [[expected_tokens(s, a) * t for s in lens]
+                      for t, a in zip(tpots, alphas, strict=True)]
+        self._steps: dict[float, PeriodSteps] = {}
+        self._periods: dict[tuple[bool, ...], list[float]] = {}
+
+    def periods(self, tiers: list[TierLoad]) -> list[float]:
+        """Candidate periods, ascending: every span of a tier with requests."""
+        live = tuple(t.count > 0 for t in tiers)
+        out = self._periods.get(live)
+        if out is None:
+            out = self._periods[live] = sorted(
+                {x for sp, on in zip(self.spans, live, strict=True) if on for x in sp})
+        return out
+
+    def steps(self, u: float) -> PeriodSteps:
+        """Each tier's fewest drafts s with E(s) * T >= u and the batches m its interval
+        spans (a tier that cannot keep pace: length 0, marked)."""
+        got = self._steps.get(u)
+        if got is not None:
+            return got
+        if len(self._steps) > MAX_STEPS:
+            self._steps.clear()
+        fits, spec, every, exp = [], [], [], []
+        for sp, tpot in zip(self.spans, self.tpots, strict=True):
+            s = bisect_left(sp, u - 1e-12)
+            fits.append(s < len(sp))
+            if s == len(sp):
+                s = 0
+            span = sp[s]
+            spec.append(s)
+            every.append(max(1, int(span / u + 1e-9)))
+            exp.append(span / tpot)
+        got = self._steps[u] = PeriodSteps(tuple(fits), tuple(spec), tuple(every), tuple(exp))
+        return got
+
+
+MAX_STEPS = 4096  # periods a grid keeps the steps of (bisected ones are mostly new)
+_GRIDS: dict[tuple, TierGrid] = {}
+
+
+def tier_grid(tiers: list[TierLoad], max_spec_len: int) -> TierGrid:
+    """The grid of the tiers' TPOTs and acceptance (kept across calls)."""
+    key = (tuple(t.tpot for t in tiers), tuple(t.alpha for t in tiers), max_spec_len)
+    grid = _GRIDS.get(key)
+    if grid is None:
+        if len(_GRIDS) > 256:
+            _GRIDS.clear()
+        grid = _GRIDS[key] = TierGrid(key[0], key[1], max_spec_len)
+    return grid
+
+
+class PeriodSearch:
+    """The configurations of one load at the periods choose_config tries: the perf model
+    evaluated from the features directly (its pieces are linear), and only the chosen one
+    built into a DecodeConfig."""
+
+    __slots__ = ("tiers", "grid", "pieces", "max_tokens")
+
+    def __init__(self, model: PerfModel, tiers: list[TierLoad], grid: TierGrid,
+                 max_tokens: int) -> None:
+        self.tiers = tiers
+        self.grid = grid
+        self.pieces = coefs_of(model)
+        self.max_tokens = max_tokens
+
+    def at(self, u: float) -> Candidate | None:
+        """The configuration of period u (None: a tier cannot keep pace, or no room is left).
+        Its decode part is decode_shape's; its room is model.prefill_capacity's, capped."""
+        steps = self.grid.steps(u)
+        dec = ver = reqs = ctx = most = 0
+        for t, fits, s, m in zip(self.tiers, steps.fits, steps.spec, steps.every, strict=True):
+            count = t.count
             if count > 0:
+                if not fits:
+                    return None
+                n = -(-count // m)
+                reqs += n
+                ctx += -(-t.context_tokens * n // count)
+                if s > 0:
+                    ver += n * (s + 1)
+                    most = max(most, s)
+                else:
+                    dec += n
+        if dec + ver > self.max_tokens:
+            return None
+        best = math.inf
+        for w0, w1, w2, w3, w4, w5, b in self.pieces:
+            rest = (w0 * 0 + w1 * dec + w2 * ver + w3 * reqs + w4 * ctx + w5 * most) + b
+            if rest > u + 1e-12:
                 return None
-            s = 0
-        span = sp[s]
-        m = max(1, int(span / u + 1e-9))
-        spec.append(s)
-        every.append(m)
-        exp.append(span / t.tpot)
-        if count > 0:
-            n = -(-count // m)
-            reqs += n
-            ctx += -(-t.context_tokens * n // count)
-            if s > 0:
-                ver += n * (s + 1)
-                steps = max(steps, s)
-            else:
-                dec += n
-    if dec + ver > max_tokens:
-        return None
-    base = BatchShape(0, dec, ver, reqs, ctx, steps)
-    room = model.prefill_capacity(u, base)
-    if room < 0:
-        return None
-    room = min(room, max_tokens - dec - ver)
-    t = min(u, model.predict(BatchShape(room, dec, ver, reqs + 1, ctx, steps)))
-    return DecodeConfig(u, tuple(spec), tuple(every), tuple(exp), dec + ver, dec + ver + room,
-                        room, base, t)
+            if w0 > 0:
+                best = min(best, (u - rest) / w0)
+        room = int(best) if best != math.inf else 1 << 30
+        if room < 0:
+            return None
+        room = min(room, self.max_tokens - dec - ver)
+        t = min(u, time_of(self.pieces, room, dec, ver, reqs + 1, ctx, most))
+        return Candidate(u, steps, dec, ver, reqs, ctx, most, room, t)
+
+    @staticmethod
+    def build(c: Candidate) -> DecodeConfig:
+        used = c.dec + c.ver
+        base = BatchShape(0, c.dec, c.ver, c.reqs, c.ctx, c.steps)
+        return DecodeConfig(c.period, c.at.spec, c.at.every, c.at.expected, used,
+                            used + c.room, c.room, base, c.batch_time)
 
 
 def batches_within(seconds: float, period: float) -> int:
