@@ -128,7 +128,7 @@ def _best_within(search: PeriodSearch, configs: list[Candidate], bound: TtftBoun
     the configurations that can decide are checked against the bound: from the longest down
     to the first within it, then (after bisection) those ranking above the best found."""
     def fits(c: Candidate | None) -> bool:
-        return c is not None and bound.miss_of(c) <= TTFT_MISS_BUDGET
+        return c is not None and bound.miss_of(c, search.batch_time(c)) <= TTFT_MISS_BUDGET
 
     top = next((i for i in range(len(configs) - 1, -1, -1) if fits(configs[i])), -1)
     found = [] if top < 0 else [configs[top]]
@@ -165,8 +165,12 @@ def coefs_of(model: PerfModel) -> tuple[Coefs, ...]:
 def time_of(pieces: tuple[Coefs, ...], x0: int, x1: int, x2: int, x3: int, x4: int,
             x5: int) -> float:
     """model.predict of the shape with features x0..x5, in the same arithmetic (exact)."""
-    return max((w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3 + w4 * x4 + w5 * x5) + b
-               for w0, w1, w2, w3, w4, w5, b in pieces)
+    best = -math.inf
+    for w0, w1, w2, w3, w4, w5, b in pieces:
+        t = (w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3 + w4 * x4 + w5 * x5) + b
+        if t > best:
+            best = t
+    return best
 
 
 def prompt_overhead(model: PerfModel, base: BatchShape) -> float:
@@ -215,9 +219,9 @@ class TtftBound:
         step = cfg.batch_time if cfg.batch_time > 0 else cfg.period
         return self._late(step, cfg.prefill_rate, self.overhead(cfg.base))
 
-    def miss_of(self, c: Candidate) -> float:
+    def miss_of(self, c: Candidate, batch_time: float) -> float:
         """miss() of the configuration a candidate stands for."""
-        step = c.batch_time if c.batch_time > 0 else c.period
+        step = batch_time if batch_time > 0 else c.period
         return self._late(step, c.room / c.period,
                           self._overhead(c.dec, c.ver, c.reqs, c.ctx, c.steps))
 
@@ -254,7 +258,6 @@ class Candidate(NamedTuple):
     ctx: int
     steps: int
     room: int  # prefill tokens per batch
-    batch_time: float
 
 
 class TierGrid:
@@ -347,7 +350,8 @@ class PeriodSearch:
                 ctx += -(-t.context_tokens * n // count)
                 if s > 0:
                     ver += n * (s + 1)
-                    most = max(most, s)
+                    if s > most:
+                        most = s
                 else:
                     dec += n
         if dec + ver > self.max_tokens:
@@ -358,20 +362,25 @@ class PeriodSearch:
             if rest > u + 1e-12:
                 return None
             if w0 > 0:
-                best = min(best, (u - rest) / w0)
+                r = (u - rest) / w0
+                if r < best:
+                    best = r
         room = int(best) if best != math.inf else 1 << 30
         if room < 0:
             return None
         room = min(room, self.max_tokens - dec - ver)
-        t = min(u, time_of(self.pieces, room, dec, ver, reqs + 1, ctx, most))
-        return Candidate(u, steps, dec, ver, reqs, ctx, most, room, t)
+        return Candidate(u, steps, dec, ver, reqs, ctx, most, room)
 
-    @staticmethod
-    def build(c: Candidate) -> DecodeConfig:
+    def batch_time(self, c: Candidate) -> float:
+        """Predicted time of c's worst batch with its prefill (at most the period)."""
+        return min(c.period, time_of(self.pieces, c.room, c.dec, c.ver, c.reqs + 1, c.ctx,
+                                     c.steps))
+
+    def build(self, c: Candidate) -> DecodeConfig:
         used = c.dec + c.ver
         base = BatchShape(0, c.dec, c.ver, c.reqs, c.ctx, c.steps)
         return DecodeConfig(c.period, c.at.spec, c.at.every, c.at.expected, used,
-                            used + c.room, c.room, base, c.batch_time)
+                            used + c.room, c.room, base, self.batch_time(c))
 
 
 def batches_within(seconds: float, period: float) -> int:
