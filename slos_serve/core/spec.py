@@ -232,9 +232,11 @@ class TtftBound:
         rho = 1.0 if rate <= 0 else min(1.0, self.arriving / rate)
         late = 0.0
         for s in slacks:  # ascending: the rest are on time (adding 0.0 changes no sum)
-            if s - over >= step:
+            d = s - over
+            if d >= step:
                 break
-            late += min(1.0, max(0.0, 1.0 - (s - over) / step))
+            # min(1, max(0, 1 - d / step)) for 0 < step, d < step
+            late += 1.0 if d <= 0 else 1.0 - d / step
         return rho * late / len(slacks)
 
 
