@@ -243,7 +243,7 @@ class TtftBound:
 class PeriodSteps(NamedTuple):
     """What each tier takes at one batch period (the same for every load of the tiers)."""
 
-    fits: tuple[bool, ...]  # False: the tier cannot keep pace at this period
+    rows: tuple[tuple[bool, int, int], ...]  # per tier: keeps pace here, spec, every
     spec: tuple[int, ...]
     every: tuple[int, ...]
     expected: tuple[float, ...]
@@ -304,7 +304,8 @@ class TierGrid:
             spec.append(s)
             every.append(max(1, int(span / u + 1e-9)))
             exp.append(span / tpot)
-        got = self._steps[u] = PeriodSteps(tuple(fits), tuple(spec), tuple(every), tuple(exp))
+        rows = tuple(zip(fits, spec, every, strict=True))
+        got = self._steps[u] = PeriodSteps(rows, tuple(spec), tuple(every), tuple(exp))
         return got
 
 
@@ -328,11 +329,11 @@ class PeriodSearch:
     evaluated from the features directly (its pieces are linear), and only the chosen one
     built into a DecodeConfig."""
 
-    __slots__ = ("tiers", "grid", "pieces", "max_tokens")
+    __slots__ = ("live", "grid", "pieces", "max_tokens")
 
     def __init__(self, model: PerfModel, tiers: list[TierLoad], grid: TierGrid,
                  max_tokens: int) -> None:
-        self.tiers = tiers
+        self.live = [(i, t.count, t.context_tokens) for i, t in enumerate(tiers) if t.count > 0]
         self.grid = grid
         self.pieces = coefs_of(model)
         self.max_tokens = max_tokens
@@ -341,21 +342,21 @@ class PeriodSearch:
         """The configuration of period u (None: a tier cannot keep pace, or no room is left).
         Its decode part is decode_shape's; its room is model.prefill_capacity's, capped."""
         steps = self.grid.steps(u)
+        rows = steps.rows
         dec = ver = reqs = ctx = most = 0
-        for t, fits, s, m in zip(self.tiers, steps.fits, steps.spec, steps.every, strict=True):
-            count = t.count
-            if count > 0:
-                if not fits:
-                    return None
-                n = -(-count // m)
-                reqs += n
-                ctx += -(-t.context_tokens * n // count)
-                if s > 0:
-                    ver += n * (s + 1)
-                    if s > most:
-                        most = s
-                else:
-                    dec += n
+        for i, count, context in self.live:
+            fits, s, m = rows[i]
+            if not fits:
+                return None
+            n = -(-count // m)
+            reqs += n
+            ctx += -(-context * n // count)
+            if s > 0:
+                ver += n * (s + 1)
+                if s > most:
+                    most = s
+            else:
+                dec += n
         if dec + ver > self.max_tokens:
             return None
         best = math.inf
