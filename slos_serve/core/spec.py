@@ -391,16 +391,41 @@ def batches_within(seconds: float, period: float) -> int:
 
 
 def prefill_within(model: PerfModel, cfg: DecodeConfig, seconds: float) -> int:
-    """Prefill tokens the worker can finish within `seconds` under `cfg`: k whole batches
-    (p tokens each, back to back: a batch whose tokens are capped ends before the period) and
-    then one partial batch -- the worst-case decode part plus the most prefill tokens the
-    model says end in the time left. A deadline shorter than one batch thus still gets the
-    tokens of a smaller, faster batch."""
-    p = cfg.prefill_tokens
-    if seconds <= 0 or p <= 0:
-        return 0
-    step = cfg.batch_time if cfg.batch_time > 0 else cfg.period
-    k = batches_within(seconds, step)
-    rest = seconds - k * step
-    part = model.prefill_capacity(rest, cfg.base) if rest > 1e-9 else 0
-    return k * p + min(max(part, 0), p)
+    """Prefill tokens the worker can finish within `seconds` under `cfg` (PrefillCurve)."""
+    return PrefillCurve(model, cfg).within(seconds)
+
+
+class PrefillCurve:
+    """prefill_within of one configuration at many deadlines (the admission DP asks for
+    many): the decode part's time under each piece of the model computed once."""
+
+    __slots__ = ("tokens", "step", "parts")
+
+    def __init__(self, model: PerfModel, cfg: DecodeConfig) -> None:
+        self.tokens = cfg.prefill_tokens
+        self.step = cfg.batch_time if cfg.batch_time > 0 else cfg.period
+        x = cfg.base.features()
+        self.parts = tuple((p.at(x), p.weights[0]) for p in model.pieces)
+
+    def within(self, seconds: float) -> int:
+        """k whole batches (p tokens each, back to back: a batch whose tokens are capped ends
+        before the period) and then one partial batch -- the worst-case decode part plus the
+        most prefill tokens the model says end in the time left (model.prefill_capacity). A
+        deadline shorter than one batch thus still gets the tokens of a smaller, faster
+        batch."""
+        p = self.tokens
+        if seconds <= 0 or p <= 0:
+            return 0
+        step = self.step
+        k = batches_within(seconds, step)
+        rest = seconds - k * step
+        part = 0
+        if rest > 1e-9:
+            best = math.inf
+            for base, wp in self.parts:
+                if base > rest + 1e-12:
+                    return k * p  # the decode part alone does not fit: no partial batch
+                if wp > 0:
+                    best = min(best, (rest - base) / wp)
+            part = int(best) if best != math.inf else 1 << 30
+        return k * p + min(max(part, 0), p)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from slos_serve.core.planner.context import INF, PlanContext, with_one_more
 from slos_serve.core.planner.load import QueuedPrompt, WorkerLoad
-from slos_serve.core.spec import DecodeConfig, prefill_within
+from slos_serve.core.spec import PrefillCurve
 
 
 class Chain(NamedTuple):
@@ -39,7 +39,7 @@ class PrefillBudget:
         self.mixed = load.role == "mixed" and local  # admissions add decoders here
         self.t0 = max(ctx.now, load.worker.busy_until)
         self.base = tuple(load.counts)
-        self._configs: dict[tuple, DecodeConfig | None] = {}
+        self._curves: dict[tuple, PrefillCurve | None] = {}
         self._values: dict[tuple[tuple, float], int] = {}
 
     def feasible(self) -> bool:
@@ -54,18 +54,17 @@ class PrefillBudget:
         return v
 
     def _budget(self, deadline: float, k: tuple) -> int:
-        if k in self._configs:
-            cfg = self._configs[k]
+        if k in self._curves:
+            curve = self._curves[k]
         else:
             counts = (tuple(b + x for b, x in zip(self.base, k, strict=True)) if self.mixed
                       else self.base)
             cfg = self.ctx.config(self.worker, counts)
-            if cfg is not None and cfg.prefill_tokens <= 0:
-                cfg = None
-            self._configs[k] = cfg
-        if cfg is None:
+            ok = cfg is not None and cfg.prefill_tokens > 0
+            curve = self._curves[k] = PrefillCurve(self.worker.model, cfg) if ok else None
+        if curve is None:
             return -1
-        return prefill_within(self.worker.model, cfg, deadline - self.t0)
+        return curve.within(deadline - self.t0)
 
 
 BudgetCache = dict[tuple[str, tuple[int, ...], bool], PrefillBudget]  # worker, base, local
