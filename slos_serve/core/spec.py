@@ -106,15 +106,13 @@ def choose_config(
         k = len(tiers)
         return DecodeConfig(cfg.period, (0,) * k, (1,) * k, (1.0,) * k, 0, cfg.step_tokens,
                             cfg.prefill_tokens)
-    grid = tier_grid(tiers, max_spec_len)
-    search = PeriodSearch(model, tiers, grid, max_batch_tokens)
-    configs = [c for u in grid.periods(tiers) if (c := search.at(u))]
-    if not configs:
-        return None
+    search = PeriodSearch(model, tiers, tier_grid(tiers, max_spec_len), max_batch_tokens)
+    periods = search.grid.periods(tiers)
     if outlook is None or not outlook.slacks:
-        return search.build(max(configs, key=rank))
-    return search.build(_best_within(search, configs,
-                                     TtftBound(model, outlook, prefill_share)))
+        best = _best_of(search, periods)
+    else:
+        best = _best_within(search, periods, TtftBound(model, outlook, prefill_share))
+    return None if best is None else search.build(best)
 
 
 def rank(c: Candidate) -> tuple[float, float]:
@@ -122,19 +120,45 @@ def rank(c: Candidate) -> tuple[float, float]:
     return (c.room / c.period, -c.period)
 
 
-def _best_within(search: PeriodSearch, configs: list[Candidate], bound: TtftBound) -> Candidate:
-    """The best of `configs` (ascending periods) and of the periods bisected between the
-    longest one within the bound and the next, within the bound (none: the shortest). Only
-    the configurations that can decide are checked against the bound: from the longest down
-    to the first within it, then (after bisection) those ranking above the best found."""
+def _best_of(search: PeriodSearch, periods: list[float]) -> Candidate | None:
+    """The best configuration at `periods` (None: none sustains the load), skipping the
+    periods whose rate cannot beat the best so far (ranks are distinct: the maximum is one)."""
+    best, rate = None, -math.inf
+    for u in reversed(periods):
+        if search.rate_bound(u) < rate:
+            continue
+        c = search.at(u)
+        if c is not None and (best is None or rank(c) > rank(best)):
+            best, rate = c, c.room / c.period
+    return best
+
+
+def _best_within(search: PeriodSearch, periods: list[float],
+                 bound: TtftBound) -> Candidate | None:
+    """The best of the configurations at `periods` (ascending) and of the periods bisected
+    between the longest one within the bound and the next, within the bound (none: the
+    shortest). Only the configurations that can decide are built and checked against the
+    bound: from the longest down to the first within it, then (after bisection) those
+    ranking above the best found (rate_bound: those that cannot are skipped unbuilt)."""
     def fits(c: Candidate | None) -> bool:
         return c is not None and bound.miss_of(c, search.batch_time(c)) <= TTFT_MISS_BUDGET
 
-    top = next((i for i in range(len(configs) - 1, -1, -1) if fits(configs[i])), -1)
-    found = [] if top < 0 else [configs[top]]
-    if top < len(configs) - 1:  # the longest period within the bound, by bisection
-        lo = 0.0 if top < 0 else configs[top].period
-        hi = configs[top + 1].period
+    top = above = None  # the longest configuration within the bound, the next one above
+    i = len(periods)
+    while i > 0:
+        i -= 1
+        c = search.at(periods[i])
+        if c is not None:
+            if fits(c):
+                top = c
+                break
+            above = c
+    if top is None and above is None:
+        return None
+    found = [] if top is None else [top]
+    if above is not None:  # the longest period within the bound, by bisection
+        lo = 0.0 if top is None else top.period
+        hi = above.period
         for _ in range(BISECT_STEPS):
             mid = (lo + hi) / 2
             cfg = search.at(mid)
@@ -144,9 +168,13 @@ def _best_within(search: PeriodSearch, configs: list[Candidate], bound: TtftBoun
             else:
                 hi = mid
     if not found:
-        return configs[0]
+        return above  # the shortest sustainable period
     best = max(found, key=rank)
-    for c in sorted(configs[:top], key=rank, reverse=True):
+    if top is None:  # no period below fits either
+        return best
+    rate = best.room / best.period
+    lower = [c for u in periods[:i] if search.rate_bound(u) >= rate and (c := search.at(u))]
+    for c in sorted(lower, key=rank, reverse=True):
         if rank(c) <= rank(best):
             break
         if fits(c):
@@ -329,7 +357,7 @@ class PeriodSearch:
     evaluated from the features directly (its pieces are linear), and only the chosen one
     built into a DecodeConfig."""
 
-    __slots__ = ("live", "grid", "pieces", "max_tokens")
+    __slots__ = ("live", "grid", "pieces", "max_tokens", "slopes")
 
     def __init__(self, model: PerfModel, tiers: list[TierLoad], grid: TierGrid,
                  max_tokens: int) -> None:
@@ -337,6 +365,16 @@ class PeriodSearch:
         self.grid = grid
         self.pieces = coefs_of(model)
         self.max_tokens = max_tokens
+        # a piece (bias b, prefill weight w0 > 0) bounds the room of period u by (u - b) / w0
+        # when no feature lowers a batch's time (weights >= 0)
+        costs_only = all(w >= 0 for p in self.pieces for w in p[1:6])
+        self.slopes = [(p[6], p[0]) for p in self.pieces if p[0] > 0] if costs_only else []
+
+    def rate_bound(self, u: float) -> float:
+        """An upper bound on the prefill rate of any load's configuration at period u (in
+        floating point too: the decode part only adds to each piece's time, and every step
+        rounds monotonically)."""
+        return min((((u - b) / w0) / u for b, w0 in self.slopes), default=math.inf)
 
     def at(self, u: float) -> Candidate | None:
         """The configuration of period u (None: a tier cannot keep pace, or no room is left).
