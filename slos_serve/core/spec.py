@@ -186,8 +186,18 @@ ALONE = BatchShape(prefill_tokens=1, num_requests=1)
 Coefs = tuple[float, float, float, float, float, float, float]  # a piece's weights, its bias
 
 
+_COEFS: dict[int, tuple[PerfModel, tuple[Coefs, ...]]] = {}
+
+
 def coefs_of(model: PerfModel) -> tuple[Coefs, ...]:
-    return tuple((*p.weights, p.bias) for p in model.pieces)  # type: ignore[misc]
+    """The model's pieces as plain tuples (kept per model: a model's pieces do not change
+    once fitted; the model is held so that its id is not reused)."""
+    got = _COEFS.get(id(model))
+    if got is None or got[0] is not model:
+        if len(_COEFS) > 64:
+            _COEFS.clear()
+        got = _COEFS[id(model)] = (model, tuple((*p.weights, p.bias) for p in model.pieces))
+    return got[1]
 
 
 def time_of(pieces: tuple[Coefs, ...], x0: int, x1: int, x2: int, x3: int, x4: int,
