@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from slos_serve.core.planner.records import PlanRequest, PlanWorker, Snapshot
@@ -10,6 +11,10 @@ from slos_serve.core.spec import DecodeConfig, TierLoad, choose_config, prefill_
 INF = float("inf")
 _CONFIGS: dict[tuple, DecodeConfig | None] = {}  # decode configurations, across plans
 _MAX_CONFIGS = 100_000
+# what a configuration depends on besides the counts, as a number never reused (hashing the
+# whole key, TTFT outlook included, on every lookup cost more than the lookup)
+_MODEL_IDS: dict[tuple, int] = {}
+_NEXT_ID = itertools.count()
 
 
 class PlanContext:
@@ -33,18 +38,23 @@ class PlanContext:
         self.avg_ctx = [c // n if n else 0 for c, n in zip(ctx, num, strict=True)]
         # prompts arriving are shared among the workers that prefill
         self.prefill_share = 1.0 / max(1, sum(w.role != "decode" for w in snap.workers))
-        self._model_keys: dict[int, tuple] = {}
+        self._model_keys: dict[int, int] = {}
 
-    def _model_key(self, w: PlanWorker) -> tuple:
+    def _model_key(self, w: PlanWorker) -> int:
         """What a configuration depends on besides the counts (context only if it costs)."""
         key = self._model_keys.get(id(w))
         if key is None:
             pieces = tuple((p.weights, p.bias) for p in w.model.pieces)
             uses_ctx = any(p.weights[4] for p in w.model.pieces)
-            key = (pieces, w.role == "prefill", w.max_batch_tokens, self.snap.max_spec_len,
-                   tuple(self.tpots), tuple(self.alphas),
-                   self.snap.ttft_outlook if w.role == "mixed" else None, self.prefill_share,
-                   tuple(self.avg_ctx) if uses_ctx else ())
+            full = (pieces, w.role == "prefill", w.max_batch_tokens, self.snap.max_spec_len,
+                    tuple(self.tpots), tuple(self.alphas),
+                    self.snap.ttft_outlook if w.role == "mixed" else None, self.prefill_share,
+                    tuple(self.avg_ctx) if uses_ctx else ())
+            key = _MODEL_IDS.get(full)
+            if key is None:
+                if len(_MODEL_IDS) > _MAX_CONFIGS:
+                    _MODEL_IDS.clear()
+                key = _MODEL_IDS[full] = next(_NEXT_ID)
             self._model_keys[id(w)] = key
         return key
 
