@@ -160,8 +160,10 @@ def _keep_committed(
 def _try_candidate(
     states: dict[tuple, list[DpState]], it: QueuedPrompt, budget: PrefillBudget, cap: int
 ) -> dict[tuple, list[DpState]]:
-    """Each state either skips the candidate or admits it, if it fits by its deadline."""
-    nxt = {k: list(v) for k, v in states.items()}
+    """Each state either skips the candidate or admits it, if it fits by its deadline. The
+    lists of `states` are shared with the result until a state is added to them."""
+    nxt = dict(states)
+    copied: set[tuple] = set()
     for key, lst in states.items():
         nkey = with_one_more(key, it.tier) if budget.mixed else (key[0] + 1,)
         b = budget(it.deadline, nkey)
@@ -170,7 +172,10 @@ def _try_candidate(
         for c, m, ch in lst:
             c2, m2 = c + it.tokens, m + it.kv
             if c2 <= b and m2 <= cap:
-                _pareto_add(nxt.setdefault(nkey, []), DpState(c2, m2, Chain(it, ch)))
+                if nkey not in copied:
+                    copied.add(nkey)
+                    nxt[nkey] = list(nxt.get(nkey, ()))
+                _pareto_add(nxt[nkey], DpState(c2, m2, Chain(it, ch)))
     return nxt
 
 
