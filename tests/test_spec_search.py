@@ -121,3 +121,14 @@ def test_prefill_curve_is_prefill_capacity_batch_by_batch(model: PerfModel) -> N
         for _ in range(10):
             s = rng.uniform(-0.01, 1.5)
             assert curve.within(s) == prefill_within_reference(model, cfg, s)
+
+
+def test_a_trimmed_memo_keeps_its_newer_half() -> None:
+    from slos_serve.core.memo import trim
+
+    table = {k: k for k in range(10)}
+    trim(table, 10)
+    assert len(table) == 10
+    table[10] = 10
+    trim(table, 10)
+    assert list(table) == list(range(5, 11))

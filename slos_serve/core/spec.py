@@ -28,6 +28,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from slos_serve.core.memo import trim
 from slos_serve.core.perf_model import BatchShape, PerfModel
 from slos_serve.core.ttft_window import TtftOutlook
 
@@ -194,8 +195,7 @@ def coefs_of(model: PerfModel) -> tuple[Coefs, ...]:
     once fitted; the model is held so that its id is not reused)."""
     got = _COEFS.get(id(model))
     if got is None or got[0] is not model:
-        if len(_COEFS) > 64:
-            _COEFS.clear()
+        trim(_COEFS, MAX_GRIDS)
         got = _COEFS[id(model)] = (model, tuple((*p.weights, p.bias) for p in model.pieces))
     return got[1]
 
@@ -330,8 +330,7 @@ class TierGrid:
         got = self._steps.get(u)
         if got is not None:
             return got
-        if len(self._steps) > MAX_STEPS:
-            self._steps.clear()
+        trim(self._steps, MAX_STEPS)
         fits, spec, every, exp = [], [], [], []
         for sp, tpot in zip(self.spans, self.tpots, strict=True):
             s = bisect_left(sp, u - 1e-12)
@@ -347,7 +346,8 @@ class TierGrid:
         return got
 
 
-MAX_STEPS = 4096  # periods a grid keeps the steps of (bisected ones are mostly new)
+MAX_STEPS = 1024  # periods a grid keeps the steps of (bisected ones are mostly new)
+MAX_GRIDS = 16  # grids kept: acceptance bounds move between plans
 _GRIDS: dict[tuple, TierGrid] = {}
 
 
@@ -356,8 +356,7 @@ def tier_grid(tiers: list[TierLoad], max_spec_len: int) -> TierGrid:
     key = (tuple(t.tpot for t in tiers), tuple(t.alpha for t in tiers), max_spec_len)
     grid = _GRIDS.get(key)
     if grid is None:
-        if len(_GRIDS) > 256:
-            _GRIDS.clear()
+        trim(_GRIDS, MAX_GRIDS)
         grid = _GRIDS[key] = TierGrid(key[0], key[1], max_spec_len)
     return grid
 

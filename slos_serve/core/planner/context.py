@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import math
 
+from slos_serve.core.memo import trim
 from slos_serve.core.planner.records import PlanRequest, PlanWorker, Snapshot
 from slos_serve.core.spec import DecodeConfig, TierLoad, choose_config, prefill_only
 
 INF = float("inf")
 _CONFIGS: dict[tuple, DecodeConfig | None] = {}  # decode configurations, across plans
-_MAX_CONFIGS = 100_000
+_MAX_CONFIGS = 1024  # a few plans' worth: later plans mostly plan on another outlook
 # what a configuration depends on besides the counts, as a number never reused (hashing the
 # whole key, TTFT outlook included, on every lookup cost more than the lookup)
 _MODEL_IDS: dict[tuple, int] = {}
@@ -52,8 +53,7 @@ class PlanContext:
                     tuple(self.avg_ctx) if uses_ctx else ())
             key = _MODEL_IDS.get(full)
             if key is None:
-                if len(_MODEL_IDS) > _MAX_CONFIGS:
-                    _MODEL_IDS.clear()
+                trim(_MODEL_IDS, _MAX_CONFIGS)
                 key = _MODEL_IDS[full] = next(_NEXT_ID)
             self._model_keys[id(w)] = key
         return key
@@ -64,8 +64,7 @@ class PlanContext:
         key = (self._model_key(w), counts)
         if key in _CONFIGS:
             return _CONFIGS[key]
-        if len(_CONFIGS) > _MAX_CONFIGS:
-            _CONFIGS.clear()
+        trim(_CONFIGS, _MAX_CONFIGS)
         if w.role == "prefill":
             cfg = prefill_only(w.model, w.max_batch_tokens)
         else:
