@@ -24,7 +24,7 @@ keeps taking prompts and one decodes.
 
 from __future__ import annotations
 
-from slos_serve.core.planner.context import PlanContext, with_one_more
+from slos_serve.core.planner.context import INF, PlanContext, with_one_more
 from slos_serve.core.planner.dp import PrefillBudget
 from slos_serve.core.planner.load import WorkerLoad
 from slos_serve.core.planner.records import PlanWorker, WorkerRole
@@ -95,6 +95,13 @@ def prefill_rate(ctx: PlanContext, w: PlanWorker, counts: tuple[int, ...]) -> fl
     if cfg is None or cfg.prefill_tokens <= 0:
         return -1.0
     return cfg.prefill_tokens / (cfg.batch_time or cfg.period)  # back to back while it waits
+
+
+def prefill_wait(backlog: int, rate: float) -> float:
+    """Seconds until a worker prefilling at `rate` (prefill_rate) clears `backlog` prompt
+    tokens: the routing key of conditional disaggregation (a worker that cannot prefill
+    last)."""
+    return backlog / rate if rate > 0 else INF
 
 
 def _rate_after(ctx: PlanContext, loads: list[WorkerLoad], moves: list[list[int]],
