@@ -184,6 +184,9 @@ def next_roles(ctx: PlanContext, loads: dict[str, WorkerLoad]) -> dict[str, Work
     decoding = [load for load in loads.values() if takes_decodes(load.worker)]
     mixed = [ld for ld in decoding if decodes_locally(ld.worker) and out[ld.worker.id].target
              is None and out[ld.worker.id].role == "mixed"]
+    for ld in loads.values():  # a drain to prefill stops once it no longer pays
+        if out[ld.worker.id].target == "prefill" and not better_as_prefill(ctx, ld, decoding):
+            out[ld.worker.id] = WorkerRole("mixed")
     if len(decoding) > 1 and mixed:
         w = min(mixed, key=lambda ld: (sum(ld.counts), ld.worker.id))
         if better_as_prefill(ctx, w, [ld for ld in decoding if ld is not w]):
