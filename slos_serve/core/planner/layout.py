@@ -176,10 +176,13 @@ def better_as_mixed(ctx: PlanContext, load: WorkerLoad, others: list[WorkerLoad]
     return mine >= 0 and after >= 0 and mine + after > GAIN * (full + now)
 
 
-def next_roles(ctx: PlanContext, loads: dict[str, WorkerLoad]) -> dict[str, WorkerRole]:
+def next_roles(ctx: PlanContext, loads: dict[str, WorkerLoad],
+               pressed: bool = True) -> dict[str, WorkerRole]:
     """Each worker's role and drain target after this plan's admissions: drains advance,
     decode-bound workers decode, and at most one worker a plan turns to (or from) prefill
-    where the model predicts the cluster prefills faster so."""
+    where the model predicts the cluster prefills faster so, and only while prompts are
+    declined (`pressed`): below that the cluster's prefill rate binds nothing and a pure
+    prefill worker only lengthens the TTFT of what it hands off."""
     out = {wid: step_role(ctx, load) for wid, load in loads.items()}
     decoding = [load for load in loads.values() if takes_decodes(load.worker)]
     mixed = [ld for ld in decoding if decodes_locally(ld.worker) and out[ld.worker.id].target
@@ -187,7 +190,7 @@ def next_roles(ctx: PlanContext, loads: dict[str, WorkerLoad]) -> dict[str, Work
     for ld in loads.values():  # a drain to prefill stops once it no longer pays
         if out[ld.worker.id].target == "prefill" and not better_as_prefill(ctx, ld, decoding):
             out[ld.worker.id] = WorkerRole("mixed")
-    if len(decoding) > 1 and mixed:
+    if pressed and len(decoding) > 1 and mixed:
         w = min(mixed, key=lambda ld: (sum(ld.counts), ld.worker.id))
         if better_as_prefill(ctx, w, [ld for ld in decoding if ld is not w]):
             out[w.worker.id] = WorkerRole("mixed", "prefill")

@@ -291,7 +291,8 @@ class Planning:
     def relayout(self) -> None:
         """Adaptive layout: each worker's next role from the load this plan leaves."""
         if self.adaptive:
-            self.roles = layout.next_roles(self.ctx, self.loads)
+            pressed = any(r.id not in self.placed for r in self.new if r.phase == "prefill")
+            self.roles = layout.next_roles(self.ctx, self.loads, pressed)
 
     # ------------------------------------------------------------ result
 
