@@ -1,25 +1,27 @@
-"""Conditional disaggregation (Snapshot.adaptive_layout): where a request decodes, and which
-role each worker plays.
+"""Conditional disaggregation (Snapshot.adaptive_layout): where a request decodes, and which role
+each worker plays.
 
-Per request (steps.admit_prompts, admit_decodes): the workers that prefill fastest now (the
-prefill rate their decode configuration leaves) are tried first; on each, the prompt first
-tries to prefill and decode there (the DP with its decode tier counted on that worker), then
-to prefill there and hand its KV off (the DP with only that worker's own decoders), the
-decode side going to the least loaded other worker that sustains every TPOT with it added
-and, if that worker is mixed, still meets its own committed prompts' deadlines. Local before
-hand-off on one worker: it moves no KV and needs no second worker's decode capacity.
+Per request (steps.admit_prompts, admit_decodes): the workers that would prefill it soonest
+(`prefill_wait`: the prompt tokens queued there, counting those this plan routed before it,
+over the prefill rate its decode configuration leaves) are tried first; on each, the prompt
+first tries to prefill and decode there (the DP with its decode tier counted on that worker),
+then to prefill there and hand its KV off (the DP with only that worker's own decoders), the
+decode side going to the least loaded other worker that sustains every TPOT with it added and,
+if that worker is mixed, still meets its own committed prompts' deadlines. Local before hand-
+off on one worker: it moves no KV and needs no second worker's decode capacity.
 
 Per worker (`next_roles`, after admission): a mixed worker whose decode configuration leaves
 almost nothing of its batches to prefill turns to decode (back to mixed with some room); the
-mixed worker with the fewest decoders turns to prefill when the model predicts the cluster
-prefills GAIN times faster with its decoders moved to the others, and the others keep
-HEADROOM (they could sustain twice the decoders and KV they would hold); a prefill worker is
-mixed again when taking a share of the decoders back pays as much, or a decode worker can no
-longer sustain its load or has KV_FULL of its memory reserved (a prefill worker's memory holds
-no decodes: where KV binds, the fixed 1P+1D layout loses). A change to a pure role drains
-first: the worker takes no new work of the kind it gives up and switches once the last such
-request has left it; a change back to mixed adds a kind and is immediate. At least one worker
-keeps taking prompts and one decodes.
+mixed worker with the fewest decoders turns to prefill while the plan declines prompts and the
+model predicts the cluster prefills GAIN times faster with its decoders moved to the others,
+the others keeping HEADROOM (they could sustain twice the decoders and KV they would hold); a
+drain to prefill stops (mixed again) once that move no longer pays; a prefill worker is mixed
+again when taking a share of the decoders back pays as much, or a decode worker can no longer
+sustain its load or has KV_FULL of its memory reserved (a prefill worker's memory holds no
+decodes: where KV binds, the fixed 1P+1D layout loses). A change to a pure role drains first:
+the worker takes no new work of the kind it gives up and switches once the last such request
+has left it; a change back to mixed adds a kind and is immediate. At least one worker keeps
+taking prompts and one decodes.
 """
 
 from __future__ import annotations
