@@ -7,8 +7,8 @@ over the prefill rate its decode configuration leaves) are tried first; on each,
 first tries to prefill and decode there (the DP with its decode tier counted on that worker),
 then to prefill there and hand its KV off (the DP with only that worker's own decoders), the
 decode side going to the least loaded other worker that sustains every TPOT with it added and,
-if that worker is mixed, still meets its own committed prompts' deadlines. Local before hand-
-off on one worker: it moves no KV and needs no second worker's decode capacity.
+if that worker is mixed, still meets its own committed prompts' deadlines. Local before
+hand-off on one worker: it moves no KV and needs no second worker's decode capacity.
 
 Per worker (`next_roles`, after admission): a mixed worker whose decode configuration leaves
 almost nothing of its batches to prefill turns to decode (back to mixed with some room); the
