@@ -84,16 +84,51 @@ def test_a_hand_off_does_not_make_the_decode_workers_committed_prompts_late() ->
     assert where(plan(relaxed), "r") == ("admit", "m0", "m1")
 
 
+def tight(wid: str, **kw) -> PlanWorker:
+    """A mixed worker whose 256-token batches a 30 ms decoder paces (see
+    test_tight_decoders_spread_over_mixed_workers_move_off_one_of_them)."""
+    return mixed(wid, max_batch_tokens=256, **kw)
+
+
+def declined() -> PlanRequest:
+    """A new prompt no worker can prefill by its deadline: the plan declines a prompt."""
+    return new("late", prompt=1000, deadline=0.001)
+
+
 def test_a_worker_draining_to_prefill_takes_no_new_decodes_and_switches_when_drained() -> None:
-    ws = [mixed("m0", target_role="prefill"), mixed("m1", busy_until=0.3)]
-    p = plan(Snapshot(0.0, [decoding("d", "m0"), new("r", deadline=0.2)], ws,
-                      adaptive_layout=True))
-    assert where(p, "r") == ("admit", "m0", "m1")  # prefilled there, decoded elsewhere
+    ws = [tight("m0", target_role="prefill"), tight("m1")]
+    reqs = [decoding("a", "m0", tpot=0.03), decoding("b", "m1", tpot=0.03), new("r")]
+    p = plan(Snapshot(0.0, reqs, ws, adaptive_layout=True))
+    assert where(p, "r")[2] == "m1"  # decoded elsewhere
     assert p.roles["m0"] == WorkerRole("mixed", "prefill")  # its decoder is still there
     assert p.decode["m0"].tiers  # ... and is still decoded
-    p = plan(Snapshot(0.0, [new("s", deadline=0.2)], ws, adaptive_layout=True))
+    p = plan(Snapshot(0.0, [decoding("b", "m1", tpot=0.03), new("s")], ws,
+                      adaptive_layout=True))
     assert p.roles["m0"] == WorkerRole("prefill")
     assert where(p, "s") == ("admit", "m0", "m1")
+
+
+def test_a_drain_to_prefill_that_no_longer_pays_stops() -> None:
+    # loose decoders leave both workers nearly all of their batches: moving m0's decoder
+    # to m1 gains nothing, so m0 takes decodes again at once
+    ws = [tight("m0", target_role="prefill"), tight("m1")]
+    reqs = [decoding("a", "m0", tpot=1.0), decoding("b", "m1", tpot=1.0)]
+    p = plan(Snapshot(0.0, reqs, ws, adaptive_layout=True))
+    assert p.roles["m0"] == WorkerRole("mixed")
+
+
+def test_prompts_go_where_they_are_prefilled_soonest() -> None:
+    # equal workers, m0 first in routing order but 2000 admitted prompt tokens queued on it
+    reqs = [queued("q", "m0", deadline=60.0), new("r", deadline=5.0)]
+    reqs[0] = PlanRequest("q", "prefill", 0.0, 60.0, 0.1, 2000, expected_output=16,
+                          is_new=False, state="admitted", prefill_worker="m0",
+                          decode_worker="m0")
+    p = plan(Snapshot(0.0, reqs, [mixed("m0"), mixed("m1")], adaptive_layout=True))
+    assert where(p, "r")[1] == "m1"
+    # within one plan the prompts routed before count: two new prompts spread out
+    p = plan(Snapshot(0.0, [new("a", deadline=5.0), new("b", deadline=5.0)],
+                      [mixed("m0"), mixed("m1")], adaptive_layout=True))
+    assert {where(p, "a")[1], where(p, "b")[1]} == {"m0", "m1"}
 
 
 def test_a_worker_draining_to_decode_takes_no_new_prompts_and_switches_when_drained() -> None:
@@ -110,12 +145,20 @@ def test_tight_decoders_spread_over_mixed_workers_move_off_one_of_them() -> None
     # a 30 ms TPOT paces each worker's batches at 30 ms: ~630 prefill tokens/s each; with
     # both decoders on m1 and m0 prefilling alone in 256-token batches the cluster
     # prefills ~1560 tokens/s: m0 starts draining to prefill
-    ws = [mixed("m0", max_batch_tokens=256), mixed("m1", max_batch_tokens=256)]
-    reqs = [decoding("a", "m0", tpot=0.03), decoding("b", "m1", tpot=0.03)]
+    # (while the plan declines a prompt: the cluster's prefill rate binds)
+    ws = [tight("m0"), tight("m1")]
+    reqs = [decoding("a", "m0", tpot=0.03), decoding("b", "m1", tpot=0.03), declined()]
     p = plan(Snapshot(0.0, reqs, ws, adaptive_layout=True))
     assert p.roles == {"m0": WorkerRole("mixed", "prefill"), "m1": WorkerRole("mixed")}
-    loose = [decoding("a", "m0", tpot=1.0), decoding("b", "m1", tpot=1.0)]
+    loose = [decoding("a", "m0", tpot=1.0), decoding("b", "m1", tpot=1.0), declined()]
     p = plan(Snapshot(0.0, loose, ws, adaptive_layout=True))
+    assert p.roles == {"m0": WorkerRole("mixed"), "m1": WorkerRole("mixed")}
+
+
+def test_no_worker_turns_to_prefill_while_every_prompt_is_admitted() -> None:
+    reqs = [decoding("a", "m0", tpot=0.03), decoding("b", "m1", tpot=0.03), new("r")]
+    p = plan(Snapshot(0.0, reqs, [tight("m0"), tight("m1")], adaptive_layout=True))
+    assert where(p, "r")[0] == "admit"
     assert p.roles == {"m0": WorkerRole("mixed"), "m1": WorkerRole("mixed")}
 
 
@@ -131,9 +174,9 @@ def test_a_prefill_worker_decodes_again_when_the_decode_workers_kv_fills() -> No
 
 def test_no_worker_turns_to_prefill_without_decode_headroom() -> None:
     # the move of test_tight_decoders_spread... pays, but m1 could not hold twice the KV
-    ws = [mixed("m0", max_batch_tokens=256), mixed("m1", kv=100, max_batch_tokens=256)]
+    ws = [tight("m0"), tight("m1", kv=100)]
     reqs = [decoding("a", "m0", tpot=0.03, kv_blocks=30),
-            decoding("b", "m1", tpot=0.03, kv_blocks=30)]
+            decoding("b", "m1", tpot=0.03, kv_blocks=30), declined()]
     p = plan(Snapshot(0.0, reqs, ws, adaptive_layout=True))
     assert p.roles == {"m0": WorkerRole("mixed"), "m1": WorkerRole("mixed")}
 
@@ -164,8 +207,8 @@ def adaptive_cluster() -> tuple[Cluster, SlosSystem]:
     return cluster, system
 
 
-def prefilled(cluster: Cluster, on: int, decode: int | None) -> SimRequest:
-    r = SimRequest(Request(0, 0.0, "t", (Segment(100, 20, 10.0, 0.1),)))
+def prefilled(cluster: Cluster, on: int, decode: int | None, rid: int = 0) -> SimRequest:
+    r = SimRequest(Request(rid, 0.0, "t", (Segment(100, 20, 10.0, 0.1),)))
     r.segment_start.append(0.0)
     r.first_token.append(0.0)
     r.segment_end.append(None)
@@ -198,3 +241,15 @@ def test_a_returning_stage_whose_decode_worker_turned_prefill_decodes_elsewhere(
     r2 = prefilled(cluster, on=0, decode=0)
     system.on_segment_start(r2)  # m0 drains to decode: the prompt goes to m1, decoded on m0
     assert r2.pinned_prefill == 1 and r2.pinned_decode == 0
+
+
+def test_a_returning_stage_prefills_on_the_least_queued_worker_its_own_on_a_tie() -> None:
+    cluster, system = adaptive_cluster()
+    r = prefilled(cluster, on=1, decode=1)
+    r.todo_prefill = 100  # its tool result, as the simulator starts the segment
+    system.on_segment_start(r)  # nothing queued anywhere: its own worker
+    assert r.pinned_prefill == 1 and r.pinned_decode == 1
+    r2 = prefilled(cluster, on=1, decode=1, rid=1)
+    r2.todo_prefill = 100
+    system.on_segment_start(r2)  # m1 now has r's prompt queued: m0, handing its KV back
+    assert r2.pinned_prefill == 0 and r2.pinned_decode == 1

@@ -118,19 +118,21 @@ class SlosSystem:
             self._replan()
 
     def on_segment_start(self, r: SimRequest) -> None:
-        """A later segment (tool result) needs a prefill: keep r's decision; prefill where it
-        decodes (its prefix is cached there) if that worker takes prompts, else on the
-        prompt-taking worker with the least queued (then it hands its KV back, or to a
-        decode worker if its own no longer decodes)."""
+        """A later segment (tool result) needs a prefill: keep r's decision. Fixed layouts:
+        prefill where it decodes if that worker takes prompts. Adaptive, and where its own
+        worker takes no prompts: on the prompt-taking worker with the least queued, its own
+        on a tie (then it hands its KV back, or to a decode worker if its own no longer
+        decodes): a returning prompt's TTFT is the tightest, and under a changed layout the
+        worker holding every decoder would otherwise take every returning prompt too."""
         self.live[r.id] = r
         d = r.pinned_decode
         if d is not None and not takes_decodes(self.pworkers[d]):
             d = r.pinned_decode = None
-        if d is not None and takes_prompts(self.pworkers[d]):
+        if d is not None and takes_prompts(self.pworkers[d]) and self.layout != "adaptive":
             idx = d
-        else:
+        else:  # adaptive: the least queued, its own decode worker on a tie (no KV moves)
             pre = [e for e in self.ex if takes_prompts(self.pworkers[e.w.idx])]
-            idx = min(pre, key=lambda e: (e.queued_tokens, e.w.idx)).w.idx
+            idx = min(pre, key=lambda e: (e.queued_tokens, e.w.idx != d, e.w.idx)).w.idx
         r.pinned_prefill = idx
         self.ex[idx].add_prompt(r)
         self.dirty = True

@@ -1,30 +1,32 @@
-"""Conditional disaggregation (Snapshot.adaptive_layout): where a request decodes, and which
-role each worker plays.
+"""Conditional disaggregation (Snapshot.adaptive_layout): where a request decodes, and which role
+each worker plays.
 
-Per request (steps.admit_prompts, admit_decodes): the workers that prefill fastest now (the
-prefill rate their decode configuration leaves) are tried first; on each, the prompt first
-tries to prefill and decode there (the DP with its decode tier counted on that worker), then
-to prefill there and hand its KV off (the DP with only that worker's own decoders), the
-decode side going to the least loaded other worker that sustains every TPOT with it added
-and, if that worker is mixed, still meets its own committed prompts' deadlines. Local before
+Per request (steps.admit_prompts, admit_decodes): the workers that would prefill it soonest
+(`prefill_wait`: the prompt tokens queued there, counting those this plan routed before it,
+over the prefill rate its decode configuration leaves) are tried first; on each, the prompt
+first tries to prefill and decode there (the DP with its decode tier counted on that worker),
+then to prefill there and hand its KV off (the DP with only that worker's own decoders), the
+decode side going to the least loaded other worker that sustains every TPOT with it added and,
+if that worker is mixed, still meets its own committed prompts' deadlines. Local before
 hand-off on one worker: it moves no KV and needs no second worker's decode capacity.
 
 Per worker (`next_roles`, after admission): a mixed worker whose decode configuration leaves
 almost nothing of its batches to prefill turns to decode (back to mixed with some room); the
-mixed worker with the fewest decoders turns to prefill when the model predicts the cluster
-prefills GAIN times faster with its decoders moved to the others, and the others keep
-HEADROOM (they could sustain twice the decoders and KV they would hold); a prefill worker is
-mixed again when taking a share of the decoders back pays as much, or a decode worker can no
-longer sustain its load or has KV_FULL of its memory reserved (a prefill worker's memory holds
-no decodes: where KV binds, the fixed 1P+1D layout loses). A change to a pure role drains
-first: the worker takes no new work of the kind it gives up and switches once the last such
-request has left it; a change back to mixed adds a kind and is immediate. At least one worker
-keeps taking prompts and one decodes.
+mixed worker with the fewest decoders turns to prefill while the plan declines prompts and the
+model predicts the cluster prefills GAIN times faster with its decoders moved to the others,
+the others keeping HEADROOM (they could sustain twice the decoders and KV they would hold); a
+drain to prefill stops (mixed again) once that move no longer pays; a prefill worker is mixed
+again when taking a share of the decoders back pays as much, or a decode worker can no longer
+sustain its load or has KV_FULL of its memory reserved (a prefill worker's memory holds no
+decodes: where KV binds, the fixed 1P+1D layout loses). A change to a pure role drains first:
+the worker takes no new work of the kind it gives up and switches once the last such request
+has left it; a change back to mixed adds a kind and is immediate. At least one worker keeps
+taking prompts and one decodes.
 """
 
 from __future__ import annotations
 
-from slos_serve.core.planner.context import PlanContext, with_one_more
+from slos_serve.core.planner.context import INF, PlanContext, with_one_more
 from slos_serve.core.planner.dp import PrefillBudget
 from slos_serve.core.planner.load import WorkerLoad
 from slos_serve.core.planner.records import PlanWorker, WorkerRole
@@ -95,6 +97,13 @@ def prefill_rate(ctx: PlanContext, w: PlanWorker, counts: tuple[int, ...]) -> fl
     if cfg is None or cfg.prefill_tokens <= 0:
         return -1.0
     return cfg.prefill_tokens / (cfg.batch_time or cfg.period)  # back to back while it waits
+
+
+def prefill_wait(backlog: int, rate: float) -> float:
+    """Seconds until a worker prefilling at `rate` (prefill_rate) clears `backlog` prompt
+    tokens: the routing key of conditional disaggregation (a worker that cannot prefill
+    last)."""
+    return backlog / rate if rate > 0 else INF
 
 
 def _rate_after(ctx: PlanContext, loads: list[WorkerLoad], moves: list[list[int]],
@@ -169,15 +178,21 @@ def better_as_mixed(ctx: PlanContext, load: WorkerLoad, others: list[WorkerLoad]
     return mine >= 0 and after >= 0 and mine + after > GAIN * (full + now)
 
 
-def next_roles(ctx: PlanContext, loads: dict[str, WorkerLoad]) -> dict[str, WorkerRole]:
+def next_roles(ctx: PlanContext, loads: dict[str, WorkerLoad],
+               pressed: bool = True) -> dict[str, WorkerRole]:
     """Each worker's role and drain target after this plan's admissions: drains advance,
     decode-bound workers decode, and at most one worker a plan turns to (or from) prefill
-    where the model predicts the cluster prefills faster so."""
+    where the model predicts the cluster prefills faster so, and only while prompts are
+    declined (`pressed`): below that the cluster's prefill rate binds nothing and a pure
+    prefill worker only lengthens the TTFT of what it hands off."""
     out = {wid: step_role(ctx, load) for wid, load in loads.items()}
     decoding = [load for load in loads.values() if takes_decodes(load.worker)]
     mixed = [ld for ld in decoding if decodes_locally(ld.worker) and out[ld.worker.id].target
              is None and out[ld.worker.id].role == "mixed"]
-    if len(decoding) > 1 and mixed:
+    for ld in loads.values():  # a drain to prefill stops once it no longer pays
+        if out[ld.worker.id].target == "prefill" and not better_as_prefill(ctx, ld, decoding):
+            out[ld.worker.id] = WorkerRole("mixed")
+    if pressed and len(decoding) > 1 and mixed:
         w = min(mixed, key=lambda ld: (sum(ld.counts), ld.worker.id))
         if better_as_prefill(ctx, w, [ld for ld in decoding if ld is not w]):
             out[w.worker.id] = WorkerRole("mixed", "prefill")

@@ -74,6 +74,7 @@ class Planning:
         self.budgets: BudgetCache = {}  # the prompt DPs' budgets, kept across routing rounds
         self.roles: dict[str, WorkerRole] = {}
         self.rates: dict[str, float] = {}  # adaptive layout: prefill rate by worker
+        self.backlog: dict[str, int] = {}  # ... and prompt tokens queued on it, as routed
 
     # ------------------------------------------------------------ 1. reserve
 
@@ -114,6 +115,8 @@ class Planning:
             self.rates = {w: layout.prefill_rate(self.ctx, self.loads[w].worker,
                                                   tuple(self.loads[w].counts))
                            for w in self.prefill_ids}
+            self.backlog = {w: sum(it.tokens for it in self.loads[w].queue)
+                            for w in self.prefill_ids}
         targets: dict[str, list[tuple[str, bool]]] = {}
         pending: dict[tuple[str, bool], list[PlanRequest]] = {}
         for r in self.new:
@@ -146,10 +149,13 @@ class Planning:
         # the decode check only matters where a prompt may hand its KV off
         fits = (self.adaptive or any(w.role == "prefill" for w in ws)) and any(
             self.loads[d].can_admit_decode(self.ctx, r) for d in self.decode_ids)
-        if self.adaptive:  # where prefill is fastest first; per worker, local first
-            ws.sort(key=lambda w: -self.rates[w.id])
+        if self.adaptive:  # where the prompt is prefilled soonest first; per worker, local first
+            ws.sort(key=lambda w: layout.prefill_wait(self.backlog[w.id] + r.prefill_left,
+                                                     self.rates[w.id]))
             ts = [(w.id, local) for w in ws for local in (True, False)
                   if (layout.decodes_locally(w) if local else fits and self._hands_off(w))]
+            if ts:  # the prompts routed before this one in the plan queue ahead of the next
+                self.backlog[ts[0][0]] += r.prefill_left
         else:
             ts = [(w.id, True) for w in ws if w.role == "mixed"]
             ts += [(w.id, False) for w in ws if fits and w.role == "prefill"]
@@ -285,7 +291,8 @@ class Planning:
     def relayout(self) -> None:
         """Adaptive layout: each worker's next role from the load this plan leaves."""
         if self.adaptive:
-            self.roles = layout.next_roles(self.ctx, self.loads)
+            pressed = any(r.id not in self.placed for r in self.new if r.phase == "prefill")
+            self.roles = layout.next_roles(self.ctx, self.loads, pressed)
 
     # ------------------------------------------------------------ result
 
