@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from slos_serve.sim.capacity import CapacityResult, SearchOptions, search
+from slos_serve.sim.capacity_report import geomean as sim_geomean
 
 BASELINES = ("vllm-serve", "vllm-pd")
 
@@ -38,9 +39,10 @@ def baseline_of(systems: Sequence[str]) -> str | None:
     return next((b for b in BASELINES if b in systems), None)
 
 
-def geomean(xs: Sequence[float]) -> float | None:
-    xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+def geomean(xs: Sequence[float | None]) -> float | None:
+    """The simulator's geometric mean, None (JSON null) where it has no value."""
+    g = sim_geomean(xs)
+    return None if math.isnan(g) else g
 
 
 def capacity_json(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from slos_serve.sim.baselines import SPEC_LENGTHS
@@ -70,8 +71,9 @@ def spread(found: Found, scenario: str, system: str, seeds: list[int], target: s
     return max(options, key=lambda sp: sp.mean)  # the shortest length on ties
 
 
-def geomean(xs: list[float]) -> float:
-    xs = [x for x in xs if x > 0 and math.isfinite(x)]
+def geomean(xs: Sequence[float | None]) -> float:
+    """Geometric mean of the positive finite values (None, 0 and nan left out); nan if none."""
+    xs = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else math.nan
 
 
