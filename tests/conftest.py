@@ -39,13 +39,15 @@ def sim_cluster(model_dir: str):
 
 
 def reference_outputs(
-    model_dir: str, prompts: list[list[int]], sampling: list[dict], out_path: Path
+    model_dir: str, prompts: list[list[int]], sampling: list[dict], out_path: Path,
+    engine: dict | None = None,
 ) -> list[list[int]]:
-    """Token ids from ONE colocated vLLM engine (vLLM's defaults, no KV transfer)."""
+    """Token ids from ONE colocated vLLM engine (vLLM's defaults unless `engine` gives
+    further `LLM` keywords; no KV transfer)."""
     script = ROOT / "tests" / "reference_engine.py"
     result = subprocess.run(
         [sys.executable, str(script), model_dir, str(out_path)],
-        input=json.dumps({"prompts": prompts, "sampling": sampling}),
+        input=json.dumps({"prompts": prompts, "sampling": sampling, "engine": engine or {}}),
         capture_output=True,
         text=True,
         timeout=600,

@@ -1,6 +1,7 @@
 """A single colocated vLLM engine: the reference the cluster's outputs must equal.
 
-Reads {"prompts": [[ids]], "sampling": [{...}, ...]} on stdin; writes a JSON list
+Reads {"prompts": [[ids]], "sampling": [{...}, ...], "engine": {...}} on stdin ("engine",
+optional: further `LLM` keywords, e.g. a small chunked-prefill budget); writes a JSON list
 of output token-id lists (for each sampling, for each prompt) to the file named by
 argv[2]. Run as a subprocess (vLLM spawns processes and logs to stdout).
 """
@@ -13,7 +14,8 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     job = json.loads(sys.stdin.read())
-    llm = LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=2048, seed=0)
+    llm = LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=2048, seed=0,
+              **job.get("engine", {}))
     outs = []
     for entry in job["sampling"]:
         params = SamplingParams(**entry)

@@ -30,18 +30,24 @@ def ngram_speculation(num_tokens: int) -> dict[str, Any] | None:
 
 
 def serving_chunked_prefill(requested: bool | None) -> bool | None:
-    """Chunked prefill for an engine serving sampled requests: `requested`, or if None,
-    off on vLLM's CPU platform and vLLM's default (None) elsewhere.
+    """Chunked prefill for an engine serving seeded sampled requests: `requested`, or if
+    None, vLLM's default (on) where seeded sampling survives a split prompt, else off.
 
-    Why: on the CPU platform a seeded sampled request whose prompt is split into chunks
-    kills the engine (vLLM 0.32 rewinds the request's torch.Generator with set_offset,
-    which CPU generators do not support), and the coordinator seeds every sampled request.
+    Why: on the CPU platform vLLM 0.32 rewinds a seeded request's torch.Generator with
+    set_offset after sampling a split prompt's chunk, which CPU generators do not support
+    (the engine dies), and the coordinator seeds every sampled request. The plugin
+    `slos_serve.engine.seeded_sampling` makes that rewind work; only a vLLM whose model
+    runner it cannot find keeps chunking off.
     """
     if requested is not None:
         return requested
     from vllm.platforms import current_platform
 
-    return False if current_platform.is_cpu() else None
+    if not current_platform.is_cpu():
+        return None
+    from slos_serve.engine.seeded_sampling import supported
+
+    return None if supported() else False
 
 
 def engine_kwargs(

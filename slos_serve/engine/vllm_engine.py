@@ -60,10 +60,8 @@ class VllmEngine:
         """`scheduler`: "slos" (SLO-aware execution of the coordinator's plan, vLLM's
         priority policy) or "vllm" (vLLM's own fcfs decisions: the baseline).
         `perf_profile`: a performance model JSON the scheduler sizes step budgets with.
-        `chunked_prefill`: None = off on vLLM's CPU platform, where a seeded sampled request
-        whose prompt is split into chunks kills the engine (vLLM 0.32 rewinds the request's
-        torch.Generator with set_offset, which CPU generators do not support), else vLLM's
-        default. The coordinator seeds every sampled request, so this is not rare."""
+        `chunked_prefill`: None = vLLM's default (on), where seeded sampling survives a split
+        prompt (on CPU, thanks to the seeded_sampling plugin: `serving_chunked_prefill`)."""
         if scheduler not in MODES:
             raise ValueError(f"scheduler must be one of {MODES}, not {scheduler!r}")
         self._scheduler = scheduler
