@@ -15,10 +15,11 @@ schedulers already take.
 
 The fit is weighted least squares on relative error (each step weighs 1 / profile(x)^2: by
 the profile's prediction, not the measured seconds, or the steps before a slowdown would
-outweigh the slower ones after it) with exponential forgetting (a step's weight halves every `half_life` steps)
-and a ridge pull towards the profile (alpha 1, the rest 0) that does not decay, so features
-the recent steps do not vary stay where the profile put them (no covariance wind-up). Memory
-is its sufficient statistics (an 8x8 matrix): bounded whatever the number of steps.
+outweigh the slower ones after it) with exponential forgetting (a step's weight halves every
+`half_life` steps) and a ridge pull towards the profile (alpha 1, the rest 0) that does not
+decay, so features the recent steps do not vary stay where the profile put them (no
+covariance wind-up). Memory is its sufficient statistics (an 8x8 matrix): bounded whatever
+the number of steps.
 
 Guards: fewer than `min_samples` steps, a singular system, a fit that is not finite, or a fit
 whose recent error exceeds the profile's: the profile is in force. Learned weights are
@@ -102,7 +103,8 @@ class OnlineModel:
         self._mean_z += (1.0 - lam) * (z - self._mean_z)
         self._count = lam * self._count + 1.0
         self.samples += 1
-        if self.samples >= self.options.min_samples and self.samples % self.options.refit_every == 0:
+        opts = self.options
+        if self.samples >= opts.min_samples and self.samples % opts.refit_every == 0:
             self._refit(z)
 
     def _track_errors(self, shape: BatchShape, base: float, seconds: float) -> None:
