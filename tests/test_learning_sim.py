@@ -143,3 +143,21 @@ def test_the_admission_plans_each_worker_on_the_model_it_reported(
     admission.admit("r", 0.0, 5.0, 0.1, 64, 16, "best_effort")
     assert admission.last is not None
     assert snaps[-1].handoff_delay == pytest.approx(0.25)  # the decode side's p99
+
+
+def test_the_stats_file_carries_the_learned_model(tmp_path) -> None:
+    """The vLLM scheduler's end of the side channel: the model survives the stats file."""
+    from slos_serve.engine.base import EngineLoad
+    from slos_serve.engine.side_channel import read_stats, write_stats
+
+    learned = load_profile("opt-6.7b-a100")
+    path = tmp_path / "stats.json"
+    write_stats(path, EngineLoad(steps=3, perf_model=learned, model_error=0.07,
+                                 model_samples=300), {"time": 1.0})
+    back = read_stats(path)
+    assert back is not None and back.perf_model is not None
+    assert [(p.weights, p.bias) for p in back.perf_model.pieces] == [
+        (p.weights, p.bias) for p in learned.pieces]
+    assert (back.model_error, back.model_samples) == (0.07, 300)
+    write_stats(path, EngineLoad(steps=3), {})
+    assert read_stats(path).perf_model is None  # type: ignore[union-attr]
