@@ -33,3 +33,25 @@ def test_a_decode_workers_hand_offs_reach_the_window_and_metrics() -> None:
     name = "slos_worker_kv_handoff_recent_seconds"
     assert registry.get_sample_value(name, {**labels, "quantile": "0.99"}) == 0.300
     assert registry.get_sample_value(name, {**labels, "quantile": "0.5"}) == 0.005
+
+
+def test_the_bench_reads_a_clusters_hand_off_percentiles(sim_cluster) -> None:
+    """After requests were handed off, ClusterInfo carries each decode worker's recent
+    hand-off waits, and the bench's summary of them (SIMULATED engines)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from slos_serve.bench.runner import handoff_latency
+    from slos_serve.bench.systems import ClusterSystem
+    from slos_serve.client import Client
+
+    with Client(sim_cluster.target, timeout=30) as client:
+        for k in range(6):
+            client.generate([3 + k, 5, 7, 11], max_tokens=3, temperature=0)
+    system = SimpleNamespace(name="sim", target=sim_cluster.target)
+    system.handoffs = lambda: ClusterSystem.handoffs(system)  # type: ignore[arg-type]
+    found = asyncio.run(handoff_latency(system))
+    # (the coordinator's warm-up hands off too)
+    assert sum(w["count"] for w in found["workers"].values()) >= 6
+    assert 0 < found["p50_ms"] <= found["p99_ms"] < 5000
+    assert asyncio.run(handoff_latency(SimpleNamespace(name="vllm-serve"))) == {}
