@@ -44,6 +44,8 @@ class WorkerView:
     max_spec_tokens: int = 0
     # per tier: drafted and accepted tokens measured since the engine started
     spec: list[TierStats] = field(default_factory=list)
+    model: PerfModel | None = None  # the model its engine learned (None: the profile's)
+    handoff_p99_s: float = 0.0  # its recent hand-off waits' p99 (decode side; 0: none)
 
 
 @dataclass
@@ -89,7 +91,7 @@ class Admission:
         """The healthy workers with a known KV capacity (others receive no new work)."""
         self.views = [v for v in views if v.kv_blocks_total > 0]
         self.workers = [
-            PlanWorker(v.id, v.role, self.model, v.kv_blocks_total, v.block_size,
+            PlanWorker(v.id, v.role, v.model or self.model, v.kv_blocks_total, v.block_size,
                        self.max_batch_tokens)
             for v in self.views
         ]
@@ -194,6 +196,7 @@ class Admission:
             decode_horizon=0,
             kv_output_reserve=self.kv_output_reserve,
             ttft_outlook=self.ttft.outlook(now),
+            handoff_delay=max((v.handoff_p99_s for v in self.views), default=0.0),
         )
         self.route += 1 if new is not None else 0
         self.last = plan(snap)

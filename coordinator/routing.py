@@ -23,7 +23,7 @@ from coordinator.pool import WorkerHandle, WorkerPool
 from coordinator.validate import RequestSpec
 from slos_serve.core.planner import Verdict
 from slos_serve.core.worker_plan import WorkerPlan
-from slos_serve.wire import plan_to_proto, tier_stats_from_proto
+from slos_serve.wire import plan_to_proto, reported_model, tier_stats_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ class PlannedRouting:
                 block_size=w.info.block_size or 16,
                 max_spec_tokens=w.info.max_spec_tokens,
                 spec=[tier_stats_from_proto(s) for s in w.load.spec],
+                model=reported_model(w.load),
+                handoff_p99_s=w.load.handoff_p99_ms / 1000.0,
             )
             for w in self.pool.workers
             if w.healthy and w.info is not None and not w.load.draining

@@ -412,7 +412,7 @@ class LoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("role", "running", "waiting", "kv_blocks_total", "kv_blocks_used", "kv_usage", "steps", "mean_step_ms", "spec_acceptance", "active_requests", "draining", "spec", "scheduler", "last_step_ms")
+    __slots__ = ("role", "running", "waiting", "kv_blocks_total", "kv_blocks_used", "kv_usage", "steps", "mean_step_ms", "spec_acceptance", "active_requests", "draining", "spec", "scheduler", "last_step_ms", "perf_model", "model_error", "model_samples", "handoff_p50_ms", "handoff_p99_ms", "handoff_count")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -427,6 +427,12 @@ class LoadReport(_message.Message):
     SPEC_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     LAST_STEP_MS_FIELD_NUMBER: _ClassVar[int]
+    PERF_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    HANDOFF_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    HANDOFF_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    HANDOFF_COUNT_FIELD_NUMBER: _ClassVar[int]
     role: str
     running: int
     waiting: int
@@ -441,7 +447,31 @@ class LoadReport(_message.Message):
     spec: _containers.RepeatedCompositeFieldContainer[TierSpecStats]
     scheduler: str
     last_step_ms: float
-    def __init__(self, role: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_usage: _Optional[float] = ..., steps: _Optional[int] = ..., mean_step_ms: _Optional[float] = ..., spec_acceptance: _Optional[float] = ..., active_requests: _Optional[int] = ..., draining: _Optional[bool] = ..., spec: _Optional[_Iterable[_Union[TierSpecStats, _Mapping]]] = ..., scheduler: _Optional[str] = ..., last_step_ms: _Optional[float] = ...) -> None: ...
+    perf_model: PerfModelSpec
+    model_error: float
+    model_samples: int
+    handoff_p50_ms: float
+    handoff_p99_ms: float
+    handoff_count: int
+    def __init__(self, role: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_usage: _Optional[float] = ..., steps: _Optional[int] = ..., mean_step_ms: _Optional[float] = ..., spec_acceptance: _Optional[float] = ..., active_requests: _Optional[int] = ..., draining: _Optional[bool] = ..., spec: _Optional[_Iterable[_Union[TierSpecStats, _Mapping]]] = ..., scheduler: _Optional[str] = ..., last_step_ms: _Optional[float] = ..., perf_model: _Optional[_Union[PerfModelSpec, _Mapping]] = ..., model_error: _Optional[float] = ..., model_samples: _Optional[int] = ..., handoff_p50_ms: _Optional[float] = ..., handoff_p99_ms: _Optional[float] = ..., handoff_count: _Optional[int] = ...) -> None: ...
+
+class PerfModelSpec(_message.Message):
+    __slots__ = ("features", "pieces", "name")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    PIECES_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.RepeatedScalarFieldContainer[str]
+    pieces: _containers.RepeatedCompositeFieldContainer[ModelPiece]
+    name: str
+    def __init__(self, features: _Optional[_Iterable[str]] = ..., pieces: _Optional[_Iterable[_Union[ModelPiece, _Mapping]]] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ModelPiece(_message.Message):
+    __slots__ = ("weights", "bias")
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    bias: float
+    def __init__(self, weights: _Optional[_Iterable[float]] = ..., bias: _Optional[float] = ...) -> None: ...
 
 class WorkerInfoRequest(_message.Message):
     __slots__ = ()

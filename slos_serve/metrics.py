@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +163,37 @@ class CoordinatorMetrics:
             self.tpot.labels(tier).observe(final.tpot_ms / 1000.0)
 
 
+HANDOFF_WINDOW = 256  # recent hand-offs the load report's percentiles are over
+
+
+@dataclass(frozen=True, slots=True)
+class WaitSummary:
+    """Percentiles of recent waits (0 with count 0: none measured)."""
+
+    count: int = 0
+    p50_s: float = 0.0
+    p99_s: float = 0.0
+
+
+class RecentWaits:
+    """The last `size` waits (bounded memory), for percentiles that follow the present; the
+    histogram keeps the whole history."""
+
+    def __init__(self, size: int = HANDOFF_WINDOW) -> None:
+        self._waits: deque[float] = deque(maxlen=size)
+
+    def add(self, seconds: float) -> None:
+        self._waits.append(seconds)
+
+    def quantile(self, q: float) -> float:
+        """Nearest rank (0 while empty)."""
+        xs = sorted(self._waits)
+        return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))] if xs else 0.0
+
+    def summary(self) -> WaitSummary:
+        return WaitSummary(len(self._waits), self.quantile(0.5), self.quantile(0.99))
+
+
 class WorkerMetrics:
     """A worker's RPCs and KV hand-offs; with `load`, its engine's load report at each scrape
     (queue, KV blocks, step times, the scheduler in use, and per TPOT tier: the speculative
@@ -199,6 +233,12 @@ class WorkerMetrics:
             "engine's first token (KV pull + recompute of the last prompt position)",
             labels, buckets=LATENCY_BUCKETS_S, registry=registry,
         )
+        self.handoffs = RecentWaits()
+        recent = Gauge(
+            "slos_worker_kv_handoff_recent_seconds", f"Decode side: hand-off percentiles over "
+            f"the last {HANDOFF_WINDOW} hand-offs (0 until one is measured)",
+            [*labels, "quantile"], registry=registry,
+        )
         self._labels = (role, worker)
         rpcs = ("prefill", "decode") if role == "mixed" else (role,)
         for rpc in rpcs:
@@ -209,6 +249,9 @@ class WorkerMetrics:
                 metric.labels(role, worker)
             if kv_bytes_per_token:
                 self.handoff_bytes.labels(role, worker)
+            for q in (0.5, 0.99):
+                recent.labels(role, worker, str(q)).set_function(
+                    lambda q=q: self.handoffs.quantile(q))
         if load is not None:
             registry.register(EngineLoadCollector(role, worker, load))
 
@@ -219,6 +262,7 @@ class WorkerMetrics:
         """One hand-off pulled by this (decode) worker, its first token `seconds` after the call."""
         self.handoff_blocks.labels(*self._labels).observe(blocks)
         self.handoff_seconds.labels(*self._labels).observe(seconds)
+        self.handoffs.add(seconds)
         if self.kv_bytes_per_token:
             self.handoff_bytes.labels(*self._labels).observe(
                 blocks * block_size * self.kv_bytes_per_token
@@ -265,6 +309,9 @@ class EngineLoadCollector(Collector):
         yield steps
         yield gauge("slos_worker_last_step_seconds", "The engine's last step time",
                     load.last_step_ms / 1000.0)
+        yield gauge("slos_worker_model_error_ratio", "Live relative error of the engine's "
+                    "performance model on its recent steps (0: none measured)",
+                    getattr(load, "model_error", 0.0))
         scheduler = load.scheduler
         if scheduler:
             info = GaugeMetricFamily(

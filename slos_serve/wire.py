@@ -15,10 +15,12 @@ from typing import Any
 
 from kv_transfer.metadata import JSON_KEYS, PROTO_KEYS, KvHandoff
 from proto import slos_serve_pb2 as pb
+from slos_serve.core.perf_model import FEATURES, PerfModel
 from slos_serve.core.policy import RequestSlo, TierStats
 from slos_serve.core.stages import StageResult, StageSpec
 from slos_serve.core.worker_plan import TierSpec, WorkerPlan
 from slos_serve.engine import EngineInfo, EngineLoad, EngineRequest
+from slos_serve.metrics import WaitSummary
 
 # ------------------------------------------------------------ request SLO --
 
@@ -122,16 +124,52 @@ def tier_stats_from_proto(m: pb.TierSpecStats) -> TierStats:
 
 
 def load_to_proto(
-    load: EngineLoad, role: str, active_requests: int, draining: bool
+    load: EngineLoad, role: str, active_requests: int, draining: bool,
+    handoffs: WaitSummary | None = None,
 ) -> pb.LoadReport:
+    """`handoffs`: the worker's recent hand-off waits (its decode side; None: none)."""
+    handoffs = handoffs or WaitSummary()
     return pb.LoadReport(
-        **_values(load, "spec"),
+        **_values(load, "spec", "perf_model"),
         spec=[tier_stats_to_proto(t) for t in load.spec],
+        perf_model=model_to_proto(load.perf_model) if load.perf_model is not None else None,
         kv_usage=load.kv_usage,
         role=role,
         active_requests=active_requests,
         draining=draining,
+        handoff_p50_ms=1000 * handoffs.p50_s,
+        handoff_p99_ms=1000 * handoffs.p99_s,
+        handoff_count=handoffs.count,
     )
+
+
+def model_to_proto(model: PerfModel) -> pb.PerfModelSpec:
+    return pb.PerfModelSpec(
+        features=list(FEATURES), name=model.name,
+        pieces=[pb.ModelPiece(weights=list(p.weights), bias=p.bias) for p in model.pieces])
+
+
+def model_from_proto(m: pb.PerfModelSpec) -> PerfModel:
+    """ValueError if the model has no piece or a weight for a feature this build lacks
+    (features this build has and the message lacks weigh 0)."""
+    if not m.pieces:
+        raise ValueError("perf_model.pieces: must not be empty")
+    unknown = set(m.features) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"perf_model.features: unknown {sorted(unknown)}")
+    return PerfModel.from_dict({
+        "features": list(m.features), "name": m.name,
+        "pieces": [{"weights": list(p.weights), "bias": p.bias} for p in m.pieces]})
+
+
+def reported_model(report: pb.LoadReport) -> PerfModel | None:
+    """The model a worker's load report carries (None: none, or unusable)."""
+    if not report.HasField("perf_model"):
+        return None
+    try:
+        return model_from_proto(report.perf_model)
+    except ValueError:
+        return None
 
 
 def info_to_proto(info: EngineInfo, role: str) -> pb.WorkerInfo:

@@ -25,6 +25,7 @@ def render(out_dir: Path, plots: bool = True, quiet: bool = False) -> dict[str, 
     data: dict[str, Any] = {
         "slo_scale": meta.get("slo_scale", records[0].get("slo_scale")),
         "zero_load": meta.get("zero_load", {}),
+        "handoff": meta.get("handoff", {}),
         "runs": summary,
     }
     paths: list[Path] = []
@@ -39,6 +40,10 @@ def render(out_dir: Path, plots: bool = True, quiet: bool = False) -> dict[str, 
         print(f"\n{len(records)} requests; SLO scale {scale if scale is not None else '?'}"
               "; attainment = attained / sent; goodput = attained req/s of the arrival window")
         print(table(summary))
+        for system, h in sorted(data["handoff"].items()):
+            if h:
+                print(f"{system}: hand-off p50 {h['p50_ms']:.1f} ms, p99 {h['p99_ms']:.1f} ms "
+                      "(the workers' recent hand-offs, at the end of its runs)")
         print(f"\nrecords: {out_dir / 'records.jsonl'}\nsummary: {out_dir / 'summary.json'}")
         for p in paths:
             print(f"plot: {p}")

@@ -176,6 +176,22 @@ def _zero_load_meta(samples: list[tuple[int, float, float]]) -> dict[str, Any]:
             "tpot_ms_median": 1e3 * statistics.median(b for _, _, b in samples)}
 
 
+async def handoff_latency(system: Any) -> dict[str, Any]:
+    """The system's recent hand-off waits, where its workers report them ({}: none)."""
+    report = getattr(system, "handoffs", None)
+    if report is None:
+        return {}
+    try:
+        found = await report()
+    except Exception as exc:  # noqa: BLE001 - a figure for the report, not the run's result
+        print(f"{system.name}: no hand-off figures ({exc})", file=sys.stderr)
+        return {}
+    if found:
+        print(f"{system.name}: hand-off p50 {found['p50_ms']:.1f} ms, p99 "
+              f"{found['p99_ms']:.1f} ms (recent hand-offs)", file=sys.stderr)
+    return found
+
+
 def _write_meta(cfg: BenchConfig, meta: dict[str, Any]) -> None:
     (cfg.out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
 
@@ -199,6 +215,7 @@ def _sessions(cfg: BenchConfig, corpus: Sequence[int], lengths: Sequence[int],
             meta["zero_load"][name] = _zero_load_meta(samples)
             meta["system_config"][name] = system.describe()
             yield s, scale.settle(name, samples)
+            meta.setdefault("handoff", {})[name] = s.run(handoff_latency(system))
         meta["slo_scale"], meta["slo_scale_source"] = scale.value, scale.source
         _write_meta(cfg, meta)
 

@@ -78,6 +78,19 @@ class ClusterSystem:
                 await asyncio.sleep(0.5)
         return False
 
+    async def handoffs(self) -> dict[str, Any]:
+        """The workers' recent hand-off waits (p50 / p99 ms over each one's last hand-offs),
+        and the worst p99 of them; {} where no worker measured one."""
+        async with AsyncClient(self.target, timeout=5) as client:
+            info = await client.cluster_info()
+        per = {w.address: {"p50_ms": w.load.handoff_p50_ms, "p99_ms": w.load.handoff_p99_ms,
+                           "count": w.load.handoff_count}
+               for w in info.workers if w.load is not None and w.load.handoff_count}
+        if not per:
+            return {}
+        return {"p50_ms": max(v["p50_ms"] for v in per.values()),
+                "p99_ms": max(v["p99_ms"] for v in per.values()), "workers": per}
+
     def describe(self) -> dict[str, Any]:
         s = self.cluster.spec
         return {"kind": "slos-serve cluster", "engine": s.engine, "scheduler": s.scheduler,

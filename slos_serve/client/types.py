@@ -242,6 +242,10 @@ class LoadReport:
     spec_acceptance: float = 0.0
     active_requests: int = 0
     draining: bool = False
+    model_error: float = 0.0  # live relative error of the engine's performance model
+    handoff_p50_ms: float = 0.0  # recent hand-off waits (decode side; count 0: none)
+    handoff_p99_ms: float = 0.0
+    handoff_count: int = 0
 
     @classmethod
     def from_proto(cls, m: pb.LoadReport) -> LoadReport:

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from slos_serve.core.learning import OnlineModel
+from slos_serve.core.perf_model import PerfModel
 from slos_serve.core.policy import RequestSlo, TierStats
 from slos_serve.core.worker_plan import WorkerPlan
 
@@ -69,10 +71,24 @@ class EngineLoad:
     spec: list[TierStats] = field(default_factory=list)
     scheduler: str = ""  # "slos" or "vllm"
     last_step_ms: float = 0.0
+    # the performance model learned from the engine's steps (core/learning.py; None: the
+    # profile is in force, or the engine learns none), and the live relative error of the
+    # model in force over its recent steps
+    perf_model: PerfModel | None = None
+    model_error: float = 0.0
+    model_samples: int = 0  # steps the model has learned from
 
     @property
     def kv_usage(self) -> float:
         return self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
+
+
+def learned_fields(learner: OnlineModel | None) -> dict[str, Any]:
+    """EngineLoad's learned-model fields, from an engine's learner (none: no fields)."""
+    if learner is None:
+        return {}
+    return {"perf_model": learner.model if learner.learned else None,
+            "model_error": learner.error, "model_samples": learner.samples}
 
 
 class Engine(Protocol):

@@ -9,7 +9,8 @@ knows their form:
   worker saw, one JSON file the worker replaces atomically and the scheduler polls:
   {"plan_time_unix", "step_token_budget", "tiers": [{"tpot_ms", "spec_tokens",
   "interval_ms"}], "pace", "stages": {request_id: stage_index}}.
-* STATS_PATH_ENV: the scheduler's load snapshot (EngineLoad, plus a few diagnostics),
+* STATS_PATH_ENV: the scheduler's load snapshot (EngineLoad, its learned performance model
+  included, plus a few diagnostics),
   published because vLLM emits scheduler statistics only with outputs: once a request is
   aborted and the engine falls idle, the freed KV blocks would otherwise never be reported.
 * MODE_ENV: "slos" (default) carries out the plan; "vllm" leaves every decision to vLLM
@@ -29,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from slos_serve.core.perf_model import PerfModel
 from slos_serve.core.policy import RequestSlo, TierStats
 from slos_serve.core.stages import StageSpec
 from slos_serve.core.worker_plan import TierSpec, WorkerPlan
@@ -139,7 +141,7 @@ def write_stats(path: str | Path, load: EngineLoad, diagnostics: Mapping[str, An
     write_atomically(path, json.dumps({**dataclasses.asdict(load), **diagnostics}))
 
 
-LOAD_FIELDS = frozenset(f.name for f in dataclasses.fields(EngineLoad)) - {"spec"}
+LOAD_FIELDS = frozenset(f.name for f in dataclasses.fields(EngineLoad)) - {"spec", "perf_model"}
 
 
 def read_stats(path: str | Path) -> EngineLoad | None:
@@ -147,8 +149,10 @@ def read_stats(path: str | Path) -> EngineLoad | None:
     try:
         stats = json.loads(Path(path).read_text())
         spec = [TierStats(**s) for s in stats.get("spec", [])]
-        return EngineLoad(**{k: v for k, v in stats.items() if k in LOAD_FIELDS}, spec=spec)
-    except (OSError, ValueError, TypeError, AttributeError):
+        model = stats.get("perf_model")
+        return EngineLoad(**{k: v for k, v in stats.items() if k in LOAD_FIELDS}, spec=spec,
+                          perf_model=PerfModel.from_dict(model) if model else None)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
         return None
 
 

@@ -12,6 +12,11 @@ It takes the coordinator's plans and stage switches and reports them back
 (`plan`, `stages`), but does not act on them: it batches first come, first
 served, never speculates, and its load report's per-tier speculation list is
 empty.
+
+It learns its performance model as the vLLM engine's scheduler does (core/learning.py):
+every step's composition and measured seconds refit the model its load report carries.
+`slowdown` (a SIMULATION KNOB, settable at any time) stretches every step, as a busy
+neighbour on a real engine's core would, so fast tests can watch the model follow.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from slos_serve.core.learning import OnlineModel
+from slos_serve.core.perf_model import BatchShape, PerfModel, Piece
 from slos_serve.core.policy import MODES
 from slos_serve.core.worker_plan import WorkerPlan
 from slos_serve.engine.base import (
@@ -32,6 +39,7 @@ from slos_serve.engine.base import (
     EngineOutput,
     EngineRequest,
     check_stage_index,
+    learned_fields,
 )
 
 
@@ -51,6 +59,13 @@ class SimTiming:
             + self.per_decode_seq_ms * decode_seqs
         )
         return ms / 1000.0
+
+    def perf_model(self) -> PerfModel:
+        """This timing as a performance model (a decoding request is one decode token)."""
+        weights = (self.per_prefill_token_ms / 1000.0, self.per_decode_seq_ms / 1000.0,
+                   0.0, 0.0, 0.0, 0.0)
+        return PerfModel([Piece(weights, self.base_ms / 1000.0)], name="sim-engine",
+                         source="SIMULATED engine: SimTiming")
 
 
 @dataclass
@@ -88,7 +103,10 @@ class SimEngine:
         timing: SimTiming | None = None,
         detokenize: Callable[[list[int]], str] | None = None,
         scheduler: str = "slos",
+        profile: PerfModel | None = None,
     ) -> None:
+        """`profile`: the model the engine starts learning from (default: its own timing's,
+        exact until `slowdown` changes)."""
         if scheduler not in MODES:
             raise ValueError(f"scheduler must be one of {MODES}, not {scheduler!r}")
         self.scheduler = scheduler  # reported only: the simulation does not act on plans
@@ -114,6 +132,8 @@ class SimEngine:
         self._steps = 0
         self._step_time_total = 0.0
         self._last_step_s = 0.0
+        self.slowdown = 1.0  # SIMULATION KNOB: every step takes this many times longer
+        self.learner = OnlineModel(profile or self._timing.perf_model())
 
     async def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
@@ -133,6 +153,7 @@ class SimEngine:
             spec=[],
             scheduler=self.scheduler,
             last_step_ms=1000 * self._last_step_s,
+            **learned_fields(self.learner),
         )
 
     def set_plan(self, plan: WorkerPlan) -> None:
@@ -183,28 +204,38 @@ class SimEngine:
             if not self._waiting and not self._running:
                 self._wake.clear()
                 await self._wake.wait()
-            budget = self._timing.max_batch_tokens - len(self._running)
-            prefill_tokens = 0
-            for sim in list(self._waiting):
-                if budget <= 0:
-                    break
-                chunk = min(budget, sim.remaining_prefill)
-                sim.prefilled += chunk
-                prefill_tokens += chunk
-                budget -= chunk
-                if sim.remaining_prefill == 0:
-                    self._waiting.remove(sim)
-                    self._running.append(sim)
-            decodes = list(self._running)
-            step = self._timing.step_s(prefill_tokens, len(decodes))
+            shape = self._prefill_chunks(self._timing.max_batch_tokens - len(self._running))
+            decodes = list(self._running)  # (prompts finished in this step emit a token too)
+            step = self._timing.step_s(shape.prefill_tokens, len(decodes)) * self.slowdown
             started = time.perf_counter()
             await asyncio.sleep(step)
             self._steps += 1
             self._last_step_s = time.perf_counter() - started
             self._step_time_total += self._last_step_s
+            self.learner.observe(shape, self._last_step_s)
             for sim in decodes:
                 if not sim.aborted:
                     self._emit_token(sim)
+
+    def _prefill_chunks(self, budget: int) -> BatchShape:
+        """Takes the step's prompt chunks, first come first served within `budget` tokens
+        (finished prompts join the running requests); the step's composition."""
+        prefill_tokens = prompts = 0
+        context = sum(d.prefilled + len(d.tokens) for d in self._running)
+        for sim in list(self._waiting):
+            if budget <= 0:
+                break
+            chunk = min(budget, sim.remaining_prefill)
+            context += sim.prefilled
+            sim.prefilled += chunk
+            prefill_tokens += chunk
+            prompts += 1
+            budget -= chunk
+            if sim.remaining_prefill == 0:
+                self._waiting.remove(sim)
+                self._running.append(sim)
+        decodes = len(self._running)
+        return BatchShape(prefill_tokens, decodes, 0, prompts + decodes, context, 0)
 
     def _emit_token(self, sim: SimRequest) -> None:
         req = sim.request

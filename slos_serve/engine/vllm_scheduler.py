@@ -16,6 +16,10 @@ the KV cache is not short; draft tokens are trimmed to the request's tier cap. T
 decisions themselves live in slos_serve/core/policy.py (no vLLM there). In "vllm" mode
 every decision is vLLM's (the baseline) and only stats are published.
 
+With a performance model (mode "slos"), every step's composition and measured seconds refit
+it online (core/learning.py): the budgets follow the learned model, and the stats carry it
+and its live prediction error.
+
 Optional (off unless SLOS_PROFILE_PATH is set): the step recorder (step_recorder.py) for
 `slos-serve profile`.
 
@@ -34,7 +38,8 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
-from slos_serve.core.perf_model import PerfModel
+from slos_serve.core.learning import OnlineModel
+from slos_serve.core.perf_model import BatchShape, PerfModel
 from slos_serve.core.perf_model import load as load_perf_model
 from slos_serve.core.policy import (
     MODES,
@@ -58,7 +63,7 @@ from slos_serve.core.policy import (
     step_budget,
 )
 from slos_serve.core.worker_plan import WorkerPlan
-from slos_serve.engine.base import EngineLoad
+from slos_serve.engine.base import EngineLoad, learned_fields
 from slos_serve.engine.plan_poller import PlanPoller
 from slos_serve.engine.side_channel import (
     MODE_ENV,
@@ -70,7 +75,12 @@ from slos_serve.engine.side_channel import (
     slo_from_extra_args,
 )
 from slos_serve.engine.stats_publisher import StatsPublisher
-from slos_serve.engine.step_recorder import MAX_PENDING_STEPS, StepRecorder, computed_tokens
+from slos_serve.engine.step_recorder import (
+    MAX_PENDING_STEPS,
+    StepRecorder,
+    batch_composition,
+    computed_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +140,13 @@ class SloScheduler(Scheduler):
         self._stage_switches: dict[str, int] = {}  # the worker's, by its request id
         self._poller = PlanPoller(os.environ.get(PLAN_PATH_ENV))
         self._model: PerfModel | None = None
+        self._learner: OnlineModel | None = None
+        self._step_shape: BatchShape | None = None  # of the step running, for the learner
         profile = os.environ.get(PERF_PROFILE_ENV)
         if profile and self._slos:
             try:
                 self._model = load_perf_model(profile)
+                self._learner = OnlineModel(self._model)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("%s=%s: no performance model (%s); only the plan's budget "
                             "applies", PERF_PROFILE_ENV, profile, exc)
@@ -225,6 +238,8 @@ class SloScheduler(Scheduler):
             output = super().schedule(*args, **kwargs)
         if output.total_num_scheduled_tokens > 0:
             self._step_started = time.perf_counter()
+            if self._learner is not None:
+                self._step_shape = BatchShape(**batch_composition(output, self.requests))
             if self._recorder is not None:
                 self._recorder.started(output, self.requests)
             self._note_spec(output)
@@ -380,6 +395,9 @@ class SloScheduler(Scheduler):
             self._last_step_s = step
             self._recent_step_s = recent_step_time(self._recent_step_s, step)
             self._step_started = None
+            if self._learner is not None and self._step_shape is not None:
+                self._learner.observe(self._step_shape, step)
+                self._model = self._learner.model
         outputs = super().update_from_output(*args, **kwargs)
         if output is not None:
             now = time.time()
@@ -423,11 +441,13 @@ class SloScheduler(Scheduler):
             spec=spec,
             scheduler=self._mode,
             last_step_ms=1000 * self._last_step_s,
+            **learned_fields(self._learner),
         )
         self._publisher.publish(load, {
             "max_spec_tokens": self._max_spec,
             "plan_time_unix": self._plan.plan_time_unix,
             "step_token_budget": self._last_budget,
             "paced": self._last_held,
+            "profile_error": self._learner.prior_error if self._learner else 0.0,
             "time": time.time(),
         })

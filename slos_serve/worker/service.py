@@ -90,7 +90,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         return pb.WorkerAbortResponse(found=found)
 
     async def GetLoad(self, request, context):
-        return load_to_proto(self.engine.load(), self.role, len(self.active), self.draining)
+        return load_to_proto(self.engine.load(), self.role, len(self.active), self.draining,
+                             self.metrics.handoffs.summary())
 
     async def SetPlan(self, request, context):
         try:

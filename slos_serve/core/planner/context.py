@@ -7,7 +7,13 @@ import math
 
 from slos_serve.core.memo import trim
 from slos_serve.core.planner.records import PlanRequest, PlanWorker, Snapshot
-from slos_serve.core.spec import DecodeConfig, TierLoad, choose_config, prefill_only
+from slos_serve.core.spec import (
+    DecodeConfig,
+    TierLoad,
+    choose_config,
+    decode_shape,
+    prefill_only,
+)
 
 INF = float("inf")
 _CONFIGS: dict[tuple, DecodeConfig | None] = {}  # decode configurations, across plans
@@ -73,6 +79,28 @@ class PlanContext:
                                 w.max_batch_tokens, outlook, self.prefill_share)
         _CONFIGS[key] = cfg
         return cfg
+
+    def absorbs_handoff(self, w: PlanWorker, counts: tuple[int, ...], r: PlanRequest) -> bool:
+        """Whether r, handed off to decode on w (tier counts `counts`, r included), still
+        meets its TPOT after waiting Snapshot.handoff_delay for its KV: the wait must fit in
+        the slack its decode leaves per token (TPOT less the interval it is served at) over
+        the tokens it still expects. A decode worker runs its batches back to back (nothing
+        to pace for), every decoder in each: the interval is that batch's predicted time; a
+        mixed worker paces its decoders to make room for prompts: the cadence's interval."""
+        delay = self.snap.handoff_delay
+        if delay <= 0 or r.expected_output <= 0:
+            return True
+        cfg = self.config(w, counts)
+        if cfg is None:
+            return False
+        k = self.tier(r)
+        if w.role == "decode":
+            every = (1,) * len(counts)
+            batch = w.model.predict(decode_shape(self.tier_loads(counts), cfg.spec, every))
+            interval = batch / cfg.expected[k]
+        else:
+            interval = cfg.every[k] * cfg.period / cfg.expected[k]
+        return delay <= r.expected_output * (r.tpot - interval)
 
     def tier_loads(self, counts: list[int] | tuple[int, ...]) -> list[TierLoad]:
         per = zip(self.tpots, counts, self.alphas, self.avg_ctx, strict=True)

@@ -52,11 +52,16 @@ class WorkerLoad:
 
     # ------------------------------------------------------------ decode side
 
-    def can_admit_decode(self, ctx: PlanContext, r: PlanRequest) -> bool:
-        """r's KV fits and the worker still sustains every admitted TPOT with r added."""
+    def can_admit_decode(self, ctx: PlanContext, r: PlanRequest,
+                         handed_off: bool = False) -> bool:
+        """r's KV fits and the worker still sustains every admitted TPOT with r added
+        (`handed_off`: and r's TPOT absorbs the wait for its KV, ctx.absorbs_handoff)."""
         if self.kv_used + ctx.kv_blocks(r, self.worker) > self.worker.kv_capacity_blocks:
             return False
-        return ctx.config(self.worker, with_one_more(self.counts, ctx.tier(r))) is not None
+        counts = with_one_more(self.counts, ctx.tier(r))
+        if ctx.config(self.worker, counts) is None:
+            return False
+        return not handed_off or ctx.absorbs_handoff(self.worker, counts, r)
 
     def admit_decode(self, ctx: PlanContext, r: PlanRequest, *, new: bool) -> None:
         """Reserve r's decoding here: its tier count and (unless already reserved with its

@@ -128,6 +128,10 @@ class Snapshot:
     # conditional disaggregation: a request may prefill on one worker and decode on another
     # (KV hand-off), and the workers' roles follow the load (planner/layout.py)
     adaptive_layout: bool = False
+    # seconds a handed-off request waits for its KV before its first decode step (live: the
+    # decode workers' measured hand-off p99); its decode must absorb the wait within its TPOT
+    # (PlanContext.absorbs_handoff). 0: hand-offs are free
+    handoff_delay: float = 0.0
 
 
 @dataclass

@@ -148,7 +148,8 @@ class Planning:
         ws = [self.loads[w].worker for w in rotate(self.prefill_ids, self.route[r.id])]
         # the decode check only matters where a prompt may hand its KV off
         fits = (self.adaptive or any(w.role == "prefill" for w in ws)) and any(
-            self.loads[d].can_admit_decode(self.ctx, r) for d in self.decode_ids)
+            self.loads[d].can_admit_decode(self.ctx, r, handed_off=True)
+            for d in self.decode_ids)
         if self.adaptive:  # where the prompt is prefilled soonest first; per worker, local first
             ws.sort(key=lambda w: layout.prefill_wait(self.backlog[w.id] + r.prefill_left,
                                                      self.rates[w.id]))
@@ -193,7 +194,9 @@ class Planning:
             p = self.placed.get(r.id)
             if r.phase == "prefill" and (p is None or p.decode is not None):
                 continue
-            dl = next((d for d in self._decode_order(r, p) if d.can_admit_decode(ctx, r)
+            handed_off = r.phase == "prefill"  # its KV moves: the hand-off wait counts
+            dl = next((d for d in self._decode_order(r, p)
+                       if d.can_admit_decode(ctx, r, handed_off)
                        and layout.keeps_prompts(ctx, d, ctx.tier(r))), None)
             if dl is None:
                 if p is not None:
