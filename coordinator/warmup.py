@@ -27,9 +27,10 @@ _ids = itertools.count()
 
 def cold_pairs(pool: WorkerPool, warm: set[tuple[str, str]]) -> list[tuple[WorkerHandle,
                                                                              WorkerHandle]]:
-    """Healthy (prefill, decode) pairs that have not carried a hand-off yet."""
-    return [(p, d) for p in pool.of_role("prefill") for d in pool.of_role("decode")
-            if p.healthy and d.healthy and (p.address, d.address) not in warm]
+    """Healthy (prefill, decode) pairs of two workers that have not carried a hand-off yet
+    (a mixed worker on either side: the adaptive layout hands off between them)."""
+    return [(p, d) for p in pool.serving("prefill") for d in pool.serving("decode")
+            if p is not d and p.healthy and d.healthy and (p.address, d.address) not in warm]
 
 
 async def hand_off_once(prefill: WorkerHandle, decode: WorkerHandle) -> float:

@@ -1,4 +1,4 @@
-"""Command line of a worker process (`slos-serve prefill-worker|decode-worker`).
+"""Command line of a worker process (`slos-serve prefill-worker|decode-worker|mixed-worker`).
 
 The worker's gRPC service is imported in `serve`, so that `slos-serve --help` (which imports
 every command module) stays fast.
@@ -36,7 +36,7 @@ SERVING = HealthCheckResponse.SERVING
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerConfig(Options):
-    """A prefill or decode worker process: its flags, and the argv `up` starts it with."""
+    """A prefill, decode or mixed worker process: its flags, and the argv `up` starts it with."""
 
     host: str = option("127.0.0.1", "address to listen on")
     port: int = option(help="gRPC port")
