@@ -120,8 +120,8 @@ async def serve(cfg: CoordinatorConfig) -> None:
             await pool.changed.wait()
             pool.changed.clear()
             ready = pool.ready()
-            if ready:
-                await warm_up(pool, warm)
+            if ready:  # hand-offs between mixed workers: only the planner's adaptive layout
+                await warm_up(pool, warm, admission is not None and cfg.adaptive_layout())
             await health.set(
                 "", HealthCheckResponse.SERVING if ready else HealthCheckResponse.NOT_SERVING
             )

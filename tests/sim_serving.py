@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import inspect
 import time
+import urllib.request
 from collections.abc import Callable
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from slos_serve.client import Client, ClusterInfo
 from slos_serve.engine.sim_engine import SimEngine, sim_token
@@ -71,3 +74,26 @@ def assert_serves(client: Client, offset: int = 99) -> None:
     out = client.generate(prompt, max_tokens=3, **GREEDY)
     assert out.finish_reason == "length"
     assert out.token_ids == sim_tokens(prompt, 3, None)
+
+
+# ---------------------------------------------------------------- metrics --
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """One process's /metrics, as Prometheus would read it."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Sum over the samples named `name` whose labels include `labels` (0 if none)."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
