@@ -107,7 +107,7 @@ class Admission:
                 v.block_size, self.max_batch_tokens,
                 target_role=planned.target if planned else None))
 
-    def _apply_roles(self, p: Plan) -> None:
+    def apply_roles(self, p: Plan) -> None:
         """The plan's role changes, for mixed workers (the only ones that can take any)."""
         physical = {v.id: v.role for v in self.views}
         for w in self.workers:
@@ -220,7 +220,7 @@ class Admission:
         )
         self.route += 1 if new is not None else 0
         self.last = plan(snap)
-        self._apply_roles(self.last)
+        self.apply_roles(self.last)
         for d in self.last.verdicts:  # reroutes of admitted requests whose worker left
             r = self.requests.get(d.request_id)
             if r is not None and d.reason == "rerouted":

@@ -9,6 +9,7 @@ advance (tests/sim_serving.py), so the streams are checked exactly.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -183,7 +184,7 @@ def test_vllm_baseline_round_robins_over_mixed_workers(model_dir: str) -> None:
                 assert chunks[0].token_ids == sim_tokens(prompt, 1, None)
                 assert final.token_ids == sim_tokens(prompt, 5, None)
         assert sorted(set(picks)) == workers
-        assert all(a != b for a, b in zip(picks, picks[1:])), picks  # in turn
+        assert all(a != b for a, b in itertools.pairwise(picks)), picks  # in turn
 
 
 def test_up_worker_counts_and_layout_flags() -> None:
@@ -203,3 +204,56 @@ def test_up_worker_counts_and_layout_flags() -> None:
         spec("--prefill", "0").counts()
     with pytest.raises(SystemExit):
         parse(["up", "--model", "m", "--layout", "sideways"])
+
+
+# ------------------------------------------------------- the worker, in-process --
+
+
+class Aborted(Exception):
+    pass
+
+
+class FakeContext:
+    """grpc.aio.ServicerContext's abort: raises, as gRPC's does."""
+
+    code = details = None
+
+    async def abort(self, code, details):
+        self.code, self.details = code, details
+        raise Aborted(details)
+
+
+def test_a_local_decode_streams_every_token_and_only_a_mixed_worker_takes_one() -> None:
+    import grpc
+
+    from proto import slos_serve_pb2 as pb
+    from slos_serve.engine.sim_engine import SimEngine
+    from slos_serve.worker.service import WorkerService
+
+    prompt = prompt_ids(33)
+    request = pb.DecodeRequest(request_id="r", prompt_token_ids=prompt, local=True,
+                               sampling=pb.SamplingParams(max_tokens=6, temperature=0.0))
+
+    async def serve(role: str) -> tuple[list[pb.DecodeResponse], FakeContext]:
+        engine = SimEngine()
+        await engine.start()
+        ctx = FakeContext()
+        out = []
+        try:
+            async for r in WorkerService(role, engine).Decode(request, ctx):
+                out.append(r)
+        except Aborted:
+            pass
+        finally:
+            await engine.shutdown()
+        return out, ctx
+
+    out, ctx = asyncio.run(serve("mixed"))
+    assert ctx.code is None
+    assert list(out[0].token_ids) == sim_tokens(prompt, 1, None)  # the first token first
+    assert [t for r in out for t in r.token_ids] == sim_tokens(prompt, 6, None)
+    assert out[-1].finish_reason == "length"
+    for role in ("decode", "prefill"):
+        out, ctx = asyncio.run(serve(role))
+        assert out == [] and ctx.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "does not serve local requests" in ctx.details
