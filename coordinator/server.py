@@ -193,19 +193,14 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         """The prefill's first token, then the decode's tokens after it (a local route:
         every token from the one worker's stream)."""
         assert route.prefill is not None and route.decode is not None
+        request = {"request_id": rid, "prompt_token_ids": spec.prompt_token_ids,
+                   "sampling": spec.sampling, "slo": slo}
         if route.local:
-            request = pb.DecodeRequest(request_id=rid, prompt_token_ids=spec.prompt_token_ids,
-                                       sampling=spec.sampling, slo=slo, local=True)
-            async for chunk in self._stream(rid, request, route.decode, live, stages, served):
+            local = pb.DecodeRequest(**request, local=True)
+            async for chunk in self._stream(rid, local, route.decode, live, stages, served):
                 yield chunk
             return
-        prefill_request = pb.PrefillRequest(
-            request_id=rid,
-            prompt_token_ids=spec.prompt_token_ids,
-            sampling=spec.sampling,
-            slo=slo,
-            hand_off=spec.sampling.max_tokens > 1,
-        )
+        prefill_request = pb.PrefillRequest(**request, hand_off=spec.sampling.max_tokens > 1)
         first = await worker_calls.prefill(self.pool, prefill_request, route.prefill, live)
         served.first_at, served.tokens = time.perf_counter(), 1
         self._progress(rid, stages, 1, first.first_text, served.first_at, first=True)
@@ -213,15 +208,9 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         if first.finish_reason:
             served.finish_reason = first.finish_reason
             return
-        decode_request = pb.DecodeRequest(
-            request_id=rid,
-            prompt_token_ids=spec.prompt_token_ids,
-            sampling=spec.sampling,
-            slo=slo,
-            handoff=first.handoff,
-            first_token_id=first.first_token_id,
-            first_text=first.first_text,
-        )
+        decode_request = pb.DecodeRequest(**request, handoff=first.handoff,
+                                          first_token_id=first.first_token_id,
+                                          first_text=first.first_text)
         async for chunk in self._stream(rid, decode_request, route.decode, live, stages,
                                         served):
             yield chunk

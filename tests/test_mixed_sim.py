@@ -10,22 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import signal
 import time
 from collections.abc import Iterator
 
 import pytest
-from sim_serving import (
-    GREEDY,
-    SEEDED,
-    all_healthy,
-    prompt_ids,
-    scrape,
-    sim_tokens,
-    value,
-    wait_for,
-)
+import sim_serving as sim
 
 from slos_serve import cli
 from slos_serve.client import AsyncClient, Chunk, Client, Completion, Started
@@ -36,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def handoffs(cluster: LocalCluster) -> float:
     """KV hand-offs the cluster's workers have pulled so far."""
-    return sum(value(scrape(url), "slos_worker_kv_handoff_seconds_count")
+    return sum(sim.value(sim.scrape(url), "slos_worker_kv_handoff_seconds_count")
                for name, url in cluster.metrics_urls().items() if name != "coordinator")
 
 
@@ -51,8 +40,8 @@ def up(model_dir: str, *flags: str, warm_pairs: int) -> Iterator[LocalCluster]:
     try:
         with Client(cluster.target, timeout=10) as c:
             n = sum(cluster.spec.counts().values())
-            wait_for(lambda: all_healthy(c.cluster_info(), n), 20, "every worker healthy")
-        wait_for(lambda: handoffs(cluster) >= warm_pairs, 20, f"{warm_pairs} warm-ups")
+            sim.wait_for(lambda: sim.all_healthy(c.cluster_info(), n), 20, "every worker healthy")
+        sim.wait_for(lambda: handoffs(cluster) >= warm_pairs, 20, f"{warm_pairs} warm-ups")
         time.sleep(0.5)  # none beyond them
         assert handoffs(cluster) == warm_pairs
         yield cluster
@@ -77,22 +66,22 @@ def stream(client: Client, prompt: list[int], n: int, sampling: dict) -> tuple[
     return started, chunks, final
 
 
-@pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+@pytest.mark.parametrize("sampling", [sim.GREEDY, sim.SEEDED], ids=["greedy", "seeded"])
 def test_mixed_workers_serve_every_request_locally(mixed2: LocalCluster, sampling) -> None:
     workers = {p.address for p in mixed2.procs if p.name.startswith("mixed-")}
     urls = {p.address: mixed2.metrics_urls()[p.name] for p in mixed2.procs
             if p.address in workers}
-    before = {a: scrape(u) for a, u in urls.items()}
+    before = {a: sim.scrape(u) for a, u in urls.items()}
     seed = sampling.get("seed")
     used = set()
     with Client(mixed2.target, timeout=30) as c:
         assert {w.role for w in c.cluster_info().workers} == {"mixed"}
         for i, n in enumerate([1, 2, 7, 20]):
-            prompt = prompt_ids(40 + i, offset=i)
+            prompt = sim.prompt_ids(40 + i, offset=i)
             started, chunks, final = stream(c, prompt, n, sampling)
             assert started.prefill_worker == started.decode_worker in workers
             used.add(started.prefill_worker)
-            want = sim_tokens(prompt, n, seed)
+            want = sim.sim_tokens(prompt, n, seed)
             # the first token alone in the first chunk: TTFT ends there
             assert chunks[0].token_ids == want[:1]
             assert [t for ch in chunks for t in ch.token_ids] == want
@@ -100,16 +89,16 @@ def test_mixed_workers_serve_every_request_locally(mixed2: LocalCluster, samplin
             assert final.finish_reason == "length" and final.slo_met
             assert 0 < final.ttft_ms <= final.e2e_ms
     assert used == workers  # both workers serve
-    after = {a: scrape(u) for a, u in urls.items()}
+    after = {a: sim.scrape(u) for a, u in urls.items()}
 
     def served(rpc: str) -> float:
-        return sum(value(after[a], "slos_worker_requests_total", rpc=rpc, outcome="ok")
-                   - value(before[a], "slos_worker_requests_total", rpc=rpc, outcome="ok")
+        return sum(sim.value(after[a], "slos_worker_requests_total", rpc=rpc, outcome="ok")
+                   - sim.value(before[a], "slos_worker_requests_total", rpc=rpc, outcome="ok")
                    for a in workers)
 
     assert served("prefill") == served("decode") == 4
-    pulled = sum(value(after[a], "slos_worker_kv_handoff_seconds_count")
-                 - value(before[a], "slos_worker_kv_handoff_seconds_count") for a in workers)
+    pulled = sum(sim.value(after[a], "slos_worker_kv_handoff_seconds_count")
+                 - sim.value(before[a], "slos_worker_kv_handoff_seconds_count") for a in workers)
     assert pulled == 0  # a local request moves no KV
 
 
@@ -130,21 +119,11 @@ def test_a_local_request_fails_over_to_the_other_mixed_worker(
 
     async def main() -> list[str]:
         async with AsyncClient(cluster.target, timeout=30) as c:
-            os.killpg(victim.popen.pid, signal.SIGSTOP)
-            try:
-                prompts = [prompt_ids(30, offset=300 + i) for i in range(6)]
-                streams = [c.stream(p, max_tokens=4, **GREEDY) for p in prompts]
-                iters = [s.__aiter__() for s in streams]
-                firsts = await asyncio.gather(*(it.__anext__() for it in iters))
-            finally:
-                os.killpg(victim.popen.pid, signal.SIGKILL)
-                victim.popen.wait(timeout=10)
-            for it in iters:
-                async for _ in it:
-                    pass
+            prompts = [sim.prompt_ids(30, offset=300 + i) for i in range(6)]
+            streams, firsts = await sim.streams_over_a_killed_worker(c, victim, prompts, 4)
             for s, p in zip(streams, prompts, strict=True):
                 assert s.completion is not None
-                assert s.completion.token_ids == sim_tokens(p, 4, None)
+                assert s.completion.token_ids == sim.sim_tokens(p, 4, None)
             return [e.prefill_worker for e in firsts]
 
     picks = asyncio.run(main())
@@ -160,12 +139,12 @@ def test_prefill_and_mixed_workers_together(model_dir: str) -> None:
         with Client(cluster.target, timeout=30) as c:
             assert sorted(w.role for w in c.cluster_info().workers) == ["mixed", "prefill"]
             for i in range(6):
-                prompt = prompt_ids(25, offset=50 + i)
-                started, chunks, final = stream(c, prompt, 6, GREEDY)
+                prompt = sim.prompt_ids(25, offset=50 + i)
+                started, chunks, final = stream(c, prompt, 6, sim.GREEDY)
                 assert started.decode_worker == addr["mixed-0"]  # the only one that decodes
                 routes.add(started.prefill_worker)
-                assert chunks[0].token_ids == sim_tokens(prompt, 1, None)
-                assert final.token_ids == sim_tokens(prompt, 6, None)
+                assert chunks[0].token_ids == sim.sim_tokens(prompt, 1, None)
+                assert final.token_ids == sim.sim_tokens(prompt, 6, None)
         assert routes == {addr["prefill-0"], addr["mixed-0"]}  # hand-offs and local
 
 
@@ -177,12 +156,12 @@ def test_vllm_baseline_round_robins_over_mixed_workers(model_dir: str) -> None:
         picks = []
         with Client(cluster.target, timeout=30) as c:
             for i in range(6):
-                prompt = prompt_ids(20, offset=90 + i)
-                started, chunks, final = stream(c, prompt, 5, GREEDY)
+                prompt = sim.prompt_ids(20, offset=90 + i)
+                started, chunks, final = stream(c, prompt, 5, sim.GREEDY)
                 assert started.prefill_worker == started.decode_worker
                 picks.append(started.prefill_worker)
-                assert chunks[0].token_ids == sim_tokens(prompt, 1, None)
-                assert final.token_ids == sim_tokens(prompt, 5, None)
+                assert chunks[0].token_ids == sim.sim_tokens(prompt, 1, None)
+                assert final.token_ids == sim.sim_tokens(prompt, 5, None)
         assert sorted(set(picks)) == workers
         assert all(a != b for a, b in itertools.pairwise(picks)), picks  # in turn
 
@@ -230,7 +209,7 @@ def test_a_local_decode_streams_every_token_and_only_a_mixed_worker_takes_one() 
     from slos_serve.engine.sim_engine import SimEngine
     from slos_serve.worker.service import WorkerService
 
-    prompt = prompt_ids(33)
+    prompt = sim.prompt_ids(33)
     request = pb.DecodeRequest(request_id="r", prompt_token_ids=prompt, local=True,
                                sampling=pb.SamplingParams(max_tokens=6, temperature=0.0))
 
@@ -250,8 +229,8 @@ def test_a_local_decode_streams_every_token_and_only_a_mixed_worker_takes_one() 
 
     out, ctx = asyncio.run(serve("mixed"))
     assert ctx.code is None
-    assert list(out[0].token_ids) == sim_tokens(prompt, 1, None)  # the first token first
-    assert [t for r in out for t in r.token_ids] == sim_tokens(prompt, 6, None)
+    assert list(out[0].token_ids) == sim.sim_tokens(prompt, 1, None)  # the first token first
+    assert [t for r in out for t in r.token_ids] == sim.sim_tokens(prompt, 6, None)
     assert out[-1].finish_reason == "length"
     for role in ("decode", "prefill"):
         out, ctx = asyncio.run(serve(role))

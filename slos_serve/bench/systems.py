@@ -134,12 +134,8 @@ class VllmServeSystem:
                  log_dir: Path | None = None, host: str = "127.0.0.1",
                  max_model_len: int = 2048, priority: bool = False) -> None:
         self.name = "vllm-serve-priority" if priority else "vllm-serve"
-        self.priority = priority
-        self.model = model
-        self.instances = instances
-        self.spec_tokens = spec_tokens
-        self.host = host
-        self.max_model_len = max_model_len
+        self.priority, self.model, self.instances = priority, model, instances
+        self.spec_tokens, self.host, self.max_model_len = spec_tokens, host, max_model_len
         self.log_dir = Path(log_dir or Path.cwd() / f"{self.name}-logs")
         self.procs: list[subprocess.Popen] = []
         self.urls: list[str] = []
