@@ -136,13 +136,12 @@ class PlannedRouting:
     def _workers(self, decision: Verdict) -> tuple[WorkerHandle | None, WorkerHandle | None]:
         """The verdict's workers; one that is not healthy (or not named): the next healthy
         one that serves its side, and for a local verdict the next mixed worker."""
-        prefill, decode = self._healthy(decision.prefill_worker), \
-            self._healthy(decision.decode_worker)
-        if decision.prefill_worker is not None and \
-                decision.prefill_worker == decision.decode_worker and prefill is None:
-            spare = self.pool.pick("mixed")
-            if spare is not None:
-                return spare, spare
+        prefill = self._healthy(decision.prefill_worker)
+        decode = self._healthy(decision.decode_worker)
+        local = decision.prefill_worker is not None and (
+            decision.prefill_worker == decision.decode_worker)
+        if local and prefill is None and (spare := self.pool.pick("mixed")) is not None:
+            return spare, spare
         return prefill or self.pool.pick("prefill"), decode or self.pool.pick("decode")
 
     def first_token(self, rid: str) -> None:
