@@ -45,8 +45,10 @@ lint: install
 kv-bench: install
 	$(PY) -m slos_serve.cli kv-bench
 
-# Short live comparison (a few minutes): slos, vllm-pd and vllm-serve, one after the other,
-# on the same arrivals; prints the table and the plots' paths (bench-results/<time>/).
+# Short live comparison (a few minutes): slos-mixed (2 mixed workers, the planner) beside
+# vllm-serve and vllm-serve-priority (two `vllm serve`, vLLM's defaults; FCFS / priority by
+# tier), one after the other on the same arrivals; prints the table and the plots' paths
+# (bench-results/<time>/).
 BENCH_ARGS ?=
 bench: install model
 	$(PY) -m slos_serve.cli bench --model $(MODEL) $(BENCH_ARGS)

@@ -7,6 +7,13 @@ as one WorkerPlan per worker for the workers' schedulers (`worker_plans`).
 
 Clock: unix seconds (time.time()), the clock the workers' TTFT deadlines are given in.
 
+Layouts: fixed (the default) keeps every worker in its role, a mixed worker serving its
+requests locally (prefill and decode on it); adaptive (`adaptive_layout`, Snapshot's) lets
+the planner choose per request between local serving and a KV hand-off, and change the
+planned role of mixed workers with the load (planner/layout.py; Plan.roles, applied as the
+simulator does). A worker's planned role is kept across re-plans; its physical role (what
+it accepts) never changes: a mixed worker accepts both kinds, the plan decides what it gets.
+
 What the coordinator cannot see, it assumes conservatively: a prompt counts as wholly
 unprefilled until its prefill worker answers; a request may generate up to its max_tokens
 (KV is reserved for `kv_output_reserve` of what remains, an overcommit the engines' own
@@ -24,6 +31,7 @@ from slos_serve.core.planner import (
     PlanWorker,
     Snapshot,
     Verdict,
+    WorkerRole,
     engine_plan,
     plan,
     plan_request,
@@ -74,10 +82,13 @@ class Admission:
         *,
         kv_output_reserve: float = 0.5,
         max_batch_tokens: int = 2048,
+        adaptive_layout: bool = False,
     ) -> None:
         self.model = model
         self.kv_output_reserve = kv_output_reserve
         self.max_batch_tokens = max_batch_tokens
+        self.adaptive_layout = adaptive_layout
+        self.planned: dict[str, WorkerRole] = {}  # mixed workers' planned roles, by id
         self.requests: dict[str, Tracked] = {}
         self.workers: list[PlanWorker] = []
         self.views: list[WorkerView] = []
@@ -90,11 +101,23 @@ class Admission:
     def set_workers(self, views: list[WorkerView]) -> None:
         """The healthy workers with a known KV capacity (others receive no new work)."""
         self.views = [v for v in views if v.kv_blocks_total > 0]
-        self.workers = [
-            PlanWorker(v.id, v.role, v.model or self.model, v.kv_blocks_total, v.block_size,
-                       self.max_batch_tokens)
-            for v in self.views
-        ]
+        self.workers = []
+        for v in self.views:
+            planned = self.planned.get(v.id) if v.role == "mixed" else None
+            self.workers.append(PlanWorker(
+                v.id, planned.role if planned else v.role, v.model or self.model,
+                v.kv_blocks_total,
+                v.block_size, self.max_batch_tokens,
+                target_role=planned.target if planned else None))
+
+    def apply_roles(self, p: Plan) -> None:
+        """The plan's role changes, for mixed workers (the only ones that can take any)."""
+        physical = {v.id: v.role for v in self.views}
+        for w in self.workers:
+            change = p.roles.get(w.id)
+            if change is not None and physical.get(w.id) == "mixed":
+                self.planned[w.id] = change
+                w.role, w.target_role = change.role, change.target
 
     def _alphas(self) -> tuple[dict[float, float], float]:
         """The acceptance to plan on, per TPOT tier, from what the workers measured."""
@@ -197,9 +220,11 @@ class Admission:
             kv_output_reserve=self.kv_output_reserve,
             ttft_outlook=self.ttft.outlook(now),
             handoff_delay=max((v.handoff_p99_s for v in self.views), default=0.0),
+            adaptive_layout=self.adaptive_layout,
         )
         self.route += 1 if new is not None else 0
         self.last = plan(snap)
+        self.apply_roles(self.last)
         for d in self.last.verdicts:  # reroutes of admitted requests whose worker left
             r = self.requests.get(d.request_id)
             if r is not None and d.reason == "rerouted":

@@ -23,6 +23,7 @@ from slos_serve.metrics import REGISTRY, CoordinatorMetrics, metrics_port_arg, s
 from slos_serve.tokenizer import load_tokenizer
 
 log = logging.getLogger("slos_serve.coordinator")
+LAYOUTS = ("auto", "adaptive", "fixed")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,10 +32,17 @@ class CoordinatorConfig(Options):
 
     host: str = option("127.0.0.1", "address to listen on")
     port: int = option(50051, "gRPC port for clients")
-    prefill: list[str] = option(help="prefill workers, comma-separated host:port",
-                                parse=comma_list)
-    decode: list[str] = option(help="decode workers, comma-separated host:port",
-                               parse=comma_list)
+    prefill: list[str] | None = option(None, "prefill workers, comma-separated host:port",
+                                       parse=comma_list)
+    decode: list[str] | None = option(None, "decode workers, comma-separated host:port",
+                                      parse=comma_list)
+    mixed: list[str] | None = option(None, "mixed workers (prefill and decode on one engine), "
+                                     "comma-separated host:port", parse=comma_list)
+    layout: str = option(
+        "auto", "adaptive: the planner chooses per request between local serving on a mixed "
+        "worker and a KV hand-off, and the roles mixed workers play; fixed: every worker "
+        "keeps its role, mixed ones serve locally; auto: adaptive iff there are mixed "
+        "workers", choices=LAYOUTS)
     model: str = option(help="model directory (for its tokenizer)")
     tiers: str | None = option(None, 'SLO tier table JSON: '
                                      '{"default": N, "tiers": {N: {"ttft_ms": X, "tpot_ms": Y}}}')
@@ -53,6 +61,11 @@ class CoordinatorConfig(Options):
     kv_output_reserve: float = option(
         0.5, "fraction of each request's remaining max_tokens the planner reserves in KV "
         "(1 = its peak; below 1 overcommits)")
+
+
+    def adaptive_layout(self) -> bool:
+        """The one rule for `auto`: adaptive when there are mixed workers."""
+        return self.layout == "adaptive" or (self.layout == "auto" and bool(self.mixed))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,8 +92,13 @@ async def serve(cfg: CoordinatorConfig) -> None:
                 "e.g. sim-engine for simulated workers), or run --scheduler vllm")
         model = load_profile(cfg.profile)
         log.info("planner on: performance model %s (R^2 %s)", model.name, model.r2)
-        admission = Admission(model, kv_output_reserve=cfg.kv_output_reserve)
-    pool = WorkerPool(cfg.prefill, cfg.decode)
+        admission = Admission(model, kv_output_reserve=cfg.kv_output_reserve,
+                              adaptive_layout=cfg.adaptive_layout())
+        log.info("layout: %s", "adaptive" if cfg.adaptive_layout() else "fixed")
+    pool = WorkerPool(cfg.prefill or [], cfg.decode or [], cfg.mixed or [])
+    if not pool.serving("prefill") or not pool.serving("decode"):
+        raise SystemExit("the coordinator needs a worker that prefills and one that decodes "
+                         "(--prefill and --decode, or --mixed)")
     service = CoordinatorService(
         pool, tiers, tokenizer, cfg.model, cfg.on_reject,
         metrics=CoordinatorMetrics(tiers.tiers, registry=REGISTRY),
@@ -102,8 +120,8 @@ async def serve(cfg: CoordinatorConfig) -> None:
             await pool.changed.wait()
             pool.changed.clear()
             ready = pool.ready()
-            if ready:
-                await warm_up(pool, warm)
+            if ready:  # hand-offs between mixed workers: only the planner's adaptive layout
+                await warm_up(pool, warm, admission is not None and cfg.adaptive_layout())
             await health.set(
                 "", HealthCheckResponse.SERVING if ready else HealthCheckResponse.NOT_SERVING
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -14,6 +15,11 @@ from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.grpc_util import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)
+
+
+# What a worker of each role serves: a mixed worker takes either side of a hand-off, and
+# whole requests locally ("mixed": prefill and decode on it).
+SERVES = {"prefill": ("prefill", "mixed"), "decode": ("decode", "mixed"), "mixed": ("mixed",)}
 
 
 @dataclass
@@ -30,13 +36,14 @@ class WorkerHandle:
 class WorkerPool:
     """Polls every worker's load report; a worker is healthy while it answers."""
 
-    def __init__(self, prefill: list[str], decode: list[str], poll_interval_s: float = 0.25):
+    def __init__(self, prefill: list[str], decode: list[str], mixed: Sequence[str] = (),
+                 poll_interval_s: float = 0.25):
         self.workers = [
             self._connect(addr, role)
-            for role, addrs in (("prefill", prefill), ("decode", decode))
+            for role, addrs in (("prefill", prefill), ("decode", decode), ("mixed", mixed))
             for addr in addrs
         ]
-        self._next = {role: itertools.count() for role in ("prefill", "decode")}
+        self._next = {role: itertools.count() for role in SERVES}
         self._interval = poll_interval_s
         self._task: asyncio.Task | None = None
         self.changed = asyncio.Event()
@@ -52,22 +59,28 @@ class WorkerPool:
     def of_role(self, role: str) -> list[WorkerHandle]:
         return [w for w in self.workers if w.role == role]
 
-    def pick(self, role: str, exclude: set[str] = frozenset()) -> WorkerHandle | None:
-        """Round-robin over healthy workers of a role (the "vllm" scheduler's routing,
-        and the fallback when the planner names no worker)."""
-        candidates = [w for w in self.of_role(role) if w.healthy and w.address not in exclude]
+    def serving(self, kind: str) -> list[WorkerHandle]:
+        """The workers that serve `kind` ("prefill", "decode", or "mixed": whole requests
+        locally), whatever their own role (see SERVES)."""
+        return [w for w in self.workers if w.role in SERVES[kind]]
+
+    def pick(self, kind: str, exclude: set[str] = frozenset()) -> WorkerHandle | None:
+        """Round-robin over the healthy workers that serve `kind` (the "vllm" scheduler's
+        routing, and the fallback when the planner names no worker or a failed one)."""
+        candidates = [w for w in self.serving(kind) if w.healthy and w.address not in exclude]
         if not candidates:
             return None
-        return candidates[next(self._next[role]) % len(candidates)]
+        return candidates[next(self._next[kind]) % len(candidates)]
 
     def ready(self) -> bool:
-        return all(any(w.healthy for w in self.of_role(r)) for r in ("prefill", "decode"))
+        """Some healthy worker takes prompts and some decodes (a mixed one does both)."""
+        return all(any(w.healthy for w in self.serving(k)) for k in ("prefill", "decode"))
 
     async def _poll(self, worker: WorkerHandle) -> None:
         try:
             if worker.info is None:
                 info = await worker.stub.GetInfo(pb.WorkerInfoRequest(), timeout=2.0)
-                if info.role not in (worker.role, "mixed"):
+                if info.role not in (worker.role, "mixed"):  # a mixed worker may stand in
                     raise RuntimeError(f"{worker.address} is a {info.role} worker")
                 worker.info = info
             worker.load = await worker.stub.GetLoad(pb.LoadRequest(), timeout=2.0)

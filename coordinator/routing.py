@@ -3,15 +3,19 @@
 `PlannedRouting` ("slos"): the planner (coordinator/admission.py) decides every arrival
 and re-plans as requests progress; each worker gets its share of the latest plan whenever
 it changed (and now and then again, for a worker that restarted). `RoundRobinRouting`
-("vllm", the baseline): everything admitted, workers in turn, the engines schedule as
-vLLM does. The service tells both the same events (`first_token`, `progress`,
-`switch_stage`, `finish`); the baseline ignores them.
+("vllm", the baseline): everything admitted, workers in turn (each mixed worker is a server
+of its own that serves its requests locally, as separate vLLM servers do; prefill and decode
+workers a pair), the engines schedule as vLLM does. A route whose prefill and decode worker
+are one worker is served there locally (Route.local: no hand-off). The service tells both
+the same events (`first_token`, `progress`, `switch_stage`, `finish`); the baseline ignores
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -40,12 +44,18 @@ class Route:
     prefill: WorkerHandle | None
     decode: WorkerHandle | None
 
+    @property
+    def local(self) -> bool:
+        """Prefill and decode on one (mixed) worker: one call, no KV hand-off."""
+        return self.prefill is not None and self.prefill is self.decode
+
 
 class RoundRobinRouting:
     scheduler = "vllm"
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
+        self._turn = itertools.count()
 
     def start(self) -> None:
         pass
@@ -55,8 +65,20 @@ class RoundRobinRouting:
 
     def decide(self, rid: str, spec: RequestSpec, received_unix: float,
                ttft_deadline_unix: float) -> Route:
-        return Route(Verdict(rid, "admit", None, None, ""), self.pool.pick("prefill"),
-                     self.pool.pick("decode"))
+        """The next server in turn: a healthy mixed worker (locally), or the prefill and
+        decode pools (a hand-off, each pool in turn)."""
+        admit = Verdict(rid, "admit", None, None, "")
+        pool = self.pool
+        servers: list[WorkerHandle | None] = [w for w in pool.of_role("mixed") if w.healthy]
+        pair = all(any(w.healthy for w in pool.of_role(r)) for r in ("prefill", "decode"))
+        if pair or not servers:
+            servers.append(None)  # the pair's turn (with no server at all: its failure)
+        server = servers[next(self._turn) % len(servers)]
+        if server is not None:
+            return Route(admit, server, server)
+        mixed = {w.address for w in pool.of_role("mixed")}
+        return Route(admit, pool.pick("prefill", exclude=mixed),
+                     pool.pick("decode", exclude=mixed))
 
     def first_token(self, rid: str) -> None:
         pass
@@ -107,10 +129,20 @@ class PlannedRouting:
         self._push_plans()
         if decision.action == "reject":
             return Route(decision, None, None)
-        prefill = self._healthy(decision.prefill_worker) or self.pool.pick("prefill")
-        decode = self._healthy(decision.decode_worker) or self.pool.pick("decode")
+        prefill, decode = self._workers(decision)
         self.admission.route_to(rid, prefill and prefill.address, decode and decode.address)
         return Route(decision, prefill, decode)
+
+    def _workers(self, decision: Verdict) -> tuple[WorkerHandle | None, WorkerHandle | None]:
+        """The verdict's workers; one that is not healthy (or not named): the next healthy
+        one that serves its side, and for a local verdict the next mixed worker."""
+        prefill = self._healthy(decision.prefill_worker)
+        decode = self._healthy(decision.decode_worker)
+        local = decision.prefill_worker is not None and (
+            decision.prefill_worker == decision.decode_worker)
+        if local and prefill is None and (spare := self.pool.pick("mixed")) is not None:
+            return spare, spare
+        return prefill or self.pool.pick("prefill"), decode or self.pool.pick("decode")
 
     def first_token(self, rid: str) -> None:
         self.admission.first_token(rid, time.time())

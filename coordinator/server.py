@@ -3,8 +3,10 @@
 One request: the planner's decision (admitted or best effort: Started; rejected:
 RESOURCE_EXHAUSTED) -> the prefill worker's first token, sent at once (TTFT ends
 here) -> the decode worker's tokens after the first -> Final with measured TTFT /
-TPOT and the verdict per stage. Every request ends with a Final, a status the
-client can see, or the client's own cancellation.
+TPOT and the verdict per stage. A request routed to one mixed worker for both is served
+there locally: one Decode call (`local`) that streams every token, the first at once.
+Every request ends with a Final, a status the client can see, or the client's own
+cancellation.
 
 Two schedulers (coordinator/routing.py): "slos" (the planner decides every arrival
 and each worker gets its share of the plan) and "vllm" (the baseline: round-robin
@@ -25,7 +27,7 @@ import grpc
 
 from coordinator import worker_calls
 from coordinator.admission import Admission
-from coordinator.pool import WorkerPool
+from coordinator.pool import WorkerHandle, WorkerPool
 from coordinator.routing import PlannedRouting, RoundRobinRouting, Route
 from coordinator.validate import InvalidRequest, ModelFacts, RequestSpec, validate
 from coordinator.worker_calls import Aborted, InFlight, NoWorker
@@ -188,15 +190,17 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         stages: StageTracker,
         served: Served,
     ) -> AsyncIterator[pb.TokenChunk]:
-        """The prefill's first token, then the decode's tokens after it."""
+        """The prefill's first token, then the decode's tokens after it (a local route:
+        every token from the one worker's stream)."""
         assert route.prefill is not None and route.decode is not None
-        prefill_request = pb.PrefillRequest(
-            request_id=rid,
-            prompt_token_ids=spec.prompt_token_ids,
-            sampling=spec.sampling,
-            slo=slo,
-            hand_off=spec.sampling.max_tokens > 1,
-        )
+        request = {"request_id": rid, "prompt_token_ids": spec.prompt_token_ids,
+                   "sampling": spec.sampling, "slo": slo}
+        if route.local:
+            local = pb.DecodeRequest(**request, local=True)
+            async for chunk in self._stream(rid, local, route.decode, live, stages, served):
+                yield chunk
+            return
+        prefill_request = pb.PrefillRequest(**request, hand_off=spec.sampling.max_tokens > 1)
         first = await worker_calls.prefill(self.pool, prefill_request, route.prefill, live)
         served.first_at, served.tokens = time.perf_counter(), 1
         self._progress(rid, stages, 1, first.first_text, served.first_at, first=True)
@@ -204,19 +208,34 @@ class CoordinatorService(pb_grpc.SloServeServicer):
         if first.finish_reason:
             served.finish_reason = first.finish_reason
             return
-        decode_request = pb.DecodeRequest(
-            request_id=rid,
-            prompt_token_ids=spec.prompt_token_ids,
-            sampling=spec.sampling,
-            slo=slo,
-            handoff=first.handoff,
-            first_token_id=first.first_token_id,
-            first_text=first.first_text,
-        )
-        async for out in worker_calls.decode(self.pool, decode_request, route.decode, live):
-            served.tokens += len(out.token_ids)
-            self._progress(rid, stages, served.tokens, out.text, time.perf_counter(),
-                           new_tokens=len(out.token_ids))
+        decode_request = pb.DecodeRequest(**request, handoff=first.handoff,
+                                          first_token_id=first.first_token_id,
+                                          first_text=first.first_text)
+        async for chunk in self._stream(rid, decode_request, route.decode, live, stages,
+                                        served):
+            yield chunk
+
+    async def _stream(
+        self,
+        rid: str,
+        request: pb.DecodeRequest,
+        worker: WorkerHandle,
+        live: InFlight,
+        stages: StageTracker,
+        served: Served,
+    ) -> AsyncIterator[pb.TokenChunk]:
+        """A Decode stream as chunks; the first token of a local one is the request's."""
+        async for out in worker_calls.decode(self.pool, request, worker, live):
+            n, now = len(out.token_ids), time.perf_counter()
+            if n and served.first_at is None:
+                served.first_at, served.tokens = now, 1
+                self._progress(rid, stages, 1, out.text if n == 1 else "", now, first=True)
+                if n > 1:
+                    served.tokens += n - 1
+                    self._progress(rid, stages, served.tokens, out.text, now, new_tokens=n - 1)
+            else:
+                served.tokens += n
+                self._progress(rid, stages, served.tokens, out.text, now, new_tokens=n)
             if out.token_ids or out.text:
                 yield pb.TokenChunk(token_ids=out.token_ids, text=out.text)
             if out.finish_reason:

@@ -25,11 +25,14 @@ WARMUP_TIMEOUT_S = 60.0
 _ids = itertools.count()
 
 
-def cold_pairs(pool: WorkerPool, warm: set[tuple[str, str]]) -> list[tuple[WorkerHandle,
-                                                                             WorkerHandle]]:
-    """Healthy (prefill, decode) pairs that have not carried a hand-off yet."""
-    return [(p, d) for p in pool.of_role("prefill") for d in pool.of_role("decode")
-            if p.healthy and d.healthy and (p.address, d.address) not in warm]
+def cold_pairs(pool: WorkerPool, warm: set[tuple[str, str]], between_mixed: bool = False
+               ) -> list[tuple[WorkerHandle, WorkerHandle]]:
+    """Healthy (prefill, decode) pairs of two workers that may carry a hand-off and have not
+    yet: a mixed worker on either side, two mixed ones only if `between_mixed` (the adaptive
+    layout; otherwise a mixed worker serves its own requests locally)."""
+    return [(p, d) for p in pool.serving("prefill") for d in pool.serving("decode")
+            if p is not d and p.healthy and d.healthy and (p.address, d.address) not in warm
+            and (between_mixed or "prefill" in (p.role, d.role) or "decode" in (p.role, d.role))]
 
 
 async def hand_off_once(prefill: WorkerHandle, decode: WorkerHandle) -> float:
@@ -55,10 +58,11 @@ async def hand_off_once(prefill: WorkerHandle, decode: WorkerHandle) -> float:
     return time.perf_counter() - start
 
 
-async def warm_up(pool: WorkerPool, warm: set[tuple[str, str]]) -> None:
-    """Warm every cold healthy pair, one at a time (each pair's engines are idle then).
-    A pair that fails is logged and tried again at the next readiness change."""
-    for prefill, decode in cold_pairs(pool, warm):
+async def warm_up(pool: WorkerPool, warm: set[tuple[str, str]],
+                  between_mixed: bool = False) -> None:
+    """Warm every cold healthy pair (cold_pairs), one at a time (each pair's engines are idle
+    then). A pair that fails is logged and tried again at the next readiness change."""
+    for prefill, decode in cold_pairs(pool, warm, between_mixed):
         try:
             took = await hand_off_once(prefill, decode)
         except grpc.RpcError as err:

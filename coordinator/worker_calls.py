@@ -1,6 +1,6 @@
-"""The coordinator's calls to its workers for one request: prefill and decode, with
-failover to another worker of the role while that is still safe, and the request's
-Abort RPC reaching the calls in flight."""
+"""The coordinator's calls to its workers for one request: prefill and decode (or one local
+call that does both on a mixed worker), with failover to another worker of the role while
+that is still safe, and the request's Abort RPC reaching the calls in flight."""
 
 from __future__ import annotations
 
@@ -88,12 +88,14 @@ async def prefill(
 async def decode(
     pool: WorkerPool, request: pb.DecodeRequest, worker: WorkerHandle, live: InFlight
 ) -> AsyncIterator[pb.DecodeResponse]:
-    """Streams from `worker`; if it is unreachable before its first token, from another.
+    """Streams from `worker`; if it is unreachable before its first token, from another
+    (a local request: another mixed worker, which prefills it again).
 
     Failing over is safe only before any decode output: the prefill worker
-    still holds the KV until a decoder has read it.
+    still holds the KV until a decoder has read it, and the client has no token yet.
     """
     tried = {worker.address}
+    kind = "mixed" if request.local else "decode"
     while True:
         call = worker.stub.Decode(request)
         live.calls.append(call)
@@ -104,7 +106,7 @@ async def decode(
                 yield out
             return
         except grpc.RpcError as err:
-            spare = pool.pick("decode", exclude=tried)
+            spare = pool.pick(kind, exclude=tried)
             if received or err.code() not in RETRYABLE or spare is None:
                 raise
             worker.healthy = False

@@ -1,4 +1,5 @@
-"""The decode role: pull the prompt's KV and stream every token after the first."""
+"""The decode role: pull the prompt's KV and stream every token after the first; or, on a
+mixed worker serving a request locally, prefill the prompt here and stream every token."""
 
 from __future__ import annotations
 
@@ -19,42 +20,44 @@ class FirstTokenMismatch(RuntimeError):
 async def decode(
     engine: Engine, request: pb.DecodeRequest, metrics: WorkerMetrics | None = None
 ) -> AsyncIterator[pb.DecodeResponse]:
-    """Streams the tokens after the first.
+    """Streams the tokens after the first (local: every token).
 
     The decode engine recomputes the last prompt position, so its first output
     token is the prefill's first token again: it is checked, never re-sent
     (the client already has it), and the text is sent from after it.
+
+    Local (`request.local`, a mixed worker): no hand-off and no KV transfer; the engine
+    prefills the prompt itself and every token is streamed as it comes, the first in the first
+    message (the coordinator's TTFT ends there).
 
     Multi-stage requests: when the text decoded so far shows a stage's `until`
     string (after the stage began), the engine's scheduler is told that the next
     stage (and its TPOT) is in force; stages that end by token count it follows
     by itself.
     """
-    called, pulled = time.perf_counter(), False
+    called, pulled = time.perf_counter(), request.local  # local: nothing to pull
     slo = slo_from_proto(request.slo)
     stages = UntilWatcher(StageTracker(slo.stages)) if any(s.until for s in slo.stages) else None
-    handoff = handoff_from_proto(request.handoff)
-    sent_tokens, sent_chars = 1, len(request.first_text)
+    handoff = None if request.local else handoff_from_proto(request.handoff)
+    sent_tokens, sent_chars = (0, 0) if request.local else (1, len(request.first_text))
     async for out in engine.generate(
         engine_request(
             request.request_id,
             request.prompt_token_ids,
             request.sampling,
             slo,
-            kv_transfer_params=handoff.to_vllm(),
+            kv_transfer_params=None if handoff is None else handoff.to_vllm(),
         )
     ):
-        if out.token_ids and not pulled and metrics is not None:
+        if out.token_ids and not pulled:
             # The first token needed the prompt's KV: the hand-off is done.
             pulled = True
-            metrics.handoff(
-                handoff.num_blocks, engine.info.block_size, time.perf_counter() - called
-            )
-        if out.token_ids and out.token_ids[0] != request.first_token_id:
-            raise FirstTokenMismatch(
-                f"decode recomputed token {out.token_ids[0]}, prefill produced "
-                f"{request.first_token_id} (sampling not seeded identically?)"
-            )
+            assert handoff is not None
+            check_first_token(out.token_ids[0], request.first_token_id)
+            if metrics is not None:
+                metrics.handoff(
+                    handoff.num_blocks, engine.info.block_size, time.perf_counter() - called
+                )
         if stages is not None and not out.finished:
             switched = stages.update(out)
             if switched is not None:
@@ -66,6 +69,15 @@ async def decode(
                 token_ids=new_ids, text=new_text, finish_reason=out.finish_reason or ""
             )
             sent_tokens, sent_chars = len(out.token_ids), max(sent_chars, len(out.text))
+
+
+def check_first_token(recomputed: int, prefilled: int) -> None:
+    """A hand-off's first decode token is the prefill's, recomputed: they must agree."""
+    if recomputed != prefilled:
+        raise FirstTokenMismatch(
+            f"decode recomputed token {recomputed}, prefill produced {prefilled} "
+            "(sampling not seeded identically?)"
+        )
 
 
 class UntilWatcher:

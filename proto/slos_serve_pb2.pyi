@@ -368,7 +368,7 @@ class PrefillResponse(_message.Message):
     def __init__(self, first_token_id: _Optional[int] = ..., first_text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., handoff: _Optional[_Union[KvHandoff, _Mapping]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "sampling", "slo", "handoff", "first_token_id", "first_text")
+    __slots__ = ("request_id", "prompt_token_ids", "sampling", "slo", "handoff", "first_token_id", "first_text", "local")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -376,6 +376,7 @@ class DecodeRequest(_message.Message):
     HANDOFF_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     FIRST_TEXT_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: SamplingParams
@@ -383,7 +384,8 @@ class DecodeRequest(_message.Message):
     handoff: KvHandoff
     first_token_id: int
     first_text: str
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., slo: _Optional[_Union[WorkerSlo, _Mapping]] = ..., handoff: _Optional[_Union[KvHandoff, _Mapping]] = ..., first_token_id: _Optional[int] = ..., first_text: _Optional[str] = ...) -> None: ...
+    local: bool
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., slo: _Optional[_Union[WorkerSlo, _Mapping]] = ..., handoff: _Optional[_Union[KvHandoff, _Mapping]] = ..., first_token_id: _Optional[int] = ..., first_text: _Optional[str] = ..., local: _Optional[bool] = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
     __slots__ = ("token_ids", "text", "finish_reason")

@@ -294,7 +294,8 @@ class WorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Decode(self, request, context):
-        """Pulls the KV named by the hand-off and streams the tokens after the first.
+        """Pulls the KV named by the hand-off and streams the tokens after the first
+        (DecodeRequest.local: prefills the prompt here and streams every token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -14,10 +14,12 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("slos_serve.up", "start a local cluster: coordinator + prefill + decode workers"),
+    "up": ("slos_serve.up", "start a local cluster: coordinator + prefill, decode, mixed workers"),
     "coordinator": ("coordinator.main", "run the client-facing coordinator"),
     "prefill-worker": ("prefill_worker.main", "run a prefill worker (vLLM or simulated engine)"),
     "decode-worker": ("decode_worker.main", "run a decode worker (vLLM or simulated engine)"),
+    "mixed-worker": ("slos_serve.worker.main", "run a mixed worker: prefill and decode on one "
+                     "engine (vLLM or simulated)"),
     "generate": ("slos_serve.generate_cli", "send one request to a coordinator and stream it"),
     "demo": ("slos_serve.demo", "start a local cluster, serve a few requests, stop (make run)"),
     "make-model": ("slos_serve.model", "build the tiny local LLaMA model and tokenizer"),

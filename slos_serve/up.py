@@ -1,4 +1,5 @@
-"""`slos-serve up`: a local cluster of processes (coordinator + P prefill + D decode workers).
+"""`slos-serve up`: a local cluster of processes (coordinator + P prefill + D decode + M mixed
+workers; a mixed worker prefills and decodes on one engine and serves requests locally).
 
 Every process leads its own process group (in the launcher's session: see
 `spawn_options`) so that stopping it also stops whatever it spawned (vLLM's
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.main import CoordinatorConfig
+from coordinator.main import LAYOUTS, CoordinatorConfig
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.config import Options, option
@@ -65,8 +66,16 @@ class ClusterSpec(Options):
     """A local cluster: `slos-serve up`'s flags, and what a library caller starts."""
 
     model: str | None = option(help="model directory (required for vllm)", cli_default=None)
-    prefill: int = option(1, "prefill workers")
-    decode: int = option(1, "decode workers")
+    prefill: int | None = option(None, "prefill workers (default 1; 0 with --mixed)")
+    decode: int | None = option(None, "decode workers (default 1; 0 with --mixed)")
+    mixed: int = option(0, "mixed workers: prefill and decode on one engine, a request served "
+                        "locally or (adaptive layout) handed off; any mix with --prefill and "
+                        "--decode")
+    layout: str = option(
+        "auto", "adaptive: the planner chooses per request between local serving and a KV "
+        "hand-off, and changes the roles mixed workers play with the load; fixed: every "
+        "worker keeps its role, mixed ones serve locally; auto (default): adaptive when "
+        "there are mixed workers", choices=LAYOUTS)
     engine: str = option("vllm", "worker engine: vllm, or sim (SIMULATED, for tests and "
                          "overhead)", choices=("vllm", "sim"))
     host: str = option("127.0.0.1")
@@ -88,6 +97,18 @@ class ClusterSpec(Options):
     on_reject: str | None = option(None, "default for requests the planner cannot admit",
                                    choices=("best_effort", "reject"))
     start_timeout_s: float = option(600.0, "start-up timeout (s)", flag="--timeout")
+
+    def counts(self) -> dict[str, int]:
+        """Workers per role: --prefill / --decode default to 1 each, or 0 with --mixed."""
+        default = 0 if self.mixed else 1
+        counts = {"prefill": default if self.prefill is None else self.prefill,
+                  "decode": default if self.decode is None else self.decode,
+                  "mixed": self.mixed}
+        if min(counts.values()) < 0 or not (counts["prefill"] + self.mixed
+                                            and counts["decode"] + self.mixed):
+            raise ValueError(f"workers {counts}: a cluster needs a worker that prefills and "
+                             "one that decodes (a mixed one does both)")
+        return counts
 
     def resolve_profile(self) -> str | None:
         """The profile to use: given, shipped (sim), or measured here once and cached."""
@@ -156,9 +177,10 @@ class LocalCluster:
         assert s.model  # start() checked
         policy = {"on_reject": s.on_reject} if s.on_reject else {}  # else the coordinator's
         cfg = CoordinatorConfig(
-            host=s.host, port=port, metrics_port=metrics_port, prefill=workers["prefill"],
-            decode=workers["decode"], model=s.model, tiers=s.tiers, scheduler=s.scheduler,
-            profile=profile, **policy,
+            host=s.host, port=port, metrics_port=metrics_port,
+            prefill=workers.get("prefill") or None, decode=workers.get("decode") or None,
+            mixed=workers.get("mixed") or None, layout=s.layout, model=s.model, tiers=s.tiers,
+            scheduler=s.scheduler, profile=profile, **policy,
         )
         return ["coordinator", *cfg.to_argv()]
 
@@ -169,11 +191,12 @@ class LocalCluster:
         if not s.model:
             raise ValueError("ClusterSpec.model: the coordinator needs a model directory "
                              "(for its tokenizer)")
+        counts = s.counts()
         profile = s.resolve_profile()
         ncpu = os.cpu_count() or 1
-        addresses: dict[str, list[str]] = {"prefill": [], "decode": []}
-        roles = ["prefill"] * s.prefill + ["decode"] * s.decode
-        for k, role in enumerate(roles):
+        addresses: dict[str, list[str]] = {role: [] for role in counts}
+        roles = [role for role, n in counts.items() for _ in range(n)]
+        for k, role in enumerate(roles):  # engine k on core k (mod the cores)
             port, metrics_port = free_port(s.host), free_port(s.host)
             cpu = k % ncpu if (s.bind_cpus and s.engine == "vllm") else None
             proc = self._spawn(f"{role}-{len(addresses[role])}",
@@ -227,7 +250,7 @@ class LocalCluster:
                 )
             except grpc.RpcError:
                 return False
-        expected = self.spec.prefill + self.spec.decode
+        expected = sum(self.spec.counts().values())
         return sum(w.healthy for w in info.workers) == expected
 
     def metrics_urls(self) -> dict[str, str]:
@@ -351,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopping cluster", file=sys.stderr)
         return 0
-    except (RuntimeError, TimeoutError) as exc:
+    except (RuntimeError, TimeoutError, ValueError) as exc:
         print(f"slos-serve up: {exc}", file=sys.stderr)
         return 1
     finally:

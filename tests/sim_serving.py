@@ -8,11 +8,17 @@ token k of a request is `sim_token(prompt_ids, k, seed, vocab)`.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import os
+import signal
 import time
+import urllib.request
 from collections.abc import Callable
 
-from slos_serve.client import Client, ClusterInfo
+from prometheus_client.parser import text_string_to_metric_families
+
+from slos_serve.client import AsyncClient, AsyncGenerateStream, Client, ClusterInfo, Started
 from slos_serve.engine.sim_engine import SimEngine, sim_token
 
 # The workers build their SimEngine without a vocab_size (slos_serve/worker/main.py), so the
@@ -71,3 +77,51 @@ def assert_serves(client: Client, offset: int = 99) -> None:
     out = client.generate(prompt, max_tokens=3, **GREEDY)
     assert out.finish_reason == "length"
     assert out.token_ids == sim_tokens(prompt, 3, None)
+
+
+# ---------------------------------------------------------------- metrics --
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """One process's /metrics, as Prometheus would read it."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Sum over the samples named `name` whose labels include `labels` (0 if none)."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+async def streams_over_a_killed_worker(
+    client: AsyncClient, victim, prompts: list[list[int]], max_tokens: int
+) -> tuple[list[AsyncGenerateStream], list[Started]]:
+    """Greedy streams of `prompts` started while the cluster process `victim` is stopped
+    (SIGSTOP: the coordinator still counts it healthy, its load poll waits for a timeout,
+    and routes requests to it), then the victim killed (SIGKILL) with those requests waiting
+    on it; the streams, read to their ends, and their Started events."""
+    os.killpg(victim.popen.pid, signal.SIGSTOP)
+    try:
+        streams = [client.stream(p, max_tokens=max_tokens, **GREEDY) for p in prompts]
+        iters = [s.__aiter__() for s in streams]
+        firsts = await asyncio.gather(*(it.__anext__() for it in iters))
+        assert all(isinstance(e, Started) for e in firsts)
+    finally:
+        os.killpg(victim.popen.pid, signal.SIGKILL)
+        victim.popen.wait(timeout=10)
+
+    async def finish(it) -> None:
+        async for _ in it:
+            pass
+
+    await asyncio.gather(*(finish(it) for it in iters))
+    return streams, firsts

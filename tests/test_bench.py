@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -18,13 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from slos_serve.bench.capacity import (
-    baseline_of,
-    capacity_json,
-    capacity_search,
-    capacity_table,
-    live_search_options,
-)
 from slos_serve.bench.loadgen import run_load
 from slos_serve.bench.records import CallResult, add_tokens, make_record, read_records
 from slos_serve.bench.summary import summarize, table
@@ -218,48 +210,6 @@ def test_auto_slo_scale() -> None:
     assert round_up_2(2.0) == pytest.approx(2.0)
     with pytest.raises(ValueError):
         auto_slo_scale([])
-
-
-# ---------------------------------------------------------------------- capacity --
-
-
-def test_capacity_search_on_a_synthetic_probe() -> None:
-    true_capacity = 3.3
-    calls: list[float] = []
-
-    def probe(rate: float) -> float:
-        calls.append(rate)
-        return 1.0 if rate <= true_capacity else 0.5
-
-    opts = live_search_options(start=1.0, max_probes=8, rel_tol=0.1)
-    res = capacity_search(probe, opts)
-    assert res.rate <= true_capacity < res.rate * 1.1 + 1e-9
-    assert len(calls) <= 8 and [p[0] for p in res.probes] == calls
-    # few probes: the answer is a passing rate, never above the truth
-    few = capacity_search(probe, live_search_options(start=1.0, max_probes=3))
-    assert 0 < few.rate <= true_capacity and len(few.probes) == 3
-    # nothing passes
-    assert capacity_search(lambda r: 0.0, live_search_options(start=1.0)).rate == 0.0
-
-    found = {"coding": {"slos": res, "vllm-serve": few},
-             "chatbot": {"slos": few, "vllm-serve": few}}
-    data = capacity_json(found, ["slos", "vllm-serve"], 0.9)
-    assert data["baseline"] == "vllm-serve"
-    assert data["capacity"]["coding"]["slos"] == res.rate
-    assert data["ratio_to_baseline"]["coding"]["slos"] == pytest.approx(res.rate / few.rate)
-    assert data["ratio_to_baseline"]["chatbot"]["vllm-serve"] == pytest.approx(1.0)
-    assert data["geomean_ratio_to_baseline"]["slos"] == pytest.approx(
-        math.sqrt(res.rate / few.rate))
-    assert json.loads(json.dumps(data))["probes"]["coding"]["slos"][0][0] == 1.0
-    assert data["bracketed"]["coding"] == {"slos": True, "vllm-serve": True}
-    assert "geo-mean" in capacity_table(data) and " >=2" not in capacity_table(data)
-    # no probe failed: the capacity is only a lower bound, and the table says so
-    always = capacity_search(lambda r: 1.0, live_search_options(start=1.0, max_probes=2))
-    assert always.rate == 2.0
-    data = capacity_json({"coding": {"slos": always}}, ["slos"], 0.9)
-    assert data["bracketed"]["coding"]["slos"] is False and data["baseline"] is None
-    assert " >=2.00" in capacity_table(data)
-    assert baseline_of(["slos", "vllm-pd"]) == "vllm-pd" and baseline_of(["slos"]) is None
 
 
 # ----------------------------------------------------------------- load generator --

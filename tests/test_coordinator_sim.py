@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import signal
 import time
 from collections.abc import Iterator
 
@@ -27,6 +25,7 @@ from sim_serving import (
     busy_decode_workers,
     prompt_ids,
     sim_tokens,
+    streams_over_a_killed_worker,
     wait_for,
 )
 
@@ -299,22 +298,8 @@ def test_requests_survive_a_killed_prefill_worker(fragile_cluster) -> None:
                 c.generate(prompt_ids(20, offset=i), max_tokens=3, **GREEDY) for i in range(4)))
             assert {o.prefill_worker for o in warm} == {victim.address, survivor.address}
 
-            os.killpg(victim.popen.pid, signal.SIGSTOP)
-            try:
-                prompts = [prompt_ids(300, offset=100 + i) for i in range(8)]
-                streams = [c.stream(p, max_tokens=5, **GREEDY) for p in prompts]
-                iters = [s.__aiter__() for s in streams]
-                firsts = await asyncio.gather(*(it.__anext__() for it in iters))
-                assert all(isinstance(e, Started) for e in firsts)
-            finally:
-                os.killpg(victim.popen.pid, signal.SIGKILL)
-                victim.popen.wait(timeout=10)
-
-            async def finish(it) -> None:
-                async for _ in it:
-                    pass
-
-            await asyncio.gather(*(finish(it) for it in iters))
+            prompts = [prompt_ids(300, offset=100 + i) for i in range(8)]
+            streams, firsts = await streams_over_a_killed_worker(c, victim, prompts, 5)
             for s, p in zip(streams, prompts, strict=True):
                 assert s.completion is not None
                 check(s.completion, p, 5)

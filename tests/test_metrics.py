@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sim_serving import Samples, scrape, value
 
 from slos_serve.client import Chunk, Client, Completion, Started
 from slos_serve.errors import InvalidRequest
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.timeout(120)
 SIM_BLOCK_SIZE = 16  # SimEngine's default block size
 SIM_KV_BLOCKS = 4096  # the workers' --sim-kv-blocks default
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +44,6 @@ def cluster(model_dir: str):
         yield c
     finally:
         c.stop()
-
-
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        assert resp.status == 200
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """Sum over the samples named `name` whose labels include `labels` (0 if none)."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
 def has(samples: Samples, name: str) -> bool:

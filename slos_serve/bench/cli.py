@@ -1,9 +1,10 @@
 """`slos-serve bench`: live benchmark of slos-serve against vLLM baselines, side by side.
 
-  slos-serve bench --systems slos,vllm-pd,vllm-serve --scenario coding --rates 1,3
+  slos-serve bench --systems slos-mixed,vllm-serve,vllm-serve-priority --scenario coding
   slos-serve bench --trace trace.csv --time-scale 0.5 --max-context 1024
   slos-serve bench report bench-results/20261124-0415
-  slos-serve bench capacity --systems slos,vllm-serve --scenarios coding,chatbot
+  slos-serve bench capacity --systems slos-mixed,slos,vllm-serve,vllm-serve-priority \
+      --scenarios coding,chatbot      # ratios against the best vLLM baseline per scenario
   slos-serve bench loadgen-check      # SIMULATED engine: the load generator's own limits
   slos-serve bench overhead           # SIMULATED engine: what the coordinator adds
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from slos_serve.bench.runner import BenchConfig, CapacityConfig
 
 DEFAULT_MODEL = ".cache/tiny-llama"
-DEFAULT_SYSTEMS = "slos,vllm-pd,vllm-serve"
+DEFAULT_SYSTEMS = "slos-mixed,vllm-serve,vllm-serve-priority"
 DEFAULT_RATES = "4,10"  # chatbot: about vllm-pd's capacity here, and beyond it
 DEFAULT_DURATION_S = 20.0
 
@@ -46,11 +47,15 @@ class BenchSetup(Options):
     """The systems under test and how a run is driven (every action but `report`)."""
 
     model: str = option(DEFAULT_MODEL, "model directory (tokenizer, engines)")
-    systems: str = option(DEFAULT_SYSTEMS, "comma-separated, run one after the other: slos "
-                          "(planner), vllm-pd (same 1P+1D cluster, vLLM scheduling + "
-                          "round-robin), vllm-serve (two `vllm serve`, one per core)")
-    engine: str = option("vllm", "engine of the slos / vllm-pd clusters; sim = SIMULATED (no "
-                         "model runs; vllm-serve is then left out)", choices=("vllm", "sim"))
+    systems: str = option(DEFAULT_SYSTEMS, "comma-separated, run one after the other: "
+                          "slos-mixed (2 mixed workers, planner, every request local), slos "
+                          "(2 mixed workers, the layout the planner picks), slos-pd (1P+1D, "
+                          "planner), vllm-pd (1P+1D, vLLM scheduling + round-robin), "
+                          "vllm-serve (two `vllm serve` with vLLM's defaults, one per core), "
+                          "vllm-serve-priority (the same, priority scheduling by tier)")
+    engine: str = option("vllm", "engine of the slos-serve clusters; sim = SIMULATED (no "
+                         "model runs; the vllm-serve systems are then left out)",
+                         choices=("vllm", "sim"))
     spec_tokens: int = option(0, "ngram speculation for every system (0 = off)")
     slo_scale: str = option("auto", "multiply the workload's (A100-sized) SLOs; auto: "
                             "measured zero-load TTFT / TPOT on the first system over the "
@@ -144,15 +149,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _systems(setup: BenchSetup) -> list[str]:
-    from slos_serve.bench.systems import SYSTEMS
+    from slos_serve.bench.systems import SYSTEMS, VLLM_SERVE
 
     names = [s.strip() for s in setup.systems.split(",") if s.strip()]
     bad = [s for s in names if s not in SYSTEMS]
     if bad:
         raise SystemExit(f"unknown system(s) {bad}; choose from {', '.join(SYSTEMS)}")
-    if setup.engine == "sim" and "vllm-serve" in names:
-        print("--engine sim: leaving out vllm-serve (it runs vLLM itself)", file=sys.stderr)
-        names.remove("vllm-serve")
+    if setup.engine == "sim" and set(names) & set(VLLM_SERVE):
+        print(f"--engine sim: leaving out {', '.join(s for s in names if s in VLLM_SERVE)} "
+              "(it runs vLLM itself)", file=sys.stderr)
+        names = [s for s in names if s not in VLLM_SERVE]
     if not names:
         raise SystemExit("no system to run")
     return names

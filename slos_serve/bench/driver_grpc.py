@@ -1,4 +1,4 @@
-"""Driver for a slos-serve coordinator (systems `slos` and `vllm-pd`): the SDK's AsyncClient.
+"""Driver for a slos-serve coordinator (the `slos*` systems and `vllm-pd`): the SDK's AsyncClient.
 
 Every call is greedy (temperature 0) with ignore_eos, so outputs have exactly the planned
 length, and carries explicit ttft_ms / tpot_ms (one stage) or one `StageSpec` per stage

@@ -8,6 +8,8 @@ not return token ids are handled too: a chunk with text counts as one token, and
 the final usage reports beyond those counted are put at the last chunk's time.
 
 Calls go round-robin over the given servers (two `vllm serve` instances, one per core).
+With a `priority` rule (`vllm-serve-priority`, servers started with `--scheduling-policy
+priority`), each body carries the call's `priority` (vLLM: smaller is scheduled first).
 vLLM serve has no notion of SLOs: its calls are judged on the client like every other
 system's, and the decision is "admitted" by definition. aiohttp is imported when a driver is
 made: runs without `vllm-serve` never load it.
@@ -32,7 +34,8 @@ class OpenAIHttpDriver:
     """aiohttp client session over one or more base URLs; create it inside the loop."""
 
     def __init__(self, base_urls: Sequence[str], model: str | None = None,
-                 timeout_s: float = 600.0) -> None:
+                 timeout_s: float = 600.0,
+                 priority: Callable[[StageSpec], int] | None = None) -> None:
         import aiohttp
 
         if not base_urls:
@@ -40,12 +43,14 @@ class OpenAIHttpDriver:
         self.urls = [u.rstrip("/") for u in base_urls]
         self._next = itertools.cycle(self.urls)
         self.model = model
+        self.priority = priority
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             connector=aiohttp.TCPConnector(limit=0),
         )
 
-    def body(self, prompt: list[int], max_tokens: int) -> dict[str, Any]:
+    def body(self, prompt: list[int], stages: Sequence[StageSpec]) -> dict[str, Any]:
+        max_tokens = sum(s.max_tokens for s in stages)
         body: dict[str, Any] = {
             "prompt": list(prompt), "max_tokens": max_tokens, "temperature": 0.0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
@@ -53,6 +58,8 @@ class OpenAIHttpDriver:
         }
         if self.model:
             body["model"] = self.model
+        if self.priority is not None and stages:
+            body["priority"] = self.priority(stages[0])
         return body
 
     async def call(
@@ -63,8 +70,7 @@ class OpenAIHttpDriver:
         out: list[int] = []
         counted, usage_tokens = 0, None
         result.decision = "admitted"
-        async with self.session.post(url, json=self.body(prompt, sum(
-                s.max_tokens for s in stages))) as resp:
+        async with self.session.post(url, json=self.body(prompt, stages)) as resp:
             if resp.status != 200:
                 raise HttpError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
             async for raw in resp.content:

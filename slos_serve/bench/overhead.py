@@ -195,7 +195,7 @@ def coordinator_overhead(
 ) -> dict[str, Any]:
     """Latency added at concurrency 1 and throughput at `concurrency`, SIMULATED engine."""
     prompt = list(cut_prompt(load_corpus(model), prompt_tokens, 1))
-    name = "slos" if scheduler == "slos" else "vllm-pd"
+    name = "slos-pd" if scheduler == "slos" else "vllm-pd"
     system = ClusterSystem(name, model, engine="sim")
     with LiveSession(system, 60.0) as s:
         addr = system.worker_addresses()

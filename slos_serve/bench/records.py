@@ -6,7 +6,7 @@ over the client's times): stage 0 of a call is judged on TTFT (first token - the
 send time) and TPOT ((last - first) / (tokens - 1)); a stage that continues a call on TPOT
 from the previous stage's last token. A request attains iff it finished (no error, every
 call sent and ended by length/stop, not rejected) and every stage met its SLO. The systems'
-own verdicts (slos, vllm-pd report them) are kept beside, as `server`, for reference.
+own verdicts (the slos-serve clusters report them) are kept beside, as `server`, for reference.
 
 Times in a record are seconds from the start of the run (`arrival`: scheduled, `sent`:
 actual send of call 0) or milliseconds (`ttft_ms`, `tpot_ms`, `e2e_ms`, `itl_ms`). TTFT runs

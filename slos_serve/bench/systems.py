@@ -1,14 +1,25 @@
 """The systems under test, started and stopped one at a time (never two at once).
 
-- `slos`: `LocalCluster`, 1 prefill + 1 decode worker, planner and SLO-aware engine
-  scheduling (`--scheduler slos`);
-- `vllm-pd`: the same cluster with `--scheduler vllm` (round-robin, everything admitted,
-  vLLM's own FCFS scheduling in each engine);
-- `vllm-serve`: vLLM's own OpenAI-compatible server, two instances (`vllm serve`), each
-  pinned to one core (VLLM_CPU_OMP_THREADS_BIND=0 / =1, VLLM_CPU_KVCACHE_SPACE=1), so it has
-  the same engine processes and cores as 1P+1D; the load generator round-robins between
-  them. Same engine settings as the cluster's engines: float32, eager, max-model-len 2048,
-  chunked prefill off with 2048 batched tokens (as `VllmEngine` runs on CPU), seed 0.
+slos-serve clusters (`LocalCluster`, through the coordinator; CLUSTERS), every engine on a
+core of its own:
+- `slos-mixed`: 2 mixed workers, the planner, fixed layout: every request prefilled and
+  decoded on one worker (no hand-off), the engines running prefill chunks and decodes in one
+  step under the plan's budget;
+- `slos`: 2 mixed workers under the adaptive layout: the planner chooses per request between
+  local serving and a KV hand-off, and the roles the workers play (the layout it picks);
+- `slos-pd`: 1 prefill + 1 decode worker with the planner (`--scheduler slos`);
+- `vllm-pd`: the same 1P+1D cluster with `--scheduler vllm` (round-robin, everything
+  admitted, vLLM's own FCFS scheduling in each engine).
+
+vLLM's own OpenAI-compatible server (`vllm serve`), two instances, each pinned to one core
+(VLLM_CPU_OMP_THREADS_BIND=0 / =1, VLLM_CPU_KVCACHE_SPACE=1), so it has the same engine
+processes and cores as the clusters; the load generator round-robins between them:
+- `vllm-serve`: vLLM's own defaults for the platform (its chunked prefill and batch-token
+  settings; the requests are greedy), with the settings every system shares: float32, eager,
+  max-model-len 2048, seed 0;
+- `vllm-serve-priority`: the same with `--scheduling-policy priority`, each request's
+  `priority` from its tier (workload.tier_priority: the tighter its TPOT, the sooner), what
+  a vLLM user does for SLOs.
 
 Every process leads its own process group (not a session: see `up.spawn_options`);
 `stop()` sends SIGTERM to each process group, then SIGKILL to whatever is left after a
@@ -25,28 +36,49 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slos_serve.bench.driver_grpc import GrpcDriver
 from slos_serve.bench.driver_http import OpenAIHttpDriver
+from slos_serve.bench.workload import tier_priority
 from slos_serve.client import AsyncClient
 from slos_serve.up import ClusterSpec, LocalCluster, free_port, spawn_options, stop_groups
 
-SYSTEMS = ("slos", "vllm-pd", "vllm-serve")
+
+@dataclass(frozen=True, slots=True)
+class ClusterLayout:
+    """A slos-serve cluster under test: its workers, scheduler and layout."""
+
+    prefill: int = 0
+    decode: int = 0
+    mixed: int = 0
+    scheduler: str = "slos"
+    layout: str = "fixed"
+
+
+CLUSTERS: dict[str, ClusterLayout] = {
+    "slos-mixed": ClusterLayout(mixed=2),
+    "slos": ClusterLayout(mixed=2, layout="adaptive"),
+    "slos-pd": ClusterLayout(prefill=1, decode=1),
+    "vllm-pd": ClusterLayout(prefill=1, decode=1, scheduler="vllm"),
+}
+VLLM_SERVE = ("vllm-serve", "vllm-serve-priority")
+SYSTEMS = (*CLUSTERS, *VLLM_SERVE)
 
 
 class ClusterSystem:
-    """`slos` or `vllm-pd`: a local 1P+1D cluster through its coordinator (gRPC)."""
+    """A slos-serve cluster of CLUSTERS through its coordinator (gRPC)."""
 
     def __init__(self, name: str, model: str, engine: str = "vllm", spec_tokens: int = 0,
-                 log_dir: Path | None = None, prefill: int = 1, decode: int = 1) -> None:
+                 log_dir: Path | None = None) -> None:
         self.name = name
         self.engine = engine
-        scheduler = "slos" if name == "slos" else "vllm"
+        c = CLUSTERS[name]
         self.cluster = LocalCluster(ClusterSpec(
-            model=model, prefill=prefill, decode=decode, engine=engine,
-            spec_tokens=spec_tokens, scheduler=scheduler,
+            model=model, prefill=c.prefill, decode=c.decode, mixed=c.mixed, layout=c.layout,
+            engine=engine, spec_tokens=spec_tokens, scheduler=c.scheduler,
             log_dir=str(log_dir) if log_dir else None))
 
     @property
@@ -94,7 +126,7 @@ class ClusterSystem:
     def describe(self) -> dict[str, Any]:
         s = self.cluster.spec
         return {"kind": "slos-serve cluster", "engine": s.engine, "scheduler": s.scheduler,
-                "prefill": s.prefill, "decode": s.decode, "spec_tokens": s.spec_tokens,
+                **s.counts(), "layout": s.layout, "spec_tokens": s.spec_tokens,
                 "addresses": self.worker_addresses(), "logs": str(self.cluster.log_dir)}
 
 
@@ -106,20 +138,18 @@ def vllm_command(model: str) -> list[str]:
 
 
 class VllmServeSystem:
-    """`vllm-serve`: `instances` vLLM OpenAI servers, instance i pinned to core i % ncpu."""
+    """`vllm-serve` (`priority`: `vllm-serve-priority`): `instances` vLLM OpenAI servers,
+    instance i pinned to core i % ncpu."""
 
     SERVED_NAME = "bench-model"
 
     def __init__(self, model: str, instances: int = 2, spec_tokens: int = 0,
                  log_dir: Path | None = None, host: str = "127.0.0.1",
-                 max_model_len: int = 2048) -> None:
-        self.name = "vllm-serve"
-        self.model = model
-        self.instances = instances
-        self.spec_tokens = spec_tokens
-        self.host = host
-        self.max_model_len = max_model_len
-        self.log_dir = Path(log_dir or Path.cwd() / "vllm-serve-logs")
+                 max_model_len: int = 2048, priority: bool = False) -> None:
+        self.name = "vllm-serve-priority" if priority else "vllm-serve"
+        self.priority, self.model, self.instances = priority, model, instances
+        self.spec_tokens, self.host, self.max_model_len = spec_tokens, host, max_model_len
+        self.log_dir = Path(log_dir or Path.cwd() / f"{self.name}-logs")
         self.procs: list[subprocess.Popen] = []
         self.urls: list[str] = []
 
@@ -127,9 +157,9 @@ class VllmServeSystem:
         argv = [*vllm_command(self.model), "--host", self.host, "--port", str(port),
                 "--served-model-name", self.SERVED_NAME, "--dtype", "float32",
                 "--max-model-len", str(self.max_model_len), "--enforce-eager", "--seed", "0",
-                "--no-enable-chunked-prefill",
-                "--max-num-batched-tokens", str(max(2048, self.max_model_len)),
                 "--disable-log-stats", "--disable-uvicorn-access-log"]
+        if self.priority:
+            argv += ["--scheduling-policy", "priority"]
         if self.spec_tokens:
             argv += ["--speculative-config", json.dumps({
                 "method": "ngram", "num_speculative_tokens": self.spec_tokens,
@@ -184,7 +214,8 @@ class VllmServeSystem:
         self.procs.clear()
 
     def driver(self, timeout_s: float = 600.0) -> Any:
-        return OpenAIHttpDriver(self.urls, self.SERVED_NAME, timeout_s)
+        return OpenAIHttpDriver(self.urls, self.SERVED_NAME, timeout_s,
+                                priority=tier_priority if self.priority else None)
 
     async def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """Until every server's /metrics shows no running or waiting request."""
@@ -201,6 +232,7 @@ class VllmServeSystem:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "vllm serve (OpenAI API)", "instances": self.instances,
+                "scheduling_policy": "priority" if self.priority else "fcfs",
                 "urls": self.urls, "argv": self.argv(0), "spec_tokens": self.spec_tokens,
                 "logs": str(self.log_dir)}
 
@@ -230,10 +262,11 @@ def _queue_len(url: str) -> int:
 def make_system(name: str, model: str, engine: str = "vllm", spec_tokens: int = 0,
                 log_dir: Path | None = None) -> Any:
     """A system by name (see SYSTEMS)."""
-    if name in ("slos", "vllm-pd"):
+    if name in CLUSTERS:
         return ClusterSystem(name, model, engine, spec_tokens, log_dir)
-    if name == "vllm-serve":
+    if name in VLLM_SERVE:
         if engine != "vllm":
-            raise ValueError("vllm-serve runs vLLM itself: it has no simulated engine")
-        return VllmServeSystem(model, spec_tokens=spec_tokens, log_dir=log_dir)
+            raise ValueError(f"{name} runs vLLM itself: it has no simulated engine")
+        return VllmServeSystem(model, spec_tokens=spec_tokens, log_dir=log_dir,
+                               priority=name == "vllm-serve-priority")
     raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from slos_serve.core.stages import StageSpec
 from slos_serve.sim.workloads import (
     REFERENCE_DECODE_STEP_S,
+    TIERS,
     Request,
     TraceOptions,
     WorkloadSpec,
@@ -49,6 +50,15 @@ LOOSE_MS = 1e6  # objectives every system meets: for requests whose SLOs play no
 def ttft_objective(stage: StageSpec) -> float | None:
     """The stage's TTFT objective (ms) as sent and recorded: None where it has none."""
     return None if math.isinf(stage.ttft_ms) else stage.ttft_ms
+
+
+def tier_priority(stage: StageSpec) -> int:
+    """vLLM's request priority for a call (smaller: scheduled first, `vllm-serve-priority`):
+    the rank of its tier's tightest TPOT among the workload tiers' (0: the tightest); a stage
+    of no workload tier (zero-load probes) comes after them all."""
+    tpots = sorted({min(s.tpot_s for s in t.segments) for t in TIERS.values()})
+    tier = TIERS.get(stage.tier)
+    return len(tpots) if tier is None else tpots.index(min(s.tpot_s for s in tier.segments))
 
 
 def loose_stage(max_tokens: int) -> StageSpec:

@@ -1,4 +1,9 @@
-"""Command line of a worker process (`slos-serve prefill-worker|decode-worker`).
+"""Command line of a worker process (`slos-serve prefill-worker|decode-worker|mixed-worker`).
+
+`run` is `slos-serve mixed-worker`'s: a colocated worker, prefill and decode on one engine,
+serving whole requests locally (no KV hand-off) or, under the adaptive layout, either side
+of a hand-off; the coordinator's plan decides what it gets. The prefill and decode workers'
+commands are their packages' (`prefill_worker.main`, `decode_worker.main`).
 
 The worker's gRPC service is imported in `serve`, so that `slos-serve --help` (which imports
 every command module) stays fast.
@@ -36,7 +41,7 @@ SERVING = HealthCheckResponse.SERVING
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerConfig(Options):
-    """A prefill or decode worker process: its flags, and the argv `up` starts it with."""
+    """A prefill, decode or mixed worker process: its flags, and the argv `up` starts it with."""
 
     host: str = option("127.0.0.1", "address to listen on")
     port: int = option(help="gRPC port")
@@ -156,3 +161,8 @@ def run_role(role: str, args: argparse.Namespace) -> int:
     configure_environment(cfg)
     asyncio.run(serve(role, cfg))
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """`slos-serve mixed-worker`."""
+    return run_role("mixed", args)

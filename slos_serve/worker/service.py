@@ -1,7 +1,8 @@
 """The Worker gRPC service, one implementation for every role.
 
-The role decides which of Prefill / Decode a worker accepts ("mixed" takes
-both); everything else (abort, load reports, drain, error mapping) is shared.
+The role decides which of Prefill / Decode a worker accepts ("mixed" takes both, and local
+Decodes: prefill and decode of one request on this worker); everything else (abort, load
+reports, drain, error mapping) is shared.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         if self.role not in (stage, "mixed"):
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"this is a {self.role} worker; it does not serve {stage}",
+                f"this is a {self.role} worker; it does not serve "
+                f"{'local requests' if stage == 'mixed' else stage}",
             )
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is draining")
@@ -67,11 +69,16 @@ class WorkerService(pb_grpc.WorkerServicer):
             self.metrics.request_served("prefill", outcome)
 
     async def Decode(self, request, context) -> AsyncIterator[pb.DecodeResponse]:
-        await self._admit(context, "decode", request.request_id)
+        """A hand-off's decode, or (`local`, mixed workers only) the whole request: then it
+        counts as one prefill served once its first token is out, and one decode."""
+        await self._admit(context, "mixed" if request.local else "decode", request.request_id)
         self.active.add(request.request_id)
-        outcome = "cancelled"
+        outcome, first_out = "cancelled", not request.local
         try:
             async for response in decode(self.engine, request, self.metrics):
+                if not first_out and response.token_ids:
+                    first_out = True
+                    self.metrics.request_served("prefill", "ok")
                 yield response
             outcome = "ok"
         except asyncio.CancelledError:
@@ -82,7 +89,10 @@ class WorkerService(pb_grpc.WorkerServicer):
             await _abort_from(context, exc, request.request_id)
         finally:
             self.active.discard(request.request_id)
-            self.metrics.request_served("decode", outcome)
+            if first_out:
+                self.metrics.request_served("decode", outcome)
+            else:  # a local request that ended before its first token
+                self.metrics.request_served("prefill", outcome)
 
     async def Abort(self, request, context):
         found = request.request_id in self.active
