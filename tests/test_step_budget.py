@@ -120,3 +120,15 @@ def test_budget_counts_the_context_of_a_chunked_prompts_earlier_chunks() -> None
     # 20 ms - 2 ms - 1 ms = 17 ms: 170 tokens; with 1000 tokens of context, 1 ms less
     assert step_budget(model, decs, 4096) in (170, 171)
     assert step_budget(model, decs, 4096, prefill_context_tokens=1000) in (160, 161)
+
+
+def test_a_handed_off_decoder_behind_its_pace_gets_decode_only_steps() -> None:
+    """Its wait for the KV is caught up at once (PlanContext.absorbs_handoff counts on it)."""
+    from slos_serve.core.perf_model import load_profile
+    from slos_serve.core.policy import Decoder, step_budget
+
+    model = load_profile("opt-13b-a100")
+    on_pace = [Decoder(1, 500, 100.0), Decoder(1, 500, 100.0)]
+    behind = [Decoder(1, 500, 100.0), Decoder(1, 500, 100.0, lag=0.5)]
+    assert step_budget(model, on_pace, 2048) > 100  # room for a prompt chunk
+    assert step_budget(model, behind, 2048) == 2  # the decoders' own tokens only

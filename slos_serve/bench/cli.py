@@ -132,10 +132,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     BenchSetup.add_arguments(parser)
     WorkloadArgs.add_arguments(parser, defaults={"max_context": 2048})
     CompareRun.add_arguments(parser)
-    sub = parser.add_subparsers(dest="action", metavar="{report,capacity,loadgen-check,overhead}")
+    sub = parser.add_subparsers(dest="action",
+                                metavar="{report,capacity,fidelity,loadgen-check,overhead}")
     rep = sub.add_parser("report", help="table, summary.json and plots from DIR/records.jsonl")
     rep.add_argument("dir")
     BenchSetup.add_arguments(rep, shared=True, only={"plots"})
+    fid = sub.add_parser("fidelity", help="a comparison run in DIR replayed through the "
+                         "simulator: live vs simulated attainment per system and rate")
+    fid.add_argument("dir")
+    fid.add_argument("--profile", default=None, help="performance model JSON (default: the "
+                     "run's, else .cache/profile-cpu.json)")
     cap = sub.add_parser("capacity", help="largest rate with attainment >= target, per system")
     BenchSetup.add_arguments(cap, shared=True)
     WorkloadArgs.add_arguments(cap, shared=True)
@@ -192,6 +198,11 @@ def _check_model(model: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "report":
         render(Path(args.dir), plots=args.plots)
+        return 0
+    if args.action == "fidelity":
+        from slos_serve.bench.fidelity import compare, fidelity_table
+
+        print(fidelity_table(compare(args.dir, args.profile)))
         return 0
     _check_model(args.model)
     signals.install()  # SIGTERM stops every started process, as Ctrl-C does

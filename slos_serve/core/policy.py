@@ -169,6 +169,9 @@ def planned_cap(slo: RequestSlo, stage: int, plan: WorkerPlan | None, max_spec: 
     return max(0, min(tier.spec_tokens, max_spec))
 
 
+CATCH_UP_LAG = 0.0  # tokens a handed-off decoder may lag before it gets decode-only steps
+
+
 def lag_tokens(due_unix: float, now_unix: float, tpot_ms: float) -> float:
     """How many tokens a decoder whose next token was due at `due_unix` is behind its pace
     (0: on or ahead of it, or no TPOT)."""
@@ -190,6 +193,9 @@ class Decoder:
     admitted: bool = True
     drafts: int = 0
     slack_ms: float = 0.0  # until its next token is due (ahead of its pace; 0: not known)
+    # tokens a handed-off decoder is behind its pace (the wait for its KV; 0: on or ahead
+    # of it, or not handed off: steady lags of a token or two cost less than catching up)
+    lag: float = 0.0
 
 
 def decoders_shape(decoders: Iterable[Decoder]) -> BatchShape:
@@ -221,13 +227,19 @@ def step_bound_ms(decoder: Decoder, plan: WorkerPlan | None) -> float:
     period: a step that ends by its next token's due time keeps it on time (without this, one
     decoder with no drafts this step -- its last token, or none proposed -- cut the step to
     its TPOT, below the period the plan's prefill budget counts on), and the cap keeps a
-    decoder far ahead of its pace from letting one step take a whole long prompt."""
+    decoder far ahead of its pace from letting one step take a whole long prompt. A decoder
+    handed off and behind its pace (its wait for the KV) bounds the step at 0: decode-only
+    steps until it is back on pace, once
+    (the planner counts on that when it hands a request off: PlanContext.absorbs_handoff)."""
     bound = decoder.tpot_ms
     if decoder.drafts > 0 and plan is not None:
         tier = tier_for(plan, decoder.tpot_ms)
         if tier is not None and tier.interval_ms > decoder.tpot_ms:
             bound = tier.interval_ms
-    return max(bound, min(decoder.slack_ms, planned_period_ms(plan)))
+    bound = max(bound, min(decoder.slack_ms, planned_period_ms(plan)))
+    if decoder.lag > CATCH_UP_LAG:
+        return 0.0
+    return bound
 
 
 def step_budget(

@@ -97,6 +97,9 @@ class RequestState:
     override: tuple[int, int] | None = None  # (stage index, output tokens when seen)
     clock: DecodeClock | None = None
     cap: int | None = None  # speculative tokens cap last applied
+    # handed off: the prompt's KV came from a prefill worker; its decode pace starts when the
+    # request reached this engine, so the wait for the KV counts as lag (policy.step_bound_ms)
+    pulled_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,8 @@ class SloScheduler(Scheduler):
     def add_request(self, request: Any) -> None:
         if request.request_id not in self.requests:
             st = self._state(request)
+            if (getattr(request, "kv_transfer_params", None) or {}).get("do_remote_prefill"):
+                st.pulled_at = request.arrival_time
             if self._slos:  # before it is queued: the priority queue orders by it
                 request.priority = priority(st.slo, request.arrival_time)
         super().add_request(request)
@@ -216,6 +221,17 @@ class SloScheduler(Scheduler):
         if output_tokens is not None and st.clock is not None:
             lag = lag_tokens(st.clock.next_due(output_tokens), now, st.slo.stage_tpot_ms(st.stage))
         return spec_cap(st.slo, st.stage, self._plan, self._max_spec, lag)
+
+    def _handoff_lag(self, req: Any, view: Running, now: float) -> float:
+        """How far a handed-off decoder is behind its pace (0 for the others): the wait for
+        its KV, which it catches up with decode-only steps (policy.step_bound_ms)."""
+        st = self._states.get(req.request_id)
+        if st is None or st.pulled_at is None or st.clock is None:
+            return 0.0
+        lag = lag_tokens(view.due_unix, now, view.tpot_ms)
+        if lag <= 0:
+            st.pulled_at = None  # caught up once: from here on paced as any decoder
+        return lag
 
     def _prune(self) -> None:
         if len(self._states) > len(self.requests):
@@ -283,6 +299,7 @@ class SloScheduler(Scheduler):
                 admitted=views[r.request_id].admitted,
                 drafts=len(r.spec_token_ids),
                 slack_ms=slack_ms(views[r.request_id], now),
+                lag=self._handoff_lag(r, views[r.request_id], now),
             )
             for r in active
             if views[r.request_id].decoding
@@ -407,7 +424,8 @@ class SloScheduler(Scheduler):
                 if st is not None and req is not None and st.clock is None:
                     n_out = req.num_output_tokens
                     if n_out > 0:
-                        st.clock = DecodeClock(now, n_out, st.slo.stage_tpot_ms(st.stage))
+                        start = now if st.pulled_at is None else min(now, st.pulled_at)
+                        st.clock = DecodeClock(start, n_out, st.slo.stage_tpot_ms(st.stage))
         self._prune()
         self._publish(force=not self.has_requests())
         return outputs

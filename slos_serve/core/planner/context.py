@@ -83,10 +83,12 @@ class PlanContext:
     def absorbs_handoff(self, w: PlanWorker, counts: tuple[int, ...], r: PlanRequest) -> bool:
         """Whether r, handed off to decode on w (tier counts `counts`, r included), still
         meets its TPOT after waiting Snapshot.handoff_delay for its KV: the wait must fit in
-        the slack its decode leaves per token (TPOT less the interval it is served at) over
-        the tokens it still expects. A decode worker runs its batches back to back (nothing
-        to pace for), every decoder in each: the interval is that batch's predicted time; a
-        mixed worker paces its decoders to make room for prompts: the cadence's interval."""
+        the slack its decode leaves per token (TPOT less the interval it is served at while
+        it catches up) over the tokens it still expects. A decoder behind its pace is in
+        every batch (policy.paced_out holds back only those ahead of it) and shortens the
+        steps by what it lags (policy.step_bound_ms): on a decode worker and a mixed one alike
+        it catches up at the pace of back-to-back decode batches, the interval is that
+        batch's predicted time."""
         delay = self.snap.handoff_delay
         if delay <= 0 or r.expected_output <= 0:
             return True
@@ -94,12 +96,9 @@ class PlanContext:
         if cfg is None:
             return False
         k = self.tier(r)
-        if w.role == "decode":
-            every = (1,) * len(counts)
-            batch = w.model.predict(decode_shape(self.tier_loads(counts), cfg.spec, every))
-            interval = batch / cfg.expected[k]
-        else:
-            interval = cfg.every[k] * cfg.period / cfg.expected[k]
+        every = (1,) * len(counts)
+        batch = w.model.predict(decode_shape(self.tier_loads(counts), cfg.spec, every))
+        interval = batch / cfg.expected[k]
         return delay <= r.expected_output * (r.tpot - interval)
 
     def tier_loads(self, counts: list[int] | tuple[int, ...]) -> list[TierLoad]:
