@@ -31,6 +31,7 @@ from slos_serve.wire import plan_to_proto, reported_model, tier_stats_from_proto
 
 log = logging.getLogger(__name__)
 
+SLOW_PLAN_S = 0.05  # a plan taking longer holds every stream up: logged
 REPLAN_INTERVAL_S = 0.25  # re-plan (decode cadences, speculation) this often while busy
 RESEND_PLANS_S = 5.0  # resend unchanged plans this often (a restarted worker lost them)
 SET_PLAN_TIMEOUT_S = 2.0
@@ -121,11 +122,13 @@ class PlannedRouting:
                ttft_deadline_unix: float) -> Route:
         """The planner's decision and workers (a named worker that is not healthy: the
         next healthy one of its role)."""
+        started = time.perf_counter()
         self.admission.set_workers(self._views())
         decision = self.admission.admit(
             rid, received_unix, ttft_deadline_unix, spec.tier.tpot_ms / 1000.0,
             len(spec.prompt_token_ids), spec.sampling.max_tokens, spec.on_reject,
         )
+        _note_slow("admission", started, len(self.admission.requests))
         self._push_plans()
         if decision.action == "reject":
             return Route(decision, None, None)
@@ -213,8 +216,17 @@ class PlannedRouting:
                     self._dirty = True
                 if self._dirty:
                     self._dirty = False
+                    started = time.perf_counter()
                     self.admission.set_workers(self._views())
                     self.admission.replan(time.time())
+                    _note_slow("re-plan", started, len(self.admission.requests))
                     self._push_plans()
             except Exception:  # a planning bug must not stop planning for good
                 log.exception("re-planning failed")
+
+
+def _note_slow(what: str, started: float, requests: int) -> None:
+    took = time.perf_counter() - started
+    if took > SLOW_PLAN_S:
+        log.warning("%s took %.0f ms (%d requests in flight): every stream waited", what,
+                    1000 * took, requests)
