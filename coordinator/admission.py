@@ -36,7 +36,7 @@ from slos_serve.core.planner import (
     plan,
     plan_request,
 )
-from slos_serve.core.policy import TierStats, planning_alphas
+from slos_serve.core.spec_stats import TierStats, planning_alphas
 from slos_serve.core.ttft_window import TtftWindow
 from slos_serve.core.worker_plan import WorkerPlan
 

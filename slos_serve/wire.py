@@ -16,7 +16,8 @@ from typing import Any
 from kv_transfer.metadata import JSON_KEYS, PROTO_KEYS, KvHandoff
 from proto import slos_serve_pb2 as pb
 from slos_serve.core.perf_model import FEATURES, PerfModel
-from slos_serve.core.policy import RequestSlo, TierStats
+from slos_serve.core.policy import RequestSlo
+from slos_serve.core.spec_stats import TierStats
 from slos_serve.core.stages import StageResult, StageSpec
 from slos_serve.core.worker_plan import TierSpec, WorkerPlan
 from slos_serve.engine import EngineInfo, EngineLoad, EngineRequest

@@ -14,9 +14,6 @@ from slos_serve.core.policy import (
     DecodeClock,
     RequestSlo,
     Running,
-    SpecStats,
-    TierStats,
-    acceptance,
     paced_out,
     priority,
     running_key,
@@ -24,6 +21,7 @@ from slos_serve.core.policy import (
     stage_index,
     tier_for,
 )
+from slos_serve.core.spec_stats import SpecStats, TierStats, acceptance
 from slos_serve.core.stages import StageSpec, StageTracker
 from slos_serve.core.worker_plan import TierSpec, WorkerPlan
 from slos_serve.engine import EngineOutput

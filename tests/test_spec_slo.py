@@ -8,21 +8,19 @@ from types import SimpleNamespace
 import pytest
 
 from slos_serve.core.perf_model import BatchShape, load_profile
-from slos_serve.core.policy import (
-    PRIOR_ALPHA,
-    PRIOR_TRIALS,
-    RequestSlo,
-    acceptance_bound,
-    lag_tokens,
-    planning_alphas,
-    spec_cap,
-)
+from slos_serve.core.policy import RequestSlo, lag_tokens, spec_cap
 from slos_serve.core.spec import (
     TTFT_MISS_BUDGET,
     TierLoad,
     choose_config,
     prompt_overhead,
     ttft_miss,
+)
+from slos_serve.core.spec_stats import (
+    PRIOR_ALPHA,
+    PRIOR_TRIALS,
+    acceptance_bound,
+    planning_alphas,
 )
 from slos_serve.core.ttft_window import TtftOutlook, TtftWindow
 from slos_serve.core.worker_plan import TierSpec, WorkerPlan

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from slos_serve.core.learning import OnlineModel
 from slos_serve.core.perf_model import PerfModel
-from slos_serve.core.policy import RequestSlo, TierStats
+from slos_serve.core.policy import RequestSlo
+from slos_serve.core.spec_stats import TierStats
 from slos_serve.core.worker_plan import WorkerPlan
 
 

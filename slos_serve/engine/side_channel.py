@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from slos_serve.core.perf_model import PerfModel
-from slos_serve.core.policy import RequestSlo, TierStats
+from slos_serve.core.policy import RequestSlo
+from slos_serve.core.spec_stats import TierStats
 from slos_serve.core.stages import StageSpec
 from slos_serve.core.worker_plan import TierSpec, WorkerPlan
 from slos_serve.engine.base import EngineLoad

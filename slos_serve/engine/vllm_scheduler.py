@@ -47,9 +47,7 @@ from slos_serve.core.policy import (
     Decoder,
     RequestSlo,
     Running,
-    SpecStats,
     StepItem,
-    acceptance,
     deadline_budget,
     lag_tokens,
     paced_out,
@@ -62,6 +60,7 @@ from slos_serve.core.policy import (
     stage_index,
     step_budget,
 )
+from slos_serve.core.spec_stats import SpecStats, acceptance
 from slos_serve.core.worker_plan import WorkerPlan
 from slos_serve.engine.base import EngineLoad, learned_fields
 from slos_serve.engine.plan_poller import PlanPoller

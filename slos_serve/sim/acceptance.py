@@ -1,6 +1,6 @@
 """The `slos` systems' own acceptance measurements, per TPOT tier: what the planner plans on.
 
-The live coordinator plans on the acceptance its workers measure (policy.planning_alphas over
+The live coordinator plans on the acceptance its workers measure (spec_stats.planning_alphas over
 their TierStats); the simulated systems do the same from the verify steps they run, instead
 of being told the acceptance rate the simulator draws with (SimConfig.spec_alpha, an oracle).
 A verify step of s drafts that yields n tokens accepted n - 1 drafts; the verifier examined
@@ -9,7 +9,7 @@ those and, if n - 1 < s, the one it rejected (the per-token trials of E(n)'s mod
 
 from __future__ import annotations
 
-from slos_serve.core import policy
+from slos_serve.core import spec_stats
 from slos_serve.sim.core import Batch, SimRequest
 
 
@@ -38,4 +38,4 @@ class AcceptanceCounter:
 
     def alphas(self) -> tuple[dict[float, float], float]:
         """(Snapshot.spec_alpha, Snapshot.default_alpha): the lower bounds to plan on."""
-        return policy.planning_alphas((t, a, n) for t, (a, n) in self.counts.items())
+        return spec_stats.planning_alphas((t, a, n) for t, (a, n) in self.counts.items())

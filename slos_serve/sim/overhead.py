@@ -6,7 +6,7 @@ prefill, the rest decoding, two TPOT tiers) plus `new` arrivals, and times plan(
 mode, cluster size, live and new count. Like a live coordinator's, each snapshot carries the
 TTFT outlook of the last WINDOW_S seconds of arrivals (a TtftWindow fed arrivals drawn as the
 requests are, at the rate that keeps `live` requests in flight) and per-tier acceptance lower
-bounds from measured counts (policy.planning_alphas).
+bounds from measured counts (spec_stats.planning_alphas).
 
 The paper reports < 10 ms per schedule with a C++ DP core; the target here is CPU p99 <= 5 ms
 at 256 live requests with 16 new arrivals, at 4 and at 64 workers, both modes:
@@ -25,7 +25,7 @@ import time
 
 from slos_serve.core.perf_model import PerfModel, load_profile
 from slos_serve.core.planner import PlanRequest, PlanWorker, Snapshot, plan
-from slos_serve.core.policy import planning_alphas
+from slos_serve.core.spec_stats import planning_alphas
 from slos_serve.core.ttft_window import WINDOW_S, TtftOutlook, TtftWindow
 
 TIERS = ((0.05, 3.0), (0.1, 5.0))  # (TPOT s, TTFT multiple of zero-load prefill)

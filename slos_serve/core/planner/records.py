@@ -113,7 +113,7 @@ class Snapshot:
     now: float
     requests: list[PlanRequest]
     workers: list[PlanWorker]
-    # TPOT tier -> the acceptance to plan on (a lower bound: policy.planning_alphas)
+    # TPOT tier -> the acceptance to plan on (a lower bound: spec_stats.planning_alphas)
     spec_alpha: dict[float, float] = field(default_factory=dict)
     default_alpha: float = 0.0
     max_spec_len: int = 0  # 0 disables speculative decoding
