@@ -88,7 +88,10 @@ def test_mixed_workers_serve_every_request_locally(mixed2: LocalCluster, samplin
             assert final.token_ids == want and final.completion_tokens == n
             assert final.finish_reason == "length" and final.slo_met
             assert 0 < final.ttft_ms <= final.e2e_ms
-    assert used == workers  # both workers serve
+    if mixed2.spec.layout == "fixed":
+        assert used == workers  # routing order: both workers serve
+    # (adaptive: each prompt goes where it is prefilled soonest; between idle workers that
+    # is the one whose learned model is faster, so sequential requests may all go there)
     after = {a: sim.scrape(u) for a, u in urls.items()}
 
     def served(rpc: str) -> float:
