@@ -17,6 +17,7 @@ import grpc
 
 from coordinator.pool import WorkerHandle, WorkerPool
 from proto import slos_serve_pb2 as pb
+from slos_serve.metrics import WARMUP_ID_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def cold_pairs(pool: WorkerPool, warm: set[tuple[str, str]], between_mixed: bool
 async def hand_off_once(prefill: WorkerHandle, decode: WorkerHandle) -> float:
     """Prefill a tiny prompt on `prefill`, decode one more token on `decode` from its KV;
     the seconds it took."""
-    rid = f"warmup-{next(_ids)}-{time.monotonic_ns()}"
+    rid = f"{WARMUP_ID_PREFIX}{next(_ids)}-{time.monotonic_ns()}"
     sampling = pb.SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
     slo = pb.WorkerSlo(best_effort=True)
     start = time.perf_counter()

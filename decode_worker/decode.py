@@ -55,9 +55,8 @@ async def decode(
             assert handoff is not None
             check_first_token(out.token_ids[0], request.first_token_id)
             if metrics is not None:
-                metrics.handoff(
-                    handoff.num_blocks, engine.info.block_size, time.perf_counter() - called
-                )
+                metrics.handoff(handoff.num_blocks, engine.info.block_size,
+                                time.perf_counter() - called, request.request_id)
         if stages is not None and not out.finished:
             switched = stages.update(out)
             if switched is not None:

@@ -194,6 +194,9 @@ class RecentWaits:
         return WaitSummary(len(self._waits), self.quantile(0.5), self.quantile(0.99))
 
 
+WARMUP_ID_PREFIX = "warmup-"  # request ids of the coordinator's warm-up hand-offs
+
+
 class WorkerMetrics:
     """A worker's RPCs and KV hand-offs; with `load`, its engine's load report at each scrape
     (queue, KV blocks, step times, the scheduler in use, and per TPOT tier: the speculative
@@ -258,11 +261,15 @@ class WorkerMetrics:
     def request_served(self, rpc: str, outcome: str) -> None:
         self.requests.labels(self.role, self.worker, rpc, outcome).inc()
 
-    def handoff(self, blocks: int, block_size: int, seconds: float) -> None:
-        """One hand-off pulled by this (decode) worker, its first token `seconds` after the call."""
+    def handoff(self, blocks: int, block_size: int, seconds: float, request_id: str = "") -> None:
+        """One hand-off pulled by this (decode) worker, its first token `seconds` after the call.
+        A warm-up hand-off (WARMUP_ID_PREFIX) is the first over its connection, the slow one
+        the warm-up exists to pay at start: counted, but kept out of the window the planner
+        reads its hand-off delay from."""
         self.handoff_blocks.labels(*self._labels).observe(blocks)
         self.handoff_seconds.labels(*self._labels).observe(seconds)
-        self.handoffs.add(seconds)
+        if not request_id.startswith(WARMUP_ID_PREFIX):
+            self.handoffs.add(seconds)
         if self.kv_bytes_per_token:
             self.handoff_bytes.labels(*self._labels).observe(
                 blocks * block_size * self.kv_bytes_per_token

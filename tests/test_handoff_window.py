@@ -3,6 +3,8 @@ percentiles follow the present, and /metrics shows them."""
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry
 
 from slos_serve.metrics import RecentWaits, WaitSummary, WorkerMetrics
@@ -50,8 +52,14 @@ def test_the_bench_reads_a_clusters_hand_off_percentiles(sim_cluster) -> None:
             client.generate([3 + k, 5, 7, 11], max_tokens=3, temperature=0)
     system = SimpleNamespace(name="sim", target=sim_cluster.target)
     system.handoffs = lambda: ClusterSystem.handoffs(system)  # type: ignore[arg-type]
-    found = asyncio.run(handoff_latency(system))
-    # (the coordinator's warm-up hands off too)
-    assert sum(w["count"] for w in found["workers"].values()) >= 6
+    deadline = time.monotonic() + 10  # the coordinator polls the workers' loads
+    while True:
+        found = asyncio.run(handoff_latency(system))
+        counted = sum(w["count"] for w in found.get("workers", {}).values())
+        if counted >= 6 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    # the requests' hand-offs (the coordinator's warm-ups stay out of the window)
+    assert counted >= 6
     assert 0 < found["p50_ms"] <= found["p99_ms"] < 5000
     assert asyncio.run(handoff_latency(SimpleNamespace(name="vllm-serve"))) == {}
