@@ -62,8 +62,9 @@ Where it departs from the paper, and why:
   batch, so loose tiers skip batches.
 - Best-effort requests are not re-considered for admission in later plans.
 - KV transfer time is not on the TTFT path (the prefill worker emits the first token), but it
-  is on the TPOT path: a handed-off request waits Snapshot.handoff_delay (live: the measured
-  hand-off p99) for its KV, and its decode worker must absorb that wait within its TPOT over
+  is on the TPOT path: a handed-off request waits Snapshot.handoff_delay (live: 0 for now,
+  see coordinator/admission.py; the workers' measured p99 is reported) for its KV, and its
+  decode worker must absorb that wait within its TPOT over
   the tokens it expects (PlanContext.absorbs_handoff), or the request decodes where it is
   prefilled, or is declined.
 """
