@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 
+from coordinator.auth import API_KEY_ENV
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.config import Options, comma_list, option
@@ -58,6 +59,16 @@ class CoordinatorConfig(Options):
         None, "performance model JSON of the workers' engine (from `slos-serve profile`), "
         "or a shipped profile name; default: the simulated engine's for --engine sim "
         "workers, else required with slos")
+    http_port: int = option(8000, "OpenAI-compatible HTTP port (/v1/completions, "
+                            "/v1/chat/completions, /v1/models, /health, /metrics; 0 = off)")
+    served_model_name: str | None = option(
+        None, "the model id HTTP clients name (default: --model as given; either is accepted)")
+    api_key: str | None = option(
+        None, "require 'Authorization: Bearer KEY' on /v1/* and as gRPC metadata on the "
+        f"client service (default: ${API_KEY_ENV}, else no key; prefer the variable: "
+        "flags show in the process list)")
+    request_log: str | None = option(None, "append one JSON line per finished request "
+                                     "(id, decision, measured TTFT / TPOT) to this file")
     kv_output_reserve: float = option(
         0.5, "fraction of each request's remaining max_tokens the planner reserves in KV "
         "(1 = its peak; below 1 overcommits)")
@@ -74,7 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def serve(cfg: CoordinatorConfig) -> None:
     from coordinator.admission import Admission
+    from coordinator.auth import ApiKey
+    from coordinator.frontend import Frontend
+    from coordinator.http_front import HttpFront
     from coordinator.pool import WorkerPool
+    from coordinator.request_log import RequestLog
     from coordinator.server import CoordinatorService
     from coordinator.warmup import warm_up
 
@@ -99,15 +114,24 @@ async def serve(cfg: CoordinatorConfig) -> None:
     if not pool.serving("prefill") or not pool.serving("decode"):
         raise SystemExit("the coordinator needs a worker that prefills and one that decodes "
                          "(--prefill and --decode, or --mixed)")
-    service = CoordinatorService(
+    api_key = ApiKey.configured(cfg.api_key)
+    request_log = RequestLog(cfg.request_log) if cfg.request_log else None
+    service = Frontend(
         pool, tiers, tokenizer, cfg.model, cfg.on_reject,
         metrics=CoordinatorMetrics(tiers.tiers, registry=REGISTRY),
-        admission=admission,
+        admission=admission, request_log=request_log,
     )
     server, health = create_server([pb.DESCRIPTOR.services_by_name["SloServe"].full_name])
-    pb_grpc.add_SloServeServicer_to_server(service, server)
+    pb_grpc.add_SloServeServicer_to_server(CoordinatorService(service, api_key), server)
     port = bind(server, cfg.host, cfg.port)
     serve_metrics(cfg.host, cfg.metrics_port, port, "coordinator")
+    http = None
+    if cfg.http_port:
+        names = [cfg.served_model_name or cfg.model, cfg.model]
+        http = HttpFront(service, names, api_key, pool.ready)
+        http_port = await http.start(cfg.host, cfg.http_port)
+        log.info("OpenAI-compatible HTTP at http://%s:%d/v1 (model %r)%s", cfg.host, http_port,
+                 names[0], "; API key required" if api_key else "")
     await server.start()
     await health.set("", HealthCheckResponse.NOT_SERVING)
     pool.start()
@@ -132,8 +156,12 @@ async def serve(cfg: CoordinatorConfig) -> None:
 
     async def stop() -> None:
         tracker.cancel()
+        if http is not None:
+            await http.stop()
         await service.stop()
         await pool.close()
+        if request_log is not None:
+            request_log.close()
 
     await serve_until_signal(server, health, on_stop=stop)
 

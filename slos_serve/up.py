@@ -26,6 +26,7 @@ from pathlib import Path
 
 import grpc
 
+from coordinator.auth import API_KEY_ENV
 from coordinator.main import LAYOUTS, CoordinatorConfig
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
@@ -80,6 +81,12 @@ class ClusterSpec(Options):
                          "overhead)", choices=("vllm", "sim"))
     host: str = option("127.0.0.1")
     port: int = option(0, "coordinator port", cli_default=50051)  # 0: pick a free port
+    http_port: int = option(0, "coordinator's OpenAI-compatible HTTP port", cli_default=8000)
+    http: bool = option(True, "no HTTP front (gRPC only)", flag="--no-http")
+    api_key: str | None = option(
+        None, "API key clients must send (HTTP 'Authorization: Bearer', gRPC metadata); "
+        f"default ${API_KEY_ENV}; passed to the coordinator in its environment")
+    request_log: str | None = option(None, "the coordinator's per-request JSON lines file")
     kv_cache_gib: float = option(1.0, "KV cache per engine")
     spec_tokens: int = option(0, "ngram speculation (0 = off)")
     bind_cpus: bool = option(True, "do not pin each engine to its own core",
@@ -140,6 +147,7 @@ class LocalCluster:
         self.log_dir = Path(spec.log_dir or tempfile.mkdtemp(prefix="slos-cluster-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.target = ""
+        self.http_url = ""  # http://host:port of the OpenAI-compatible front ("" = off)
 
     # ------------------------------------------------------------ start --
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> _Proc:
@@ -171,14 +179,15 @@ class LocalCluster:
         )
         return [f"{role}-worker", *cfg.to_argv(), *s.extra_worker_args]
 
-    def _coordinator_argv(self, port: int, metrics_port: int, profile: str | None,
-                          workers: dict[str, list[str]]) -> list[str]:
+    def _coordinator_argv(self, port: int, metrics_port: int, http_port: int,
+                          profile: str | None, workers: dict[str, list[str]]) -> list[str]:
         s = self.spec
         assert s.model  # start() checked
         policy = {"on_reject": s.on_reject} if s.on_reject else {}  # else the coordinator's
         cfg = CoordinatorConfig(
-            host=s.host, port=port, metrics_port=metrics_port,
-            prefill=workers.get("prefill") or None, decode=workers.get("decode") or None,
+            host=s.host, port=port, metrics_port=metrics_port, http_port=http_port,
+            request_log=s.request_log, prefill=workers.get("prefill") or None,
+            decode=workers.get("decode") or None,
             mixed=workers.get("mixed") or None, layout=s.layout, model=s.model, tiers=s.tiers,
             scheduler=s.scheduler, profile=profile, **policy,
         )
@@ -204,9 +213,13 @@ class LocalCluster:
             proc.address, proc.metrics_port = f"{s.host}:{port}", metrics_port
             addresses[role].append(proc.address)
         coord_port, coord_metrics_port = s.port or free_port(s.host), free_port(s.host)
+        http_port = (s.http_port or free_port(s.host)) if s.http else 0
+        key = self.api_key()
         coordinator = self._spawn("coordinator", self._coordinator_argv(
-            coord_port, coord_metrics_port, profile, addresses))
+            coord_port, coord_metrics_port, http_port, profile, addresses),
+            env={API_KEY_ENV: key} if key else None)  # not in argv: `ps` shows argv
         coordinator.address = self.target = f"{s.host}:{coord_port}"
+        self.http_url = f"http://{s.host}:{http_port}" if http_port else ""
         coordinator.metrics_port = coord_metrics_port
         try:
             asyncio.run(self._wait_ready(timeout_s or s.start_timeout_s, progress))
@@ -246,12 +259,20 @@ class LocalCluster:
         async with grpc.aio.insecure_channel(self.target) as channel:
             try:
                 info = await pb_grpc.SloServeStub(channel).ClusterInfo(
-                    pb.ClusterInfoRequest(), timeout=2.0
+                    pb.ClusterInfoRequest(), timeout=2.0, metadata=self.auth_metadata()
                 )
             except grpc.RpcError:
                 return False
         expected = sum(self.spec.counts().values())
         return sum(w.healthy for w in info.workers) == expected
+
+    def api_key(self) -> str:
+        return self.spec.api_key or os.environ.get(API_KEY_ENV, "")
+
+    def auth_metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata of a client of this cluster (the API key, if one is set)."""
+        key = self.api_key()
+        return (("authorization", f"Bearer {key}"),) if key else ()
 
     def metrics_urls(self) -> dict[str, str]:
         """Each process's Prometheus endpoint, by process name (coordinator, prefill-0, ...)."""
@@ -362,6 +383,8 @@ def run(args: argparse.Namespace) -> int:
         cluster.start()
         print(f"serving at {cluster.target} (logs in {cluster.log_dir}); Ctrl-C to stop",
               flush=True)
+        if cluster.http_url:
+            print(f"OpenAI-compatible HTTP: {cluster.http_url}/v1", flush=True)
         print("metrics: " + " ".join(f"{n}={u}" for n, u in cluster.metrics_urls().items()),
               flush=True)
         while True:

@@ -26,6 +26,10 @@ from slos_serve.metrics import WaitSummary
 # ------------------------------------------------------------ request SLO --
 
 
+DECISION_NAMES = {pb.ADMITTED: "admitted", pb.BEST_EFFORT: "best_effort",
+                  pb.REJECTED: "rejected"}  # as the HTTP front and the request log spell them
+
+
 def slo_from_proto(slo: pb.WorkerSlo) -> RequestSlo:
     return RequestSlo(
         ttft_deadline_unix=slo.ttft_deadline_unix,

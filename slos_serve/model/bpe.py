@@ -11,7 +11,15 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from slos_serve.model.recipe import BOS, EOS, MAX_MODEL_LEN, PAD, SPECIAL_TOKENS, VOCAB_SIZE
+from slos_serve.model.recipe import (
+    BOS,
+    CHAT_TEMPLATE,
+    EOS,
+    MAX_MODEL_LEN,
+    PAD,
+    SPECIAL_TOKENS,
+    VOCAB_SIZE,
+)
 
 
 def train_tokenizer(texts: list[str]) -> Any:
@@ -37,6 +45,7 @@ def train_tokenizer(texts: list[str]) -> Any:
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
+        chat_template=CHAT_TEMPLATE,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,

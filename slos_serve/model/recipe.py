@@ -24,6 +24,10 @@ RECIPE_VERSION = 2
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 SPECIAL_TOKENS: tuple[str, ...] = (BOS, EOS, PAD)  # ids 0, 1, 2
 VOCAB_SIZE = 2048
+# A plain chat template ("role: content" lines, then "assistant:"), so chat clients and
+# /v1/chat/completions work on the tiny model as on any instruction-tuned one.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n"
+                 "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
 MAX_MODEL_LEN = 2048
 
 MODEL_CONFIG: dict[str, Any] = {
@@ -88,7 +92,7 @@ def recipe(train_steps: int, seed: int) -> dict[str, Any]:
         "bigram_init": BIGRAM_INIT,
         "model": MODEL_CONFIG,
         "tokenizer": {"type": "byte-level-bpe", "vocab_size": VOCAB_SIZE,
-                      "special_tokens": list(SPECIAL_TOKENS)},
+                      "special_tokens": list(SPECIAL_TOKENS), "chat_template": CHAT_TEMPLATE},
         "corpus": corpus,
         "versions": versions,
     }
