@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import os
 
-API_KEY_ENV = "SLOS_SERVE_API_KEY"
+from slos_serve.config import API_KEY_ENV
 
 
 class ApiKey:

@@ -18,6 +18,7 @@ workers, with their failover, are coordinator/worker_calls.py's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -117,6 +118,10 @@ class Frontend:
         route = self.routing.decide(rid, spec, received_unix, ttft_deadline_unix)
         if route.decision.action == "reject":
             self.metrics.request_rejected(spec.tier.name)
+            if self.request_log is not None:
+                self.request_log(rid, pb.Final(finish_reason="rejected", decision=pb.REJECTED,
+                                               prompt_tokens=len(spec.prompt_token_ids)),
+                                 spec.tier.name)
             raise Refused(
                 "RESOURCE_EXHAUSTED",
                 f"rejected by the planner: {route.decision.reason or 'no capacity'} "
@@ -140,8 +145,9 @@ class Frontend:
             self.routing.finish(rid)
             if live.tier is not None:
                 self.metrics.request_done(live.tier, live.final, failed)
-                if self.request_log is not None and live.final is not None:
-                    self.request_log(rid, live.final, live.tier)
+                record = live.final or live.unfinished
+                if self.request_log is not None and record is not None:
+                    self.request_log(rid, record, live.tier)
 
     def _accept(self, request: pb.GenerateRequest) -> tuple[RequestSpec, str]:
         """The validated request and its id; `Refused` if it is not served."""
@@ -187,10 +193,16 @@ class Frontend:
                     yield pb.GenerateResponse(request_id=rid, chunk=chunk)
         except Aborted:
             served.finish_reason = "abort"
+        except (GeneratorExit, asyncio.CancelledError):  # the client went away
+            served.finish_reason = "cancelled"
+            live.unfinished = self._final(spec, received, served, verdict, stages.results())
+            raise
         except NoWorker as exc:
+            live.unfinished = self._final(spec, received, served, verdict, stages.results())
             raise Refused("UNAVAILABLE", f"no prefill worker could serve: {exc}") from exc
         except grpc.RpcError as err:
             log.warning("request %s failed on a worker: %s", rid, err.details())
+            live.unfinished = self._final(spec, received, served, verdict, stages.results())
             raise Refused(err.code().name, f"worker error: {err.details()}") from err
         finally:
             live.cancel_calls()

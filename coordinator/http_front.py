@@ -95,7 +95,13 @@ class HttpFront:
             problem = self.api_key.problem(request.headers.get("Authorization"))
             if problem:
                 return error_response(401, problem, headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:  # a bug, not the client's: logged once, answered in OpenAI's shape
+            log.exception("HTTP %s %s failed", request.method, request.path)
+            return error_response(500, "internal error (logged by the coordinator)")
 
     async def health(self, request: web.Request) -> web.Response:
         if self.ready():
@@ -124,13 +130,11 @@ class HttpFront:
             raise api.BadRequest("messages", "this model has no chat template; use "
                                  "/v1/completions")
         try:
-            ids = tokenizer.apply_chat_template(messages, tokenize=True,
+            ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False,
                                                 add_generation_prompt=True)
         except Exception as exc:  # a template's own error names what it disliked
             raise api.BadRequest("messages", f"the chat template refused them: {exc}") from exc
-        if isinstance(ids, dict):  # transformers 5: a BatchEncoding
-            ids = ids["input_ids"]
-        return list(ids)
+        return [int(t) for t in ids]
 
     async def _call(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:

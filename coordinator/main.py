@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 
-from coordinator.auth import API_KEY_ENV
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
-from slos_serve.config import Options, comma_list, option
+from slos_serve.config import API_KEY_ENV, Options, comma_list, option
 from slos_serve.core.perf_model import load_profile
 from slos_serve.core.slo import TierTable
 from slos_serve.grpc_util import bind, create_server, serve_until_signal
@@ -83,8 +82,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     CoordinatorConfig.add_arguments(parser)
 
 
-async def serve(cfg: CoordinatorConfig) -> None:
+def make_admission(cfg: CoordinatorConfig):
+    """The planner's admission for --scheduler slos; None for the vllm baseline."""
     from coordinator.admission import Admission
+
+    if cfg.scheduler != "slos":
+        return None
+    if not cfg.profile:
+        raise SystemExit(
+            "--profile is required with --scheduler slos: measure one with `slos-serve "
+            "profile --engine vllm --model DIR --out profile.json` (or name a shipped one, "
+            "e.g. sim-engine for simulated workers), or run --scheduler vllm")
+    model = load_profile(cfg.profile)
+    log.info("planner on: performance model %s (R^2 %s)", model.name, model.r2)
+    log.info("layout: %s", "adaptive" if cfg.adaptive_layout() else "fixed")
+    return Admission(model, kv_output_reserve=cfg.kv_output_reserve,
+                     adaptive_layout=cfg.adaptive_layout())
+
+
+async def serve(cfg: CoordinatorConfig) -> None:
     from coordinator.auth import ApiKey
     from coordinator.frontend import Frontend
     from coordinator.http_front import HttpFront
@@ -98,18 +114,7 @@ async def serve(cfg: CoordinatorConfig) -> None:
     # start subprocesses, and a fork after gRPC has started its pollers can kill
     # the process (epoll_wait: Bad file descriptor, seen once in CI).
     tokenizer = load_tokenizer(cfg.model)
-    admission = None
-    if cfg.scheduler == "slos":
-        if not cfg.profile:
-            raise SystemExit(
-                "--profile is required with --scheduler slos: measure one with `slos-serve "
-                "profile --engine vllm --model DIR --out profile.json` (or name a shipped one, "
-                "e.g. sim-engine for simulated workers), or run --scheduler vllm")
-        model = load_profile(cfg.profile)
-        log.info("planner on: performance model %s (R^2 %s)", model.name, model.r2)
-        admission = Admission(model, kv_output_reserve=cfg.kv_output_reserve,
-                              adaptive_layout=cfg.adaptive_layout())
-        log.info("layout: %s", "adaptive" if cfg.adaptive_layout() else "fixed")
+    admission = make_admission(cfg)
     pool = WorkerPool(cfg.prefill or [], cfg.decode or [], cfg.mixed or [])
     if not pool.serving("prefill") or not pool.serving("decode"):
         raise SystemExit("the coordinator needs a worker that prefills and one that decodes "

@@ -37,6 +37,7 @@ class InFlight:
     aborted: bool = False
     tier: str | None = None  # set once Started is sent (metrics: in flight until done)
     final: pb.Final | None = None  # the Final sent, if any
+    unfinished: pb.Final | None = None  # else how far it got (the request log's record)
 
     def abort(self) -> None:
         self.aborted = True

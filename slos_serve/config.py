@@ -26,6 +26,9 @@ __all__ = ["OptionSpec", "Options", "comma_list", "option"]
 
 T = TypeVar("T", bound="Options")
 
+# The API key of the client-facing edges (coordinator, `up`, the SDK read it).
+API_KEY_ENV = "SLOS_SERVE_API_KEY"
+
 
 class FieldDefault:
     """Marks `cli_default` unset: the command line's default is the field's."""

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.auth import API_KEY_ENV
 from coordinator.main import LAYOUTS, CoordinatorConfig
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
-from slos_serve.config import Options, option
+from slos_serve.config import API_KEY_ENV, Options, option
 from slos_serve.grpc_util import check_health
 from slos_serve.profile import DEFAULT_OUT, ensure_profile
 from slos_serve.worker.main import WorkerConfig

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -45,13 +46,14 @@ def _kill_leftovers(procs: list[psutil.Process]) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_up_serves_and_stops_everything_on_signal(model_dir: str, tmp_path: Path, sig) -> None:
-    port = free_port()
+    port, http_port = free_port(), free_port()
     stderr_path = tmp_path / "up.stderr"
     with open(stderr_path, "w") as stderr:
         up = subprocess.Popen(
             [sys.executable, "-m", "slos_serve.cli", "up", "--engine", "sim",
              "--model", model_dir, "--prefill", "1", "--decode", "1", "--port", str(port),
-             "--log-dir", str(tmp_path / "logs"), "--timeout", str(START_TIMEOUT_S)],
+             "--http-port", str(http_port), "--log-dir", str(tmp_path / "logs"),
+             "--timeout", str(START_TIMEOUT_S)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -90,6 +92,11 @@ def test_up_serves_and_stops_everything_on_signal(model_dir: str, tmp_path: Path
             assert client.health() is HealthStatus.SERVING
             out = client.generate([5, 6, 7, 8], max_tokens=5, temperature=0.0)
             assert out.completion_tokens == 5 and out.finish_reason == "length"
+        # the OpenAI-compatible front is on by default, on the same request path
+        body = {"prompt": [5, 6, 7, 8], "max_tokens": 5, "temperature": 0}
+        answer = httpx.post(f"http://127.0.0.1:{http_port}/v1/completions", json=body,
+                            timeout=30).json()
+        assert answer["choices"][0]["text"] == out.text
 
         tree = psutil.Process(up.pid).children(recursive=True)  # again, with everything warm
         up.send_signal(sig)

@@ -38,7 +38,8 @@ def test_up_serves_colocated_equal_outputs_and_stops_cleanly_on_sigterm(
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "slos_serve.cli", "up", "--model", model_dir,
-         "--prefill", "1", "--decode", "1", "--port", str(port), "--log-dir", str(tmp_path)],
+         "--prefill", "1", "--decode", "1", "--port", str(port), "--http-port",
+         str(free_port()), "--log-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     started: list[psutil.Process] = []

@@ -3,6 +3,7 @@ streams' state and cancellation."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ from grpc_health.v1 import health_pb2_grpc
 from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.client.channel import ChannelOptions, TlsConfig, make_channel, resolve_tls
 from slos_serve.client.types import Completion, Started, StreamAssembler
+from slos_serve.config import API_KEY_ENV
 from slos_serve.errors import Cancelled
 
 
@@ -29,6 +31,7 @@ class ClientBase:
         options: ChannelOptions | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         wait_for_ready: bool | None = None,
+        api_key: str | None = None,
     ) -> None:
         if not target or not isinstance(target, str):
             raise ValueError("target must be a non-empty 'host:port' string")
@@ -38,7 +41,11 @@ class ClientBase:
         self.tls = resolve_tls(tls)
         self.timeout = timeout
         self.options = options or ChannelOptions()
-        self.metadata = tuple(metadata)
+        # The coordinator's `--api-key`, sent as `authorization: Bearer` (default: the
+        # same environment variable the coordinator reads; neither: no key sent).
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+        auth = (("authorization", f"Bearer {key}"),) if key else ()
+        self.metadata = (*auth, *metadata)
         self.wait_for_ready = wait_for_ready
         self._channel: Any = make_channel(target, self.tls, self.options, aio=self._aio)
         # The generated stubs serve sync and grpc.aio channels alike.
