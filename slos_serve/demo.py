@@ -2,7 +2,8 @@
 
 Starts 1 prefill + 1 decode worker on vLLM with the coordinator (the planner
 on, ngram speculation on), sends a few prompts in two SLO tiers and one
-two-stage "reasoning" request through the SDK, prints each completion with the
+two-stage "reasoning" request through the SDK, then one chat completion through the
+OpenAI-compatible HTTP front with the `openai` SDK; prints each completion with the
 planner's decision, its measured TTFT, TPOT and SLO verdict (per stage), and
 stops every process. The first run measures the engine's performance profile
 (about a minute) and caches it in .cache/profile-cpu.json.
@@ -95,6 +96,38 @@ def _report(results: list) -> int:
     return 1 if failures else 0
 
 
+HTTP_PROMPT = "def add(a, b):\n"
+
+
+def _send_http(base_url: str, model: str, max_tokens: int) -> int:
+    """One streamed chat completion through the OpenAI-compatible front, with the official
+    `openai` SDK and an SLO tier header: what any OpenAI client of the cluster sees."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
+    print("-" * 78)
+    print(f"[HTTP, openai SDK, x-slo-tier: tight] chat: {HTTP_PROMPT!r}")
+    try:
+        stream = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": HTTP_PROMPT}],
+            max_tokens=max_tokens, stream=True, extra_headers={"x-slo-tier": "tight"},
+            extra_body={"ignore_eos": True, "seed": 7})
+        chunks = list(stream)
+    except openai.OpenAIError as exc:
+        print(f"  ERROR: {exc}")
+        return 1
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    decision = (chunks[0].model_extra or {}).get("slo", {})
+    verdict = next(((c.model_extra or {}).get("slo", {}) for c in chunks
+                    if c.choices and c.choices[0].finish_reason), {})
+    print(f"  completion: {text!r}")
+    print(f"  {decision.get('decision')} | TTFT {verdict.get('ttft_ms', 0):7.1f} ms "
+          f"(SLO {decision.get('ttft_slo_ms', 0):.0f}) | TPOT {verdict.get('tpot_ms', 0):6.1f} "
+          f"ms (SLO {decision.get('tpot_slo_ms', 0):.0f}) | SLO "
+          f"{'met' if verdict.get('slo_met') else 'MISSED'}")
+    return 0
+
+
 def run(ns: argparse.Namespace) -> int:
     args = DemoArgs.from_args(ns)
     if args.target:
@@ -110,6 +143,7 @@ def run(ns: argparse.Namespace) -> int:
         print(f"sending {len(PROMPTS)} concurrent requests: tiers 'tight' and 'loose', and one "
               f"two-stage 'reasoning' request", file=sys.stderr)
         code = _report(asyncio.run(_send_all(cluster.target, args.max_tokens)))
+        code |= _send_http(cluster.http_url, args.model, args.max_tokens)
     except (RuntimeError, TimeoutError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1

@@ -221,3 +221,20 @@ def test_no_worker_is_503(model_dir: str, tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def test_stages_and_vllm_priority_map_to_slos(cluster, model_id) -> None:
+    body = {"model": model_id, "prompt": "x", "max_tokens": 10, "ignore_eos": True,
+            "stages": [{"slo": {"tier": "tight"}, "max_tokens": 4}, {"slo": {"tier": "loose"}}]}
+    r = _post(cluster, "/v1/completions", body)
+    assert r.status_code == 200, r.text
+    stages = r.json()["slo"]["stages"]
+    assert [s["tier"] for s in stages] == ["tight", "loose"]
+    assert [s["tokens"] for s in stages] == [4, 6]
+    # vLLM's priority (smaller: sooner) picks the tier of that TPOT rank, tightest first
+    ranks = {p: _post(cluster, "/v1/completions", {"prompt": "x", "max_tokens": 2,
+                                                     "priority": p}).headers["x-slo-tier"]
+             for p in (0, 1, 7)}
+    assert ranks == {0: "tight", 1: "loose", 7: "loose"}
+    r = _post(cluster, "/v1/completions", {"prompt": "x", "priority": -1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "priority"
