@@ -97,15 +97,17 @@ def test_up_builds_child_argv_from_the_role_configs() -> None:
     assert (w.port, w.engine, w.model, w.spec_tokens, w.cpus, w.metrics_port, w.profile) == (
         1234, "sim", "m", 2, "1", 555, None)  # the sim engine takes no profile
     coord = parser.parse_args(cluster._coordinator_argv(
-        50051, 51051, "sim-engine", {"prefill": ["a:1", "b:2"], "decode": ["c:3"]}))
+        50051, 51051, 8080, "sim-engine", {"prefill": ["a:1", "b:2"], "decode": ["c:3"]}))
     c = CoordinatorConfig.from_args(coord)
-    assert (c.prefill, c.decode, c.model, c.on_reject, c.tiers, c.profile, c.metrics_port) == (
-        ["a:1", "b:2"], ["c:3"], "m", "reject", "t.json", "sim-engine", 51051)
+    assert (c.prefill, c.decode, c.model, c.on_reject, c.tiers, c.profile, c.metrics_port,
+            c.http_port, c.api_key) == (
+        ["a:1", "b:2"], ["c:3"], "m", "reject", "t.json", "sim-engine", 51051, 8080, None)
 
 
 def test_up_flags_keep_their_defaults() -> None:
     args = cli.build_parser().parse_args(["up", "--model", "m", "--no-cpu-bind"])
     spec = ClusterSpec.from_args(args)
-    assert (spec.port, spec.bind_cpus, spec.start_timeout_s, spec.on_reject) == (
-        50051, False, 600.0, None)
+    assert (spec.port, spec.http_port, spec.http, spec.bind_cpus, spec.start_timeout_s,
+            spec.on_reject) == (50051, 8000, True, False, 600.0, None)
     assert ClusterSpec(model="m").port == 0  # the library's default: a free port
+    assert ClusterSpec(model="m").http_port == 0
