@@ -35,7 +35,7 @@ def up(model_dir: str, *flags: str, warm_pairs: int) -> Iterator[LocalCluster]:
     workers but under the adaptive layout."""
     args = cli.build_parser().parse_args(["up", "--engine", "sim", "--model", model_dir,
                                           *flags])
-    cluster = LocalCluster(ClusterSpec.from_args(args, port=0))
+    cluster = LocalCluster(ClusterSpec.from_args(args, port=0, http_port=0))  # free ports
     cluster.start(timeout_s=90, progress=False)
     try:
         with Client(cluster.target, timeout=10) as c:
