@@ -123,7 +123,8 @@ class Client(ClientBase):
     `timeout` is the default deadline of every call in seconds (None: no deadline); each
     method's `timeout` overrides it for that call. `tls=True` uses the system roots; a
     `TlsConfig` pins roots and/or enables mutual TLS. `metadata` is sent with every call;
-    `api_key` (default: $SLOS_SERVE_API_KEY) as `authorization: Bearer KEY`. Thread-safe: one Client can serve many threads.
+    `api_key` (default: $SLOS_SERVE_API_KEY) as `authorization: Bearer KEY`. Thread-safe:
+    one Client can serve many threads.
     """
 
     _aio = False
