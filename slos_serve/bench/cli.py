@@ -7,6 +7,7 @@
       --scenarios coding,chatbot      # ratios against the best vLLM baseline per scenario
   slos-serve bench loadgen-check      # SIMULATED engine: the load generator's own limits
   slos-serve bench overhead           # SIMULATED engine: what the coordinator adds
+  slos-serve bench http-overhead      # SIMULATED engine: what the HTTP front adds over gRPC
 
 The runner, the systems and the overhead measurements (the SDK, the load generator) are
 imported where used, so that `slos-serve --help` (which imports every command module) stays fast.
@@ -126,6 +127,24 @@ class CoordinatorOverhead(Options):
     json: str | None = option(None)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpOverhead(Options):
+    """`bench http-overhead`: the HTTP front vs the gRPC path, SIMULATED engine."""
+
+    shapes: str = option("mixed1-slos,mixed1-vllm,pd-slos", "clusters, comma-separated, "
+                         "one after the other: mixed1-slos (1 mixed worker, planner; the "
+                         "default config), mixed1-vllm (1 mixed worker, round-robin, no "
+                         "planner), pd-slos, pd-vllm (1P+1D); TTFT is measured on the first")
+    prompt_tokens: int = option(8)
+    ttft_output: int = option(8, "max_tokens of the TTFT requests")
+    requests: int = option(300, "sequential TTFT requests per path")
+    short_output: int = option(2, "max_tokens of the throughput requests")
+    concurrency: int = option(64, "closed-loop clients")
+    seconds: float = option(5.0, "per throughput measurement (after 1 s of warm-up)")
+    client_alone: bool = option(True, "skip the stub-server run", flag="--no-client-alone")
+    json: str | None = option(None)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared with a subcommand are declared once, on `bench`, and accepted after
     the subcommand too (`bench --engine sim capacity` = `bench capacity --engine sim`)."""
@@ -133,7 +152,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     WorkloadArgs.add_arguments(parser, defaults={"max_context": 2048})
     CompareRun.add_arguments(parser)
     sub = parser.add_subparsers(dest="action",
-                                metavar="{report,capacity,fidelity,loadgen-check,overhead}")
+                                metavar="{report,capacity,fidelity,loadgen-check,overhead,"
+                                       "http-overhead}")
     rep = sub.add_parser("report", help="table, summary.json and plots from DIR/records.jsonl")
     rep.add_argument("dir")
     BenchSetup.add_arguments(rep, shared=True, only={"plots"})
@@ -152,6 +172,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ov = sub.add_parser("overhead", help="coordinator vs direct worker calls, SIMULATED engine")
     BenchSetup.add_arguments(ov, shared=True, only={"model"})
     CoordinatorOverhead.add_arguments(ov)
+    ho = sub.add_parser("http-overhead", help="HTTP front vs gRPC: TTFT added, requests/s; "
+                        "SIMULATED engine")
+    BenchSetup.add_arguments(ho, shared=True, only={"model"})
+    HttpOverhead.add_arguments(ho)
 
 
 def _systems(setup: BenchSetup) -> list[str]:
@@ -240,6 +264,18 @@ def _overhead(args: argparse.Namespace) -> int:
     return _show(overhead_table(res), res, ov.json)
 
 
+def _http_overhead(args: argparse.Namespace) -> int:
+    from slos_serve.bench.http_overhead import Settings, http_overhead, http_overhead_table
+
+    ho = HttpOverhead.from_args(args)
+    cfg = Settings(prompt_tokens=ho.prompt_tokens, ttft_output=ho.ttft_output,
+                   requests=ho.requests, short_output=ho.short_output,
+                   concurrency=ho.concurrency, seconds=ho.seconds)
+    shapes = [s.strip() for s in ho.shapes.split(",") if s.strip()]
+    res = http_overhead(args.model, shapes, cfg, client_alone=ho.client_alone)
+    return _show(http_overhead_table(res), res, ho.json)
+
+
 def _capacity(args: argparse.Namespace) -> int:
     from slos_serve.bench.runner import run_capacity
 
@@ -268,8 +304,8 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-ACTIONS = {"loadgen-check": _loadgen_check, "overhead": _overhead, "capacity": _capacity,
-           None: _compare}
+ACTIONS = {"loadgen-check": _loadgen_check, "overhead": _overhead,
+           "http-overhead": _http_overhead, "capacity": _capacity, None: _compare}
 
 
 def _dispatch(args: argparse.Namespace) -> int:
