@@ -337,11 +337,11 @@ def http_overhead(model: str, shapes: Sequence[str], cfg: Settings,
     if client_alone:
         stubs = measure_client_alone(cfg, prompt)
         runs.append(stubs)
-        out["floor"] = _floor(stubs["throughput"])
+        out["floor"] = floor(stubs["throughput"])
     return out
 
 
-def _floor(stub: dict[str, dict[str, Any]]) -> dict[str, float]:
+def floor(stub: dict[str, dict[str, Any]]) -> dict[str, float]:
     """The least CPU a request through the front can cost: one HTTP hop and one gRPC hop
     (the coordinator's call to its worker), each at the stubs' CPU per call, both sides."""
     def hop(path: str) -> float:
