@@ -205,7 +205,7 @@ async def closed_loop(call: Call, concurrency: int, seconds: float,
                       pids: dict[str, int] | None = None, warmup_s: float = 1.0
                       ) -> dict[str, Any]:
     """`concurrency` clients, each sending its next request when its last one ended;
-    requests/s counted over the `seconds` after `warmup_s`. With `pids` (this process is
+    requests/s: completions in the `seconds` after `warmup_s`. With `pids` (this process is
     added as "client"): each process's CPU ms per request over that window, and the rate
     the machine's cores would allow at that cost (cores x 1000 / the sum)."""
     start = time.perf_counter()
@@ -231,13 +231,13 @@ async def closed_loop(call: Call, concurrency: int, seconds: float,
                     print(f"  request failed: {exc}", file=sys.stderr)
                 continue
             end = time.perf_counter()
-            if window[0] <= now and end <= window[1]:
+            if window[0] <= end <= window[1]:
                 counted["done"] += 1
                 latencies.append(end - now)
 
     await asyncio.gather(sample_cpu(), *(client() for _ in range(concurrency)))
-    # requests that started and ended inside the window, over its length: a slight
-    # undercount (those straddling its edges) that shrinks as `seconds` grows
+    # completions inside the window over its length (clients send until its end: the load
+    # is the same all through it)
     done = counted["done"]
     per_request = {k: 1e3 * v / max(done, 1) for k, v in cpu.items()}
     return {"requests_per_s": done / seconds, "errors": counted["errors"],
