@@ -5,6 +5,8 @@
   slos-serve bench report bench-results/20261124-0415
   slos-serve bench capacity --systems slos-mixed,slos,vllm-serve,vllm-serve-priority \
       --scenarios coding,chatbot      # ratios against the best vLLM baseline per scenario
+  slos-serve bench --backend openai --base-url http://host:8000 --model MODEL_DIR \
+      --served-model-name NAME      # any OpenAI-compatible server already running
   slos-serve bench loadgen-check      # SIMULATED engine: the load generator's own limits
   slos-serve bench overhead           # SIMULATED engine: what the coordinator adds
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ DEFAULT_MODEL = ".cache/tiny-llama"
 DEFAULT_SYSTEMS = "slos-mixed,vllm-serve,vllm-serve-priority"
 DEFAULT_RATES = "4,10"  # chatbot: about vllm-pd's capacity here, and beyond it
 DEFAULT_DURATION_S = 20.0
+OPENAI_API_KEY_ENV = "OPENAI_API_KEY"
 
 
 def _floats(text: str) -> list[float]:
@@ -65,6 +69,16 @@ class BenchSetup(Options):
     drain: float = option(120.0, "s to wait for requests in flight after the last send")
     progress: bool = option(True, "no progress bar", flag="--no-progress")
     plots: bool = option(True, "no PNG plots", flag="--no-plots")
+    backend: str = option("local", "local: start each of --systems in turn; openai: drive "
+                          "the OpenAI-compatible server(s) at --base-url, already running "
+                          "(vLLM's, SGLang's, a slos-serve front): nothing is started",
+                          choices=("local", "openai"))
+    base_url: str | None = option(None, "--backend openai: base URL(s), comma-separated "
+                                  "(calls go round-robin), e.g. http://127.0.0.1:8000")
+    served_model_name: str | None = option(None, "--backend openai: the model id sent "
+                                           "(default: --model, which stays the tokenizer)")
+    api_key: str | None = option(None, f"--backend openai: sent as Authorization: Bearer "
+                                 f"(default ${OPENAI_API_KEY_ENV})")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,9 +168,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     CoordinatorOverhead.add_arguments(ov)
 
 
-def _systems(setup: BenchSetup) -> list[str]:
-    from slos_serve.bench.systems import SYSTEMS, VLLM_SERVE
+def _base_urls(setup: BenchSetup) -> list[str]:
+    """--backend openai: the servers' base URLs (none with the local backend)."""
+    urls = [u.strip() for u in (setup.base_url or "").split(",") if u.strip()]
+    if setup.backend == "local":
+        if urls:
+            raise SystemExit("--base-url needs --backend openai")
+        return []
+    if not urls:
+        raise SystemExit("--backend openai needs --base-url URL[,URL2]")
+    return urls
 
+
+def _systems(setup: BenchSetup) -> list[str]:
+    from slos_serve.bench.systems import SYSTEMS, VLLM_SERVE, OpenAIServer
+
+    if urls := _base_urls(setup):
+        return [OpenAIServer(urls, setup.model).name]
     names = [s.strip() for s in setup.systems.split(",") if s.strip()]
     bad = [s for s in names if s not in SYSTEMS]
     if bad:
@@ -168,6 +196,16 @@ def _systems(setup: BenchSetup) -> list[str]:
     if not names:
         raise SystemExit("no system to run")
     return names
+
+
+def _redacted(argv: list[str]) -> list[str]:
+    """The command line as meta.json keeps it: an API key never is."""
+    out = []
+    for k, a in enumerate(argv):
+        if k and argv[k - 1] == "--api-key":
+            a = "***"
+        out.append("--api-key=***" if a.startswith("--api-key=") else a)
+    return out
 
 
 def _config(args: argparse.Namespace, scenario: str, rates: list[float | None]) -> BenchConfig:
@@ -187,7 +225,9 @@ def _config(args: argparse.Namespace, scenario: str, rates: list[float | None]) 
         systems=_systems(setup), model=setup.model, out_dir=out, workload=wl, rates=rates,
         engine=setup.engine, spec_tokens=setup.spec_tokens, slo_scale=scale,
         request_timeout_s=setup.request_timeout, drain_s=setup.drain,
-        progress=setup.progress, plots=setup.plots, meta={"argv": sys.argv[1:]})
+        progress=setup.progress, plots=setup.plots, meta={"argv": _redacted(sys.argv[1:])},
+        base_urls=_base_urls(setup), served_model_name=setup.served_model_name,
+        api_key=setup.api_key or os.environ.get(OPENAI_API_KEY_ENV) or None)
 
 
 def _check_model(model: str) -> None:
