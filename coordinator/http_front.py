@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -128,7 +128,7 @@ class HttpFront:
                                                 add_generation_prompt=True)
         except Exception as exc:  # a template's own error names what it disliked
             raise api.BadRequest("messages", f"the chat template refused them: {exc}") from exc
-        if isinstance(ids, dict):  # transformers 5: a BatchEncoding
+        if isinstance(ids, Mapping):  # transformers 5: a BatchEncoding (a UserDict)
             ids = ids["input_ids"]
         return list(ids)
 
