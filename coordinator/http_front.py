@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from typing import Any
@@ -133,6 +134,7 @@ class HttpFront:
         return list(ids)
 
     async def _call(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        received = time.perf_counter()  # the request's clock: parse and chat template count
         try:
             body = await request.json(loads=json.loads)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -148,7 +150,7 @@ class HttpFront:
                                   f"serves {self.model!r}", "model")
         if not call.request.request_id and request.headers.get("x-request-id"):
             call.request.request_id = request.headers["x-request-id"]
-        responses = self.front.generate(call.request)
+        responses = self.front.generate(call.request, received)
         async with aclosing(responses):
             try:
                 first = await anext(responses)
