@@ -7,6 +7,8 @@
       --scenarios coding,chatbot      # ratios against the best vLLM baseline per scenario
   slos-serve bench --backend openai --base-url http://host:8000 --model MODEL_DIR \
       --served-model-name NAME      # any OpenAI-compatible server already running
+  slos-serve bench vllm-bench --systems slos-mixed,vllm-serve --request-rate 2 \
+      --goodput ttft:500 tpot:50      # vLLM's own `bench serve` against each system
   slos-serve bench loadgen-check      # SIMULATED engine: the load generator's own limits
   slos-serve bench overhead           # SIMULATED engine: what the coordinator adds
 
@@ -140,14 +142,30 @@ class CoordinatorOverhead(Options):
     json: str | None = option(None)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VllmBench(Options):
+    """`bench vllm-bench`: vLLM's own `bench serve` (random dataset) against each system."""
+
+    api: str = option("openai", "vLLM's --backend: openai (/v1/completions) or openai-chat "
+                      "(/v1/chat/completions)", choices=("openai", "openai-chat"))
+    request_rate: float = option(2.0, "req/s (Poisson)")
+    num_prompts: int = option(100)
+    input_len: int = option(1024, "random prompt tokens (vLLM's default)")
+    output_len: int = option(128, "output tokens, EOS ignored (vLLM's default)")
+    goodput: list[str] | None = option(None, "vLLM's goodput SLOs, e.g. ttft:500 tpot:50 (ms)",
+                                       nargs="+", metavar="KEY:MS")
+    seed: int = option(0, "vLLM's dataset seed")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared with a subcommand are declared once, on `bench`, and accepted after
     the subcommand too (`bench --engine sim capacity` = `bench capacity --engine sim`)."""
     BenchSetup.add_arguments(parser)
     WorkloadArgs.add_arguments(parser, defaults={"max_context": 2048})
     CompareRun.add_arguments(parser)
-    sub = parser.add_subparsers(dest="action",
-                                metavar="{report,capacity,fidelity,loadgen-check,overhead}")
+    sub = parser.add_subparsers(
+        dest="action",
+        metavar="{report,capacity,fidelity,vllm-bench,loadgen-check,overhead}")
     rep = sub.add_parser("report", help="table, summary.json and plots from DIR/records.jsonl")
     rep.add_argument("dir")
     BenchSetup.add_arguments(rep, shared=True, only={"plots"})
@@ -160,6 +178,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     BenchSetup.add_arguments(cap, shared=True)
     WorkloadArgs.add_arguments(cap, shared=True)
     CapacityRun.add_arguments(cap)
+    vb = sub.add_parser("vllm-bench", help="vLLM's own `bench serve` against each system in "
+                        "turn (its HTTP API); one table")
+    BenchSetup.add_arguments(vb, shared=True, only={
+        "model", "systems", "engine", "spec_tokens", "out", "backend", "base_url",
+        "served_model_name", "api_key", "request_timeout"})
+    VllmBench.add_arguments(vb)
     lg = sub.add_parser("loadgen-check", help="load generator vs a SIMULATED-engine cluster")
     BenchSetup.add_arguments(lg, shared=True, only={"model"})
     LoadgenCheck.add_arguments(lg)
@@ -308,8 +332,26 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-ACTIONS = {"loadgen-check": _loadgen_check, "overhead": _overhead, "capacity": _capacity,
-           None: _compare}
+def _vllm_bench(args: argparse.Namespace) -> int:
+    from slos_serve.bench.vllm_bench import VllmBenchRun, run_systems, table
+
+    vb = VllmBench.from_args(args)
+    cfg = _config(args, "chatbot", [])
+    template = VllmBenchRun(
+        base_url="", model=cfg.model, result_file=cfg.out_dir / "result.json", backend=vb.api,
+        served_model_name=cfg.served_model_name, num_prompts=vb.num_prompts,
+        request_rate=vb.request_rate, input_len=vb.input_len, output_len=vb.output_len,
+        goodput=tuple(vb.goodput or ()), seed=vb.seed, api_key=cfg.api_key)
+    systems = [cfg.system(name) for name in cfg.systems]
+    rows = run_systems(systems, template, cfg.out_dir, timeout_s=cfg.request_timeout_s
+                       + 2 * vb.num_prompts / vb.request_rate + 120)
+    print(table(rows))
+    print(f"vLLM's results: {cfg.out_dir}/<system>/vllm-bench-*.json")
+    return 0
+
+
+ACTIONS = {"vllm-bench": _vllm_bench, "loadgen-check": _loadgen_check,
+           "overhead": _overhead, "capacity": _capacity, None: _compare}
 
 
 def _dispatch(args: argparse.Namespace) -> int:
