@@ -29,10 +29,12 @@ from slos_serve.bench.vllm_bench import (
 
 ROOT = Path(__file__).resolve().parent.parent
 GOODPUT = ("ttft:2000", "tpot:200")
-NUM_PROMPTS = 48
-# Prompts long enough that TTFT dwarfs what no server clock sees: the few ms a request spends
-# in transit and in the client's own loop (the same over gRPC; TPOT agrees to 0.1 ms).
-INPUT_LEN, OUTPUT_LEN = 1536, 32
+NUM_PROMPTS = 40
+# Prompts long enough that TTFT dwarfs what no server clock sees: the 3-4 ms (quiet machine)
+# from vLLM's timer start to the front's handler, half of it vLLM's client itself (its
+# aiohttp session's trust_env=True looks up proxies and netrc per request: ~2 ms here), the
+# rest transport and Python (the gRPC SDK sees 1.5-2.5 ms too). TPOT agrees to 0.1 ms.
+INPUT_LEN, OUTPUT_LEN = 1920, 32  # + chat template + output < 2048 (the context)
 
 
 def started(model_dir: str, log_dir: Path, **layout: object) -> Iterator[tuple[str, Path]]:
@@ -116,7 +118,7 @@ def test_bench_vllm_bench_runs_each_system_in_turn(model_dir: str, tmp_path: Pat
 def test_vllm_bench_serve_against_the_sim_front(model_dir: str, sim_front: tuple[str, Path],
                                                 tmp_path: Path, backend: str) -> None:
     url, log = sim_front
-    result, prefix = bench_run(url, model_dir, tmp_path, backend, rate=4.0)
+    result, prefix = bench_run(url, model_dir, tmp_path, backend, rate=2.0)
     assert result["backend"] == backend and result["request_goodput"] is not None
     check_against_the_cluster(result, log, prefix, NUM_PROMPTS)
 
