@@ -109,10 +109,14 @@ class Frontend:
         return list(self.tokenizer.encode(text))
 
     # --------------------------------------------------------------- Generate --
-    async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
-        """Started (or `Refused`), the token chunks, then Final (or `Refused` mid-stream)."""
-        received = time.perf_counter()
-        received_unix = time.time()
+    async def generate(self, request: pb.GenerateRequest, received: float | None = None
+                       ) -> AsyncIterator[pb.GenerateResponse]:
+        """Started (or `Refused`), the token chunks, then Final (or `Refused` mid-stream).
+        TTFT counts from `received` (perf_counter; default now): the HTTP edge passes when
+        its handler started, so its JSON parse and chat template (a tokenization) count."""
+        now = time.perf_counter()
+        received = now if received is None else min(received, now)
+        received_unix = time.time() - (now - received)
         spec, rid = self._accept(request)
         ttft_deadline_unix = spec.ttft_deadline_unix(received_unix)
         route = self.routing.decide(rid, spec, received_unix, ttft_deadline_unix)

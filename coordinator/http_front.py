@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from contextlib import aclosing
 from typing import Any
@@ -137,6 +138,7 @@ class HttpFront:
         return [int(t) for t in ids]
 
     async def _call(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        received = time.perf_counter()  # the request's clock: parse and chat template count
         try:
             body = await request.json(loads=json.loads)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -152,7 +154,7 @@ class HttpFront:
                                   f"serves {self.model!r}", "model")
         if not call.request.request_id and request.headers.get("x-request-id"):
             call.request.request_id = request.headers["x-request-id"]
-        responses = self.front.generate(call.request)
+        responses = self.front.generate(call.request, received)
         async with aclosing(responses):
             try:
                 first = await anext(responses)

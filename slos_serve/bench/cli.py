@@ -5,6 +5,10 @@
   slos-serve bench report bench-results/20261124-0415
   slos-serve bench capacity --systems slos-mixed,slos,vllm-serve,vllm-serve-priority \
       --scenarios coding,chatbot      # ratios against the best vLLM baseline per scenario
+  slos-serve bench --backend openai --base-url http://host:8000 --model MODEL_DIR \
+      --served-model-name NAME      # any OpenAI-compatible server already running
+  slos-serve bench vllm-bench --systems slos-mixed,vllm-serve --request-rate 2 \
+      --goodput ttft:500 tpot:50      # vLLM's own `bench serve` against each system
   slos-serve bench loadgen-check      # SIMULATED engine: the load generator's own limits
   slos-serve bench overhead           # SIMULATED engine: what the coordinator adds
   slos-serve bench http-overhead      # SIMULATED engine: what the HTTP front adds over gRPC
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +42,7 @@ DEFAULT_MODEL = ".cache/tiny-llama"
 DEFAULT_SYSTEMS = "slos-mixed,vllm-serve,vllm-serve-priority"
 DEFAULT_RATES = "4,10"  # chatbot: about vllm-pd's capacity here, and beyond it
 DEFAULT_DURATION_S = 20.0
+OPENAI_API_KEY_ENV = "OPENAI_API_KEY"
 
 
 def _floats(text: str) -> list[float]:
@@ -66,6 +72,16 @@ class BenchSetup(Options):
     drain: float = option(120.0, "s to wait for requests in flight after the last send")
     progress: bool = option(True, "no progress bar", flag="--no-progress")
     plots: bool = option(True, "no PNG plots", flag="--no-plots")
+    backend: str = option("local", "local: start each of --systems in turn; openai: drive "
+                          "the OpenAI-compatible server(s) at --base-url, already running "
+                          "(vLLM's, SGLang's, a slos-serve front): nothing is started",
+                          choices=("local", "openai"))
+    base_url: str | None = option(None, "--backend openai: base URL(s), comma-separated "
+                                  "(calls go round-robin), e.g. http://127.0.0.1:8000")
+    served_model_name: str | None = option(None, "--backend openai: the model id sent "
+                                           "(default: --model, which stays the tokenizer)")
+    api_key: str | None = option(None, f"--backend openai: sent as Authorization: Bearer "
+                                 f"(default ${OPENAI_API_KEY_ENV})")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,15 +161,30 @@ class HttpOverhead(Options):
     json: str | None = option(None)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VllmBench(Options):
+    """`bench vllm-bench`: vLLM's own `bench serve` (random dataset) against each system."""
+
+    api: str = option("openai", "vLLM's --backend: openai (/v1/completions) or openai-chat "
+                      "(/v1/chat/completions)", choices=("openai", "openai-chat"))
+    request_rate: float = option(2.0, "req/s (Poisson)")
+    num_prompts: int = option(100)
+    input_len: int = option(1024, "random prompt tokens (vLLM's default)")
+    output_len: int = option(128, "output tokens, EOS ignored (vLLM's default)")
+    goodput: list[str] | None = option(None, "vLLM's goodput SLOs, e.g. ttft:500 tpot:50 (ms)",
+                                       nargs="+", metavar="KEY:MS")
+    seed: int = option(0, "vLLM's dataset seed")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared with a subcommand are declared once, on `bench`, and accepted after
     the subcommand too (`bench --engine sim capacity` = `bench capacity --engine sim`)."""
     BenchSetup.add_arguments(parser)
     WorkloadArgs.add_arguments(parser, defaults={"max_context": 2048})
     CompareRun.add_arguments(parser)
-    sub = parser.add_subparsers(dest="action",
-                                metavar="{report,capacity,fidelity,loadgen-check,overhead,"
-                                       "http-overhead}")
+    sub = parser.add_subparsers(
+        dest="action",
+        metavar="{report,capacity,fidelity,vllm-bench,loadgen-check,overhead,http-overhead}")
     rep = sub.add_parser("report", help="table, summary.json and plots from DIR/records.jsonl")
     rep.add_argument("dir")
     BenchSetup.add_arguments(rep, shared=True, only={"plots"})
@@ -166,6 +197,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     BenchSetup.add_arguments(cap, shared=True)
     WorkloadArgs.add_arguments(cap, shared=True)
     CapacityRun.add_arguments(cap)
+    vb = sub.add_parser("vllm-bench", help="vLLM's own `bench serve` against each system in "
+                        "turn (its HTTP API); one table")
+    BenchSetup.add_arguments(vb, shared=True, only={
+        "model", "systems", "engine", "spec_tokens", "out", "backend", "base_url",
+        "served_model_name", "api_key", "request_timeout"})
+    VllmBench.add_arguments(vb)
     lg = sub.add_parser("loadgen-check", help="load generator vs a SIMULATED-engine cluster")
     BenchSetup.add_arguments(lg, shared=True, only={"model"})
     LoadgenCheck.add_arguments(lg)
@@ -178,9 +215,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     HttpOverhead.add_arguments(ho)
 
 
-def _systems(setup: BenchSetup) -> list[str]:
-    from slos_serve.bench.systems import SYSTEMS, VLLM_SERVE
+def _base_urls(setup: BenchSetup) -> list[str]:
+    """--backend openai: the servers' base URLs (none with the local backend)."""
+    urls = [u.strip() for u in (setup.base_url or "").split(",") if u.strip()]
+    if setup.backend == "local":
+        if urls:
+            raise SystemExit("--base-url needs --backend openai")
+        return []
+    if not urls:
+        raise SystemExit("--backend openai needs --base-url URL[,URL2]")
+    return urls
 
+
+def _systems(setup: BenchSetup) -> list[str]:
+    from slos_serve.bench.systems import SYSTEMS, VLLM_SERVE, OpenAIServer
+
+    if urls := _base_urls(setup):
+        return [OpenAIServer(urls, setup.model).name]
     names = [s.strip() for s in setup.systems.split(",") if s.strip()]
     bad = [s for s in names if s not in SYSTEMS]
     if bad:
@@ -192,6 +243,16 @@ def _systems(setup: BenchSetup) -> list[str]:
     if not names:
         raise SystemExit("no system to run")
     return names
+
+
+def _redacted(argv: list[str]) -> list[str]:
+    """The command line as meta.json keeps it: an API key never is."""
+    out = []
+    for k, a in enumerate(argv):
+        if k and argv[k - 1] == "--api-key":
+            a = "***"
+        out.append("--api-key=***" if a.startswith("--api-key=") else a)
+    return out
 
 
 def _config(args: argparse.Namespace, scenario: str, rates: list[float | None]) -> BenchConfig:
@@ -211,7 +272,9 @@ def _config(args: argparse.Namespace, scenario: str, rates: list[float | None]) 
         systems=_systems(setup), model=setup.model, out_dir=out, workload=wl, rates=rates,
         engine=setup.engine, spec_tokens=setup.spec_tokens, slo_scale=scale,
         request_timeout_s=setup.request_timeout, drain_s=setup.drain,
-        progress=setup.progress, plots=setup.plots, meta={"argv": sys.argv[1:]})
+        progress=setup.progress, plots=setup.plots, meta={"argv": _redacted(sys.argv[1:])},
+        base_urls=_base_urls(setup), served_model_name=setup.served_model_name,
+        api_key=setup.api_key or os.environ.get(OPENAI_API_KEY_ENV) or None)
 
 
 def _check_model(model: str) -> None:
@@ -304,8 +367,27 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-ACTIONS = {"loadgen-check": _loadgen_check, "overhead": _overhead,
-           "http-overhead": _http_overhead, "capacity": _capacity, None: _compare}
+def _vllm_bench(args: argparse.Namespace) -> int:
+    from slos_serve.bench.vllm_bench import VllmBenchRun, run_systems, table
+
+    vb = VllmBench.from_args(args)
+    cfg = _config(args, "chatbot", [])
+    template = VllmBenchRun(
+        base_url="", model=cfg.model, result_file=cfg.out_dir / "result.json", backend=vb.api,
+        served_model_name=cfg.served_model_name, num_prompts=vb.num_prompts,
+        request_rate=vb.request_rate, input_len=vb.input_len, output_len=vb.output_len,
+        goodput=tuple(vb.goodput or ()), seed=vb.seed, api_key=cfg.api_key)
+    systems = [cfg.system(name) for name in cfg.systems]
+    rows = run_systems(systems, template, cfg.out_dir, timeout_s=cfg.request_timeout_s
+                       + 2 * vb.num_prompts / vb.request_rate + 120)
+    print(table(rows))
+    print(f"vLLM's results: {cfg.out_dir}/<system>/vllm-bench-*.json")
+    return 0
+
+
+ACTIONS = {"vllm-bench": _vllm_bench, "loadgen-check": _loadgen_check,
+           "overhead": _overhead, "http-overhead": _http_overhead, "capacity": _capacity,
+           None: _compare}
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -13,17 +13,29 @@ priority`), each body carries the call's `priority` (vLLM: smaller is scheduled 
 vLLM serve has no notion of SLOs: its calls are judged on the client like every other
 system's, and the decision is "admitted" by definition. aiohttp is imported when a driver is
 made: runs without `vllm-serve` never load it.
+
+The same driver drives any OpenAI-compatible server already running (`bench --backend openai
+--base-url URL`). Every call then carries its first stage's objectives as llm-d's headers
+(`x-slo-ttft-ms`, `x-slo-tpot-ms`; servers without SLOs ignore them); against a slos-serve
+front (`stages_in_body`), a call of several stages sends them all as the body's `stages`,
+as the gRPC driver does. The front's decision comes back in the `x-slo-decision` header
+(admitted / best_effort; a 429 is a rejection) and its own measurements in the final chunk's
+`slo`; a server without them leaves the decision "admitted".
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from slos_serve.bench.records import CallResult, add_tokens
+from slos_serve.bench.workload import ttft_objective
 from slos_serve.core.stages import StageSpec
+
+DECISIONS = ("admitted", "best_effort")
 
 
 class HttpError(RuntimeError):
@@ -35,7 +47,9 @@ class OpenAIHttpDriver:
 
     def __init__(self, base_urls: Sequence[str], model: str | None = None,
                  timeout_s: float = 600.0,
-                 priority: Callable[[StageSpec], int] | None = None) -> None:
+                 priority: Callable[[StageSpec], int] | None = None, *,
+                 api_key: str | None = None, slo_headers: bool = False,
+                 stages_in_body: bool = False) -> None:
         import aiohttp
 
         if not base_urls:
@@ -44,10 +58,19 @@ class OpenAIHttpDriver:
         self._next = itertools.cycle(self.urls)
         self.model = model
         self.priority = priority
+        self.slo_headers, self.stages_in_body = slo_headers, stages_in_body
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             connector=aiohttp.TCPConnector(limit=0),
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
         )
+
+    def headers(self, stages: Sequence[StageSpec]) -> dict[str, str]:
+        """llm-d's SLO headers from the call's first stage (none without `slo_headers`)."""
+        if not self.slo_headers or not stages:
+            return {}
+        return {f"x-slo-{name.replace('_', '-')}": f"{value:g}"
+                for name, value in _slo(stages[0]).items()}
 
     def body(self, prompt: list[int], stages: Sequence[StageSpec]) -> dict[str, Any]:
         max_tokens = sum(s.max_tokens for s in stages)
@@ -60,6 +83,10 @@ class OpenAIHttpDriver:
             body["model"] = self.model
         if self.priority is not None and stages:
             body["priority"] = self.priority(stages[0])
+        if self.stages_in_body and len(stages) > 1:
+            last = len(stages) - 1  # the last stage runs to the end, as in the gRPC driver
+            body["stages"] = [{"max_tokens": 0 if i == last else s.max_tokens,
+                               "slo": _slo(s)} for i, s in enumerate(stages)]
         return body
 
     async def call(
@@ -70,9 +97,14 @@ class OpenAIHttpDriver:
         out: list[int] = []
         counted, usage_tokens = 0, None
         result.decision = "admitted"
-        async with self.session.post(url, json=self.body(prompt, stages)) as resp:
+        async with self.session.post(url, json=self.body(prompt, stages),
+                                     headers=self.headers(stages)) as resp:
+            if resp.status == 429:
+                result.decision = "rejected"
             if resp.status != 200:
                 raise HttpError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
+            if resp.headers.get("x-slo-decision") in DECISIONS:
+                result.decision = resp.headers["x-slo-decision"]
             async for raw in resp.content:
                 line = raw.strip()
                 if not line.startswith(b"data:"):
@@ -93,6 +125,8 @@ class OpenAIHttpDriver:
                         out.extend(ids or [])
                     if choice.get("finish_reason"):
                         result.finish_reason = choice["finish_reason"]
+                if "ttft_ms" in (event.get("slo") or {}):  # a slos-serve front's verdict
+                    result.server = event["slo"]
                 usage = event.get("usage")
                 if usage and usage.get("completion_tokens") is not None:
                     usage_tokens = int(usage["completion_tokens"])
@@ -104,3 +138,9 @@ class OpenAIHttpDriver:
 
     async def close(self) -> None:
         await self.session.close()
+
+
+def _slo(stage: StageSpec) -> dict[str, float]:
+    """A stage's finite objectives (ms): an infinite one is no objective."""
+    slo = {"ttft_ms": ttft_objective(stage), "tpot_ms": stage.tpot_ms}
+    return {k: v for k, v in slo.items() if v is not None and math.isfinite(v)}

@@ -36,7 +36,7 @@ from slos_serve.bench.corpus import load_corpus
 from slos_serve.bench.loadgen import run_load
 from slos_serve.bench.records import CallResult, write_records
 from slos_serve.bench.report import render
-from slos_serve.bench.systems import make_system
+from slos_serve.bench.systems import OpenAIServer, make_system
 from slos_serve.bench.workload import (
     WorkloadOptions,
     auto_slo_scale,
@@ -66,6 +66,18 @@ class BenchConfig:
     progress: bool = True
     plots: bool = True
     meta: dict[str, Any] = field(default_factory=dict)
+    # --backend openai: servers already running; `systems` is then their one name
+    base_urls: list[str] = field(default_factory=list)
+    api_key: str | None = None
+    served_model_name: str | None = None
+
+    def system(self, name: str) -> Any:
+        """The system of that name, not started."""
+        if self.base_urls:
+            return OpenAIServer(self.base_urls, self.served_model_name or self.model,
+                                self.api_key)
+        return make_system(name, self.model, self.engine, self.spec_tokens,
+                           self.out_dir / "logs" / name)
 
 
 class LiveSession:
@@ -208,8 +220,7 @@ def _sessions(cfg: BenchConfig, corpus: Sequence[int], lengths: Sequence[int],
     run's SLO scale), yielded with that scale, stopped when the caller moves on (or closes
     this generator: use it under `contextlib.closing`), and recorded in meta.json."""
     for name in cfg.systems:
-        system = make_system(name, cfg.model, cfg.engine, cfg.spec_tokens,
-                             cfg.out_dir / "logs" / name)
+        system = cfg.system(name)
         with LiveSession(system, cfg.request_timeout_s) as s:
             samples = s.run(zero_load(s.driver, corpus, lengths))
             meta["zero_load"][name] = _zero_load_meta(samples)

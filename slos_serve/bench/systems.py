@@ -21,6 +21,10 @@ processes and cores as the clusters; the load generator round-robins between the
   `priority` from its tier (workload.tier_priority: the tighter its TPOT, the sooner), what
   a vLLM user does for SLOs.
 
+Any OpenAI-compatible server already running (`bench --backend openai --base-url URL[,URL]`,
+`OpenAIServer`: vLLM's, SGLang's, a slos-serve cluster's HTTP front): nothing is started or
+stopped; the system is named `openai@host:port`.
+
 Every process leads its own process group (not a session: see `up.spawn_options`);
 `stop()` sends SIGTERM to each process group, then SIGKILL to whatever is left after a
 grace period, so vLLM's engine-core processes go too, also after Ctrl-C or an error
@@ -35,7 +39,9 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,22 +225,80 @@ class VllmServeSystem:
 
     async def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """Until every server's /metrics shows no running or waiting request."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            loads = await asyncio.gather(*(asyncio.to_thread(_queue_len, u) for u in self.urls))
-            if all(n == 0 for n in loads):
-                return True
-            if any(n < 0 for n in loads):  # no metrics to tell: give it a moment
-                await asyncio.sleep(2.0)
-                return False
-            await asyncio.sleep(0.5)
-        return False
+        return await _wait_metrics_idle(self.urls, timeout_s)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "vllm serve (OpenAI API)", "instances": self.instances,
                 "scheduling_policy": "priority" if self.priority else "fcfs",
                 "urls": self.urls, "argv": self.argv(0), "spec_tokens": self.spec_tokens,
                 "logs": str(self.log_dir)}
+
+
+class OpenAIServer:
+    """Servers already running behind OpenAI-compatible base URLs: the bench starts nothing.
+    `start()` checks each answers /v1/models (with the key), and whether it is a slos-serve
+    front (its model card is owned by slos-serve): calls of several stages then send them."""
+
+    def __init__(self, base_urls: Sequence[str], model: str, api_key: str | None = None
+                 ) -> None:
+        if not base_urls:
+            raise ValueError("--backend openai needs --base-url")
+        self.urls = [u.rstrip("/") for u in base_urls]
+        self.model, self.api_key = model, api_key
+        self.name = "openai@" + "+".join(u.split("://", 1)[-1] for u in self.urls)
+        self.owners: list[str] = []
+
+    def start(self, timeout_s: float = 600.0) -> None:
+        self.owners = [_model_owner(u, self.model, self.api_key) for u in self.urls]
+
+    def stop(self) -> None:
+        """Not ours to stop."""
+
+    def driver(self, timeout_s: float = 600.0) -> Any:
+        slos = bool(self.owners) and all(o == "slos-serve" for o in self.owners)
+        return OpenAIHttpDriver(self.urls, self.model, timeout_s, api_key=self.api_key,
+                                slo_headers=True, stages_in_body=slos)
+
+    async def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """As for vllm-serve, from /metrics (vLLM's queues or slos-serve's in-flight gauge);
+        a server with neither gets a moment."""
+        return await _wait_metrics_idle(self.urls, timeout_s)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "OpenAI-compatible server (already running)", "urls": self.urls,
+                "model": self.model, "owned_by": self.owners}
+
+
+def _model_owner(url: str, model: str, api_key: str | None) -> str:
+    """`owned_by` of `model` in the server's /v1/models; an error naming what is wrong."""
+    req = urllib.request.Request(
+        url + "/v1/models", headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            cards = json.loads(resp.read()).get("data") or []
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{url}/v1/models: HTTP {exc.code} (API key?)") from exc
+    except OSError as exc:
+        raise RuntimeError(f"{url}: no OpenAI-compatible server there ({exc})") from exc
+    for card in cards:
+        if card.get("id") == model:
+            return str(card.get("owned_by", ""))
+    raise RuntimeError(f"{url} serves {[c.get('id') for c in cards]}, not {model!r} (set "
+                       "--served-model-name)")
+
+
+async def _wait_metrics_idle(urls: Sequence[str], timeout_s: float) -> bool:
+    """Until every server's /metrics shows no request in flight (False: timeout / unknown)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        loads = await asyncio.gather(*(asyncio.to_thread(_queue_len, u) for u in urls))
+        if all(n == 0 for n in loads):
+            return True
+        if any(n < 0 for n in loads):  # no metrics to tell: give it a moment
+            await asyncio.sleep(2.0)
+            return False
+        await asyncio.sleep(0.5)
+    return False
 
 
 def _http_ok(url: str) -> bool:
@@ -246,17 +310,20 @@ def _http_ok(url: str) -> bool:
 
 
 def _queue_len(url: str) -> int:
-    """Running + waiting requests from vLLM's Prometheus metrics (-1: unknown)."""
+    """Running + waiting requests from vLLM's Prometheus metrics, or in-flight ones from a
+    slos-serve coordinator's (-1: unknown)."""
     try:
         with urllib.request.urlopen(url + "/metrics", timeout=2) as resp:
             text = resp.read().decode()
     except OSError:
         return -1
-    total = 0.0
+    total, seen = 0.0, False
     for line in text.splitlines():
-        if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+        if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting",
+                            "slos_requests_in_flight")):
             total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+            seen = True
+    return int(total) if seen else -1
 
 
 def make_system(name: str, model: str, engine: str = "vllm", spec_tokens: int = 0,
