@@ -42,9 +42,12 @@ def started(model_dir: str, log_dir: Path, **layout: object) -> Iterator[tuple[s
     from slos_serve.up import ClusterSpec, LocalCluster
 
     log = log_dir / "requests.jsonl"
-    with LocalCluster(ClusterSpec(model=model_dir, request_log=str(log), **layout)) as cluster:
-        cluster.start(timeout_s=600, progress=False)
+    cluster = LocalCluster(ClusterSpec(model=model_dir, request_log=str(log), **layout))
+    cluster.start(timeout_s=600, progress=False)
+    try:
         yield cluster.http_url, log
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,12 @@ class VllmBenchRun:
             argv += ["--served-model-name", self.served_model_name]
         if self.goodput:
             argv += ["--goodput", *self.goodput]
+            # The objective the run is judged by, told to the server the way a user of a
+            # slos-serve cluster tells it (llm-d's headers); vLLM's server ignores them.
+            slo = dict(g.split(":", 1) for g in self.goodput)
+            headers = [f"x-slo-{k}-ms={slo[k]}" for k in ("ttft", "tpot") if k in slo]
+            if headers:
+                argv += ["--header", *headers]
         return argv + list(self.extra)
 
 
