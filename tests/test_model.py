@@ -24,6 +24,7 @@ import pytest
 from slos_serve import model as mm
 from slos_serve.model import store
 from slos_serve.model import train as model_train
+from slos_serve.model.recipe import CHAT_TEMPLATE
 
 STEPS = 2
 
@@ -106,7 +107,7 @@ def test_tokenizer_round_trips(builds: tuple[Path, Path]) -> None:
     assert len(tok) == 2048
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<s>", "</s>", "<pad>")
     assert (tok.bos_token_id, tok.eos_token_id) == (0, 1)
-    assert tok.chat_template is None
+    assert tok.chat_template == CHAT_TEMPLATE  # chat clients of the HTTP front use it
     assert tok.model_max_length == 2048
     for text in TEXTS:
         ids = tok(text).input_ids
