@@ -149,9 +149,8 @@ class Frontend:
             self.routing.finish(rid)
             if live.tier is not None:
                 self.metrics.request_done(live.tier, live.final, failed)
-                record = live.final or live.unfinished
-                if self.request_log is not None and record is not None:
-                    self.request_log(rid, record, live.tier)
+                if self.request_log is not None and live.record is not None:
+                    self.request_log(rid, live.record, live.tier)
 
     def _accept(self, request: pb.GenerateRequest) -> tuple[RequestSpec, str]:
         """The validated request and its id; `Refused` if it is not served."""
@@ -199,18 +198,17 @@ class Frontend:
             served.finish_reason = "abort"
         except (GeneratorExit, asyncio.CancelledError):  # the client went away
             served.finish_reason = "cancelled"
-            live.unfinished = self._final(spec, received, served, verdict, stages.results())
             raise
         except NoWorker as exc:
-            live.unfinished = self._final(spec, received, served, verdict, stages.results())
             raise Refused("UNAVAILABLE", f"no prefill worker could serve: {exc}") from exc
         except grpc.RpcError as err:
             log.warning("request %s failed on a worker: %s", rid, err.details())
-            live.unfinished = self._final(spec, received, served, verdict, stages.results())
             raise Refused(err.code().name, f"worker error: {err.details()}") from err
         finally:
             live.cancel_calls()
-        live.final = self._final(spec, received, served, verdict, stages.results())
+            # how far it got, however it ended (the request log's record)
+            live.record = self._final(spec, received, served, verdict, stages.results())
+        live.final = live.record
         yield pb.GenerateResponse(request_id=rid, final=live.final)
 
     async def _tokens(

@@ -37,7 +37,7 @@ class InFlight:
     aborted: bool = False
     tier: str | None = None  # set once Started is sent (metrics: in flight until done)
     final: pb.Final | None = None  # the Final sent, if any
-    unfinished: pb.Final | None = None  # else how far it got (the request log's record)
+    record: pb.Final | None = None  # how far it got, sent or not (the request log's)
 
     def abort(self) -> None:
         self.aborted = True

@@ -37,9 +37,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from slos_serve.bench.corpus import load_corpus
+from slos_serve.bench.overhead import percentile
 from slos_serve.bench.workload import cut_prompt
 from slos_serve.up import ClusterSpec, LocalCluster, free_port
 
@@ -87,10 +86,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _pct(xs: Sequence[float], q: float) -> float:
-    return float(np.percentile(xs, q)) if xs else float("nan")
 
 
 # ------------------------------------------------------------------ clients --
@@ -192,7 +187,8 @@ async def ttft_ab(http: Call, grpc_call: Call, n: int, warmup: int = 20
         order = (("http", http), ("grpc", grpc_call))
         for name, call in order if i % 2 == 0 else order[::-1]:
             got[name].append(1e3 * await call())
-    out: dict[str, Any] = {k: {"ttft_ms_p50": statistics.median(v), "ttft_ms_p99": _pct(v, 99),
+    out: dict[str, Any] = {k: {"ttft_ms_p50": statistics.median(v),
+                               "ttft_ms_p99": percentile(v, 99),
                                "ttft_ms_mean": statistics.mean(v)} for k, v in got.items()}
     diffs = [h - g for h, g in zip(got["http"], got["grpc"], strict=True)]
     out["added_ttft_ms_p50"] = out["http"]["ttft_ms_p50"] - out["grpc"]["ttft_ms_p50"]
@@ -241,8 +237,8 @@ async def closed_loop(call: Call, concurrency: int, seconds: float,
     done = counted["done"]
     per_request = {k: 1e3 * v / max(done, 1) for k, v in cpu.items()}
     return {"requests_per_s": done / seconds, "errors": counted["errors"],
-            "latency_ms_p50": 1e3 * _pct(latencies, 50),
-            "latency_ms_p99": 1e3 * _pct(latencies, 99),
+            "latency_ms_p50": 1e3 * percentile(latencies, 50),
+            "latency_ms_p99": 1e3 * percentile(latencies, 99),
             "cpu_share": {k: v / seconds for k, v in cpu.items()},
             "cpu_ms_per_request": per_request,
             "cpu_bound_requests_per_s": (os.cpu_count() or 1) * 1e3

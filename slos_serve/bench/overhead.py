@@ -45,7 +45,7 @@ from slos_serve.core.stages import StageSpec
 LOOSE_SCALE = 1000.0  # SLOs play no part in these checks
 
 
-def _pct(xs: Sequence[float], q: float) -> float:
+def percentile(xs: Sequence[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
@@ -72,7 +72,7 @@ def loadgen_check(
                 "rate": rate, "requests": len(requests), "scheduled_rate": scheduled,
                 "achieved_rate": achieved, "achieved_over_scheduled": achieved / scheduled,
                 "achieved_over_requested": achieved / rate,
-                "lateness_ms_p50": _pct(late, 50), "lateness_ms_p99": _pct(late, 99),
+                "lateness_ms_p50": percentile(late, 50), "lateness_ms_p99": percentile(late, 99),
                 "lateness_ms_max": max(late) if late else float("nan"),
                 "finished": sum(r["finished"] for r in res.records),
                 "errors": sum(bool(r["error"]) for r in res.records),
