@@ -46,6 +46,9 @@ async def prefill(engine: Engine, request: pb.PrefillRequest) -> pb.PrefillRespo
     ended = not request.hand_off or last.finish_reason not in (None, "length")
     if ended:
         response.finish_reason = last.finish_reason or "length"
+        if request.hand_off and last.kv_transfer_params:  # kept for a decode that won't come
+            await engine.release_handoffs(
+                [str(last.kv_transfer_params.get("remote_request_id", ""))])
         return response
     if not last.kv_transfer_params:
         raise HandoffMissing(f"no kv_transfer_params for {request.request_id}")

@@ -34,10 +34,13 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def create_server(service_names: list[str]) -> tuple[grpc.aio.Server, health_async.HealthServicer]:
-    """An asyncio server with the standard health service and reflection on."""
+def create_server(
+    service_names: list[str], health: health_async.HealthServicer | None = None
+) -> tuple[grpc.aio.Server, health_async.HealthServicer]:
+    """An asyncio server with the standard health service (`health`, default a plain one)
+    and reflection on."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    health = health_async.HealthServicer()
+    health = health if health is not None else health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
@@ -56,9 +59,11 @@ async def serve_until_signal(
     health: health_async.HealthServicer,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     grace_s: float = 5.0,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Serves until SIGTERM/SIGINT, then stops gracefully and runs `on_stop`."""
-    stop = asyncio.Event()
+    """Serves until SIGTERM/SIGINT (or `stop` is set), then stops gracefully and runs
+    `on_stop`."""
+    stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

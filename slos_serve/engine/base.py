@@ -112,6 +112,15 @@ class Engine(Protocol):
         ValueError if `index` is not a stage index (check_stage_index)."""
         ...
 
+    def dead(self) -> str:
+        """Why the engine can serve no more ("" while it can): its engine process died."""
+        ...
+
+    async def release_handoffs(self, engine_request_ids: list[str]) -> int:
+        """Frees now the KV held for hand-offs no decode will read (by the engine's ids
+        of the requests, KvHandoff.remote_request_id); returns how many were held."""
+        ...
+
     async def shutdown(self) -> None: ...
 
 

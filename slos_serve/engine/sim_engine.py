@@ -267,6 +267,12 @@ class SimEngine:
             self._remove(sim)
         sim.queue.put_nowait(out)
 
+    def dead(self) -> str:
+        return ""  # runs in the worker's own process: it dies with it
+
+    async def release_handoffs(self, engine_request_ids: list[str]) -> int:
+        return 0  # a simulated hand-off holds no blocks after its prefill
+
     async def shutdown(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()

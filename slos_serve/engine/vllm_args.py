@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from kv_transfer.config import kv_transfer_config
+from kv_transfer.release import WORKER_EXTENSION
 
 SCHEDULER_CLS = "slos_serve.engine.vllm_scheduler.SloScheduler"
 # With chunked prefill off, every prompt must fit one step: at least this many tokens.
@@ -88,6 +89,7 @@ def engine_kwargs(
         kwargs["max_num_batched_tokens"] = max_num_batched_tokens
     if kv_transfer:
         kwargs["kv_transfer_config"] = kv_transfer_config()
+        kwargs["worker_extension_cls"] = WORKER_EXTENSION  # release_handoffs
     if (speculation := ngram_speculation(speculative_tokens)) is not None:
         kwargs["speculative_config"] = speculation
     kwargs.update(extra or {})

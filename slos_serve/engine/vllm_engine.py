@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from kv_transfer.release import RELEASE_METHOD
 from slos_serve.core.policy import MODES
 from slos_serve.core.worker_plan import WorkerPlan
 from slos_serve.engine.base import (
@@ -189,6 +190,19 @@ class VllmEngine:
     async def abort(self, request_id: str) -> bool:
         await self._llm.abort(request_id)
         return True
+
+    def dead(self) -> str:
+        llm = self._llm
+        if llm is None or not llm.errored:
+            return ""
+        return f"vLLM engine core died ({type(llm.dead_error).__name__})"
+
+    async def release_handoffs(self, engine_request_ids: list[str]) -> int:
+        if self._llm is None or not engine_request_ids or self.dead():
+            return 0
+        held = await self._llm.collective_rpc(RELEASE_METHOD, timeout=5.0,
+                                              args=(list(engine_request_ids),))
+        return max(held, default=0)
 
     def load(self) -> EngineLoad:
         return read_stats(self._stats_path) or EngineLoad()

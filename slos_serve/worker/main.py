@@ -25,6 +25,7 @@ from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.config import Options, option
 from slos_serve.core.perf_model import load as load_perf_model
 from slos_serve.engine import create_engine
+from slos_serve.engine.lifeline import LIFELINE_ENV
 from slos_serve.grpc_util import bind, create_server, serve_until_signal
 from slos_serve.metrics import (
     REGISTRY,
@@ -34,6 +35,7 @@ from slos_serve.metrics import (
     serve_metrics,
 )
 from slos_serve.tokenizer import load_detokenizer
+from slos_serve.worker.lifecycle import ENGINE_DEAD_EXIT, WatchedHealth, watch_engine
 
 log = logging.getLogger("slos_serve.worker")
 SERVING = HealthCheckResponse.SERVING
@@ -128,7 +130,8 @@ def build_engine(cfg: WorkerConfig):
     )
 
 
-async def serve(role: str, cfg: WorkerConfig) -> None:
+async def serve(role: str, cfg: WorkerConfig) -> int:
+    """Serves until stopped; the exit code (ENGINE_DEAD_EXIT: the engine died)."""
     from slos_serve.worker.service import WorkerService
 
     engine = build_engine(cfg)
@@ -137,7 +140,9 @@ async def serve(role: str, cfg: WorkerConfig) -> None:
     # is open, the launcher's health checks simply see "not yet".
     log.info("%s worker: starting %s engine", role, cfg.engine)
     await engine.start()
-    server, health = create_server([pb.DESCRIPTOR.services_by_name["Worker"].full_name])
+    services = ["", pb.DESCRIPTOR.services_by_name["Worker"].full_name]
+    health = WatchedHealth()
+    server, health = create_server(services[1:], health=health)
     port = bind(server, cfg.host, cfg.port)
     # The simulated engine moves no KV: its hand-offs are measured in blocks only.
     # vLLM's KV cache has the engine's dtype, float32 here (VllmEngine's default).
@@ -145,12 +150,21 @@ async def serve(role: str, cfg: WorkerConfig) -> None:
     metrics = WorkerMetrics(role, f"{cfg.host}:{port}", registry=REGISTRY, load=engine.load,
                             kv_bytes_per_token=bytes_per_token)
     service = WorkerService(role, engine, metrics)
+    health.on_unwatched = lambda: service.held.release_all("no coordinator watches this worker")
     pb_grpc.add_WorkerServicer_to_server(service, server)
     serve_metrics(cfg.host, cfg.metrics_port, port, f"{role} worker")
     await server.start()
-    await health.set("", SERVING)
+    for name in services:
+        await health.set(name, SERVING)
     log.info("%s worker ready on %s:%d (engine %s)", role, cfg.host, port, cfg.engine)
-    await serve_until_signal(server, health, on_stop=engine.shutdown)
+    stop = asyncio.Event()
+    engine_watch = asyncio.get_running_loop().create_task(
+        watch_engine(engine, health, services, stop))
+    await serve_until_signal(server, health, on_stop=engine.shutdown, stop=stop)
+    if engine_watch.done() and engine_watch.result():
+        return ENGINE_DEAD_EXIT
+    engine_watch.cancel()
+    return 0
 
 
 def run_role(role: str, args: argparse.Namespace) -> int:
@@ -159,8 +173,8 @@ def run_role(role: str, args: argparse.Namespace) -> int:
         level=logging.INFO, format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(message)s"
     )
     configure_environment(cfg)
-    asyncio.run(serve(role, cfg))
-    return 0
+    os.environ[LIFELINE_ENV] = str(os.getpid())  # vLLM's processes die with this one
+    return asyncio.run(serve(role, cfg))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from decode_worker.decode import decode
+from prefill_worker.held import HeldKv
 from prefill_worker.prefill import prefill
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
@@ -36,6 +37,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.metrics = metrics if metrics is not None else WorkerMetrics(role, "")
         self.active: set[str] = set()
         self.draining = False
+        self.held = HeldKv(engine.release_handoffs)  # hand-offs not known to be read
 
     async def _admit(self, context: grpc.aio.ServicerContext, stage: str, request_id: str) -> None:
         if self.role not in (stage, "mixed"):
@@ -46,6 +48,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             )
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is draining")
+        if dead := self.engine.dead():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"this worker's engine died: {dead}")
         if not request_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id: must be set")
         if request_id in self.active:
@@ -60,10 +64,12 @@ class WorkerService(pb_grpc.WorkerServicer):
         try:
             response = await prefill(self.engine, request)
             outcome = "ok"
+            if response.HasField("handoff"):
+                self.held.record(request.request_id, response.handoff.remote_request_id)
             return response
         except Exception as exc:  # every failure reaches the caller as a status
             outcome = "error"
-            await _abort_from(context, exc, request.request_id)
+            await _abort_from(context, exc, request.request_id, self.engine.dead())
         finally:
             self.active.discard(request.request_id)
             self.metrics.request_served("prefill", outcome)
@@ -86,7 +92,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             raise
         except Exception as exc:
             outcome = "error"
-            await _abort_from(context, exc, request.request_id)
+            await _abort_from(context, exc, request.request_id, self.engine.dead())
         finally:
             self.active.discard(request.request_id)
             if first_out:
@@ -95,11 +101,15 @@ class WorkerService(pb_grpc.WorkerServicer):
                 self.metrics.request_served("prefill", outcome)
 
     async def Abort(self, request, context):
+        """Ends the request here, and frees its hand-off's KV if this worker holds it."""
         found = request.request_id in self.active
         await self.engine.abort(request.request_id)
-        return pb.WorkerAbortResponse(found=found)
+        released = await self.held.release(request.request_id)
+        return pb.WorkerAbortResponse(found=found or released > 0)
 
     async def GetLoad(self, request, context):
+        if dead := self.engine.dead():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"this worker's engine died: {dead}")
         return load_to_proto(self.engine.load(), self.role, len(self.active), self.draining,
                              self.metrics.handoffs.summary())
 
@@ -124,7 +134,13 @@ class WorkerService(pb_grpc.WorkerServicer):
         return pb.DrainResponse(remaining=len(self.active))
 
 
-async def _abort_from(context: grpc.aio.ServicerContext, exc: Exception, request_id: str) -> None:
+async def _abort_from(context: grpc.aio.ServicerContext, exc: Exception, request_id: str,
+                      engine_dead: str = "") -> None:
+    """A failure as the caller's status: the engine's death is UNAVAILABLE (another worker
+    serves the request), a bad argument INVALID_ARGUMENT, anything else INTERNAL, logged."""
+    if engine_dead:
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            f"this worker's engine died: {engine_dead}")
     if isinstance(exc, ValueError):
         code = grpc.StatusCode.INVALID_ARGUMENT
     else:
