@@ -33,6 +33,7 @@ from slos_serve.metrics import (
     metrics_port_arg,
     serve_metrics,
 )
+from slos_serve.tls import CertError, node_tls
 from slos_serve.tokenizer import load_detokenizer
 
 log = logging.getLogger("slos_serve.worker")
@@ -68,6 +69,10 @@ class WorkerConfig(Options):
     metrics_port: int | None = option(
         None, "Prometheus /metrics HTTP port (default: --port + 1000; 0 = off)",
         parse=metrics_port_arg)
+    tls_dir: str | None = option(
+        None, "mutual TLS: serve with DIR/node.pem + node-key.pem and refuse any peer "
+        "without a certificate from DIR/ca.pem (`slos-serve certs DIR`); default plaintext, "
+        "for trusted networks only", metavar="DIR")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +136,7 @@ def build_engine(cfg: WorkerConfig):
 async def serve(role: str, cfg: WorkerConfig) -> None:
     from slos_serve.worker.service import WorkerService
 
+    node = node_tls(cfg.tls_dir, f"{role} worker")  # before the engine: a bad dir fails fast
     engine = build_engine(cfg)
     # The engine starts first: vLLM spawns its engine-core process, and a fork
     # after gRPC has started its pollers can kill this process. Until the port
@@ -138,7 +144,7 @@ async def serve(role: str, cfg: WorkerConfig) -> None:
     log.info("%s worker: starting %s engine", role, cfg.engine)
     await engine.start()
     server, health = create_server([pb.DESCRIPTOR.services_by_name["Worker"].full_name])
-    port = bind(server, cfg.host, cfg.port)
+    port = bind(server, cfg.host, cfg.port, node.server_credentials() if node else None)
     # The simulated engine moves no KV: its hand-offs are measured in blocks only.
     # vLLM's KV cache has the engine's dtype, float32 here (VllmEngine's default).
     bytes_per_token = kv_bytes_per_token(cfg.model, 4) if cfg.engine == "vllm" else None
@@ -149,7 +155,8 @@ async def serve(role: str, cfg: WorkerConfig) -> None:
     serve_metrics(cfg.host, cfg.metrics_port, port, f"{role} worker")
     await server.start()
     await health.set("", SERVING)
-    log.info("%s worker ready on %s:%d (engine %s)", role, cfg.host, port, cfg.engine)
+    log.info("%s worker ready on %s:%d (engine %s%s)", role, cfg.host, port, cfg.engine,
+             ", mutual TLS" if node else "")
     await serve_until_signal(server, health, on_stop=engine.shutdown)
 
 
@@ -159,7 +166,10 @@ def run_role(role: str, args: argparse.Namespace) -> int:
         level=logging.INFO, format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(message)s"
     )
     configure_environment(cfg)
-    asyncio.run(serve(role, cfg))
+    try:
+        asyncio.run(serve(role, cfg))
+    except CertError as exc:
+        raise SystemExit(str(exc)) from exc
     return 0
 
 
