@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import openai
 import pytest
 
 from proto import slos_serve_pb2 as pb
@@ -54,8 +55,9 @@ def test_certs_command_writes_private_keys_0600_and_reuses_valid_ones(tmp_path: 
     (d / tls.NODE_KEY).unlink()
     with pytest.raises(tls.CertError, match="node-key.pem missing"):
         tls.make_certs(d)
-    (d / tls.NODE_CERT).write_bytes((tmp_path / "x").write_bytes(b"") or b"junk")
-    with pytest.raises(tls.CertError):
+    assert cli_main(["certs", str(d), "--force"]) == 0
+    (d / tls.NODE_CERT).write_bytes(b"junk")
+    with pytest.raises(tls.CertError, match="unreadable"):
         tls.make_certs(d)
 
 
@@ -168,6 +170,9 @@ def test_https_front_with_the_ca_and_the_key(cluster) -> None:
         assert r.json()["usage"]["completion_tokens"] == 2
         r = http.get(cluster.http_url + "/v1/models")
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        sdk = openai.OpenAI(base_url=cluster.http_url + "/v1", api_key=KEY, max_retries=0,
+                            http_client=http)
+        assert [m.id for m in sdk.models.list()] == [cluster.spec.model]
     with pytest.raises(httpx.ConnectError):  # the system's roots do not know the cluster CA
         httpx.get(cluster.http_url + "/health", timeout=10)
     with pytest.raises(httpx.HTTPError):  # plain HTTP to the HTTPS port
@@ -190,3 +195,16 @@ def test_no_secret_in_any_log(cluster) -> None:
     for name in KEYS:
         body = (cluster.tls_dir / name).read_text().splitlines()[1:-1]
         assert body and not any(line in logs for line in body), name
+
+
+def test_client_tls_flags_come_in_pairs(tmp_path: Path) -> None:
+    tls.make_certs(tmp_path)
+    cert, key = str(tmp_path / tls.SERVER_CERT), str(tmp_path / tls.SERVER_KEY)
+    assert tls.server_tls(None, None) is None
+    with pytest.raises(tls.CertError, match="--client-tls-key is required"):
+        tls.server_tls(cert, None)
+    with pytest.raises(tls.CertError, match="--client-tls-cert .*no such file"):
+        tls.server_tls(str(tmp_path / "nope.pem"), key)
+    assert tls.server_tls(cert, key).ssl_context() is not None
+    with pytest.raises(tls.CertError, match="--tls-dir .*slos-serve certs"):
+        tls.NodeTls.load(tmp_path / "missing")
