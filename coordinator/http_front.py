@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from contextlib import aclosing
@@ -74,11 +75,12 @@ class HttpFront:
         ])
         self.runner: web.AppRunner | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        """Listens on host:port (0: a free port); returns the port."""
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+                    ) -> int:
+        """Listens on host:port (0: a free port), HTTPS given `ssl_context`; returns the port."""
         self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:

@@ -20,6 +20,7 @@ from slos_serve.core.perf_model import load_profile
 from slos_serve.core.slo import TierTable
 from slos_serve.grpc_util import bind, create_server, serve_until_signal
 from slos_serve.metrics import REGISTRY, CoordinatorMetrics, metrics_port_arg, serve_metrics
+from slos_serve.tls import CertError, node_tls, server_tls
 from slos_serve.tokenizer import load_tokenizer
 
 log = logging.getLogger("slos_serve.coordinator")
@@ -71,6 +72,15 @@ class CoordinatorConfig(Options):
     kv_output_reserve: float = option(
         0.5, "fraction of each request's remaining max_tokens the planner reserves in KV "
         "(1 = its peak; below 1 overcommits)")
+    tls_dir: str | None = option(
+        None, "mutual TLS to the workers: verify them with DIR/ca.pem, present "
+        "DIR/node.pem + node-key.pem (`slos-serve certs DIR`); default plaintext, for "
+        "trusted networks only", metavar="DIR")
+    client_tls_cert: str | None = option(
+        None, "TLS for clients (gRPC and HTTPS) with this certificate chain, e.g. "
+        "DIR/server.pem; clients verify it with DIR/ca.pem", metavar="PEM")
+    client_tls_key: str | None = option(None, "the key of --client-tls-cert, e.g. "
+                                        "DIR/server-key.pem", metavar="PEM")
 
 
     def adaptive_layout(self) -> bool:
@@ -115,7 +125,10 @@ async def serve(cfg: CoordinatorConfig) -> None:
     # the process (epoll_wait: Bad file descriptor, seen once in CI).
     tokenizer = load_tokenizer(cfg.model)
     admission = make_admission(cfg)
-    pool = WorkerPool(cfg.prefill or [], cfg.decode or [], cfg.mixed or [])
+    node = node_tls(cfg.tls_dir, "coordinator")
+    client_tls = server_tls(cfg.client_tls_cert, cfg.client_tls_key)
+    pool = WorkerPool(cfg.prefill or [], cfg.decode or [], cfg.mixed or [],
+                      credentials=node.channel_credentials() if node else None)
     if not pool.serving("prefill") or not pool.serving("decode"):
         raise SystemExit("the coordinator needs a worker that prefills and one that decodes "
                          "(--prefill and --decode, or --mixed)")
@@ -128,15 +141,18 @@ async def serve(cfg: CoordinatorConfig) -> None:
     )
     server, health = create_server([pb.DESCRIPTOR.services_by_name["SloServe"].full_name])
     pb_grpc.add_SloServeServicer_to_server(CoordinatorService(service, api_key), server)
-    port = bind(server, cfg.host, cfg.port)
+    port = bind(server, cfg.host, cfg.port,
+                client_tls.grpc_credentials() if client_tls else None)
     serve_metrics(cfg.host, cfg.metrics_port, port, "coordinator")
     http = None
     if cfg.http_port:
         names = [cfg.served_model_name or cfg.model, cfg.model]
         http = HttpFront(service, names, api_key, pool.ready)
-        http_port = await http.start(cfg.host, cfg.http_port)
-        log.info("OpenAI-compatible HTTP at http://%s:%d/v1 (model %r)%s", cfg.host, http_port,
-                 names[0], "; API key required" if api_key else "")
+        http_port = await http.start(cfg.host, cfg.http_port,
+                                     client_tls.ssl_context() if client_tls else None)
+        log.info("OpenAI-compatible HTTP at http%s://%s:%d/v1 (model %r)%s",
+                 "s" if client_tls else "", cfg.host, http_port, names[0],
+                 "; API key required" if api_key else "")
     await server.start()
     await health.set("", HealthCheckResponse.NOT_SERVING)
     pool.start()
@@ -157,7 +173,8 @@ async def serve(cfg: CoordinatorConfig) -> None:
             log.info("cluster %s", "ready" if ready else "not ready")
 
     tracker = asyncio.get_running_loop().create_task(track_health())
-    log.info("coordinator listening on %s:%d", cfg.host, port)
+    log.info("coordinator listening on %s:%d (%s)", cfg.host, port,
+             "TLS" if client_tls else "plaintext")
 
     async def stop() -> None:
         tracker.cancel()
@@ -175,5 +192,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s coordinator[%(process)d] %(levelname)s %(message)s"
     )
-    asyncio.run(serve(CoordinatorConfig.from_args(args)))
+    try:
+        asyncio.run(serve(CoordinatorConfig.from_args(args)))
+    except CertError as exc:
+        raise SystemExit(str(exc)) from exc
     return 0

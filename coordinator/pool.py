@@ -12,7 +12,7 @@ import grpc
 
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
-from slos_serve.grpc_util import CHANNEL_OPTIONS
+from slos_serve.grpc_util import CHANNEL_OPTIONS, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,10 @@ class WorkerPool:
     """Polls every worker's load report; a worker is healthy while it answers."""
 
     def __init__(self, prefill: list[str], decode: list[str], mixed: Sequence[str] = (),
-                 poll_interval_s: float = 0.25):
+                 poll_interval_s: float = 0.25,
+                 credentials: grpc.ChannelCredentials | None = None):
+        """`credentials`: the node's mutual-TLS pair (slos_serve/tls.py); None: plaintext."""
+        self._credentials = credentials
         self.workers = [
             self._connect(addr, role)
             for role, addrs in (("prefill", prefill), ("decode", decode), ("mixed", mixed))
@@ -48,9 +51,8 @@ class WorkerPool:
         self._task: asyncio.Task | None = None
         self.changed = asyncio.Event()
 
-    @staticmethod
-    def _connect(address: str, role: str) -> WorkerHandle:
-        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    def _connect(self, address: str, role: str) -> WorkerHandle:
+        channel = open_channel(address, self._credentials, CHANNEL_OPTIONS)
         return WorkerHandle(address, role, channel, pb_grpc.WorkerStub(channel))
 
     def get(self, address: str) -> WorkerHandle | None:

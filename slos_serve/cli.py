@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decode-worker": ("decode_worker.main", "run a decode worker (vLLM or simulated engine)"),
     "mixed-worker": ("slos_serve.worker.main", "run a mixed worker: prefill and decode on one "
                      "engine (vLLM or simulated)"),
+    "certs": ("slos_serve.certs", "make the cluster's CA and TLS certificates (mutual TLS "
+              "between coordinator and workers, TLS for clients)"),
     "generate": ("slos_serve.generate_cli", "send one request to a coordinator and stream it"),
     "demo": ("slos_serve.demo", "start a local cluster, serve a few requests, stop (make run)"),
     "make-model": ("slos_serve.model", "build the tiny local LLaMA model and tokenizer"),

@@ -47,8 +47,14 @@ def create_server(
     return server, health
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    bound = server.add_insecure_port(f"{host}:{port}")
+def bind(server: grpc.aio.Server, host: str, port: int,
+         credentials: grpc.ServerCredentials | None = None) -> int:
+    """Listens on host:port: with TLS given `credentials` (slos_serve/tls.py), else plaintext."""
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port} (port in use?)")
     return bound
@@ -75,9 +81,19 @@ async def serve_until_signal(
         await on_stop()
 
 
-async def check_health(target: str, timeout_s: float = 2.0, service: str = "") -> bool:
+def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None,
+                 options: list[tuple[str, int]] | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to `target`: TLS with `credentials` (slos_serve/tls.py), else
+    plaintext. The one place a process of the cluster dials another."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+async def check_health(target: str, timeout_s: float = 2.0, service: str = "",
+                       credentials: grpc.ChannelCredentials | None = None) -> bool:
     """True when `target` answers the standard health check with SERVING."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_channel(target, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             request = health_pb2.HealthCheckRequest(service=service)

@@ -29,8 +29,10 @@ import grpc
 from coordinator.main import LAYOUTS, CoordinatorConfig
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
+from slos_serve import tls
+from slos_serve.client.channel import TlsConfig
 from slos_serve.config import API_KEY_ENV, Options, option
-from slos_serve.grpc_util import check_health
+from slos_serve.grpc_util import check_health, open_channel
 from slos_serve.profile import DEFAULT_OUT, ensure_profile
 from slos_serve.worker.main import WorkerConfig
 
@@ -103,6 +105,13 @@ class ClusterSpec(Options):
     on_reject: str | None = option(None, "default for requests the planner cannot admit",
                                    choices=("best_effort", "reject"))
     start_timeout_s: float = option(600.0, "start-up timeout (s)", flag="--timeout")
+    tls_dir: str | None = option(
+        None, "the cluster's CA and certificates (made there with `slos-serve certs`'s code "
+        "unless valid ones exist; default LOG_DIR/tls)", metavar="DIR")
+    insecure: bool = option(False, "PLAINTEXT between coordinator and workers (default: "
+                            "mutual TLS); for trusted networks only")
+    client_tls: bool = option(False, "serve clients over TLS too (gRPC and HTTPS) with "
+                              "TLS_DIR/server.pem; clients verify it with TLS_DIR/ca.pem")
 
     def counts(self) -> dict[str, int]:
         """Workers per role: --prefill / --decode default to 1 each, or 0 with --mixed."""
@@ -146,7 +155,9 @@ class LocalCluster:
         self.log_dir = Path(spec.log_dir or tempfile.mkdtemp(prefix="slos-cluster-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.target = ""
-        self.http_url = ""  # http://host:port of the OpenAI-compatible front ("" = off)
+        self.http_url = ""  # http(s)://host:port of the OpenAI-compatible front ("" = off)
+        self.tls_dir: Path | None = None  # the certificates' directory (None: no TLS at all)
+        self._node: tls.NodeTls | None = None  # mutual TLS between coordinator and workers
 
     # ------------------------------------------------------------ start --
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> _Proc:
@@ -175,6 +186,7 @@ class LocalCluster:
             kv_cache_gib=s.kv_cache_gib, cpus=None if cpu is None else str(cpu),
             spec_tokens=s.spec_tokens, scheduler=s.scheduler, metrics_port=metrics_port,
             profile=profile if s.engine == "vllm" else None,
+            tls_dir=str(self.tls_dir) if self._node else None,
         )
         return [f"{role}-worker", *cfg.to_argv(), *s.extra_worker_args]
 
@@ -188,9 +200,42 @@ class LocalCluster:
             request_log=s.request_log, prefill=workers.get("prefill") or None,
             decode=workers.get("decode") or None,
             mixed=workers.get("mixed") or None, layout=s.layout, model=s.model, tiers=s.tiers,
-            scheduler=s.scheduler, profile=profile, **policy,
+            scheduler=s.scheduler, profile=profile, **policy, **self._coordinator_tls(),
         )
         return ["coordinator", *cfg.to_argv()]
+
+    def _coordinator_tls(self) -> dict[str, str]:
+        """The coordinator's TLS flags: the node pair to the workers, the client-facing pair."""
+        out = {"tls_dir": str(self.tls_dir)} if self._node else {}
+        if self.spec.client_tls and self.tls_dir:
+            out["client_tls_cert"] = str(self.tls_dir / tls.SERVER_CERT)
+            out["client_tls_key"] = str(self.tls_dir / tls.SERVER_KEY)
+        return out
+
+    def _make_certs(self) -> None:
+        """Certificates for mutual TLS (unless --insecure) and client TLS (if asked), made
+        with `slos-serve certs`'s code, or reused if valid ones are in --tls-dir."""
+        s = self.spec
+        if s.insecure and not s.client_tls:
+            return
+        self.tls_dir = Path(s.tls_dir or self.log_dir / "tls").resolve()
+        tls.make_certs(self.tls_dir, hosts=[s.host])
+        self._node = None if s.insecure else tls.NodeTls.load(self.tls_dir)
+
+    def internal_credentials(self) -> grpc.ChannelCredentials | None:
+        """What a process of the cluster dials a worker with (None: plaintext, --insecure)."""
+        return self._node.channel_credentials() if self._node else None
+
+    def client_tls(self) -> TlsConfig | None:
+        """The SDK's TLS settings for this cluster's client-facing side (None: plaintext)."""
+        if not (self.spec.client_tls and self.tls_dir):
+            return None
+        return TlsConfig.from_files(root_certificates=self.tls_dir / tls.CA_CERT)
+
+    def client_credentials(self) -> grpc.ChannelCredentials | None:
+        """gRPC channel credentials of a client of this cluster (None: plaintext)."""
+        config = self.client_tls()
+        return config.credentials() if config else None
 
     def start(self, timeout_s: float | None = None, progress: bool = True) -> str:
         """Starts every process and waits until the coordinator reports SERVING (within
@@ -201,6 +246,7 @@ class LocalCluster:
                              "(for its tokenizer)")
         counts = s.counts()
         profile = s.resolve_profile()
+        self._make_certs()
         ncpu = os.cpu_count() or 1
         addresses: dict[str, list[str]] = {role: [] for role in counts}
         roles = [role for role, n in counts.items() for _ in range(n)]
@@ -218,7 +264,8 @@ class LocalCluster:
             coord_port, coord_metrics_port, http_port, profile, addresses),
             env={API_KEY_ENV: key} if key else None)  # not in argv: `ps` shows argv
         coordinator.address = self.target = f"{s.host}:{coord_port}"
-        self.http_url = f"http://{s.host}:{http_port}" if http_port else ""
+        scheme = "https" if s.client_tls else "http"
+        self.http_url = f"{scheme}://{s.host}:{http_port}" if http_port else ""
         coordinator.metrics_port = coord_metrics_port
         try:
             asyncio.run(self._wait_ready(timeout_s or s.start_timeout_s, progress))
@@ -237,7 +284,9 @@ class LocalCluster:
                         f"{proc.name} exited with code {proc.popen.returncode} during start; "
                         f"its log ({proc.log_path}) ends with:\n{self.tail(proc)}"
                     )
-            healthy = await asyncio.gather(*(check_health(p.address) for p in self.procs))
+            healthy = await asyncio.gather(*(check_health(p.address, credentials=(
+                self.client_credentials() if p.name == "coordinator"
+                else self.internal_credentials())) for p in self.procs))
             elapsed = time.monotonic() - started
             if all(healthy) and await self._coordinator_sees_all_workers():
                 if progress:
@@ -255,7 +304,7 @@ class LocalCluster:
 
     async def _coordinator_sees_all_workers(self) -> bool:
         """Ready means routable: the coordinator itself reports every worker healthy."""
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with open_channel(self.target, self.client_credentials()) as channel:
             try:
                 info = await pb_grpc.SloServeStub(channel).ClusterInfo(
                     pb.ClusterInfoRequest(), timeout=2.0, metadata=self.auth_metadata()
@@ -370,6 +419,8 @@ def run(args: argparse.Namespace) -> int:
               "vllm engines the model)", file=sys.stderr)
         return 2
     cluster = LocalCluster(ClusterSpec.from_args(args))
+    if cluster.spec.insecure:
+        print(f"slos-serve up: --insecure: {tls.PLAINTEXT_WARNING}", file=sys.stderr)
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -384,6 +435,12 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
         if cluster.http_url:
             print(f"OpenAI-compatible HTTP: {cluster.http_url}/v1", flush=True)
+        if cluster.tls_dir:
+            inside = "plaintext" if cluster.spec.insecure else "mutual TLS"
+            outside = (f"TLS (clients verify with {cluster.tls_dir / tls.CA_CERT})"
+                       if cluster.spec.client_tls else "plaintext")
+            print(f"internal channels: {inside}; clients: {outside}; certificates in "
+                  f"{cluster.tls_dir}", flush=True)
         print("metrics: " + " ".join(f"{n}={u}" for n, u in cluster.metrics_urls().items()),
               flush=True)
         while True:
@@ -396,7 +453,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopping cluster", file=sys.stderr)
         return 0
-    except (RuntimeError, TimeoutError, ValueError) as exc:
+    except (RuntimeError, TimeoutError, ValueError) as exc:  # tls.CertError is a ValueError
         print(f"slos-serve up: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -52,7 +52,8 @@ def cluster(model_dir: str, reference, tmp_path_factory: pytest.TempPathFactory
 
 def decode_report(cluster: LocalCluster) -> pb.LoadReport:
     address = next(p.address for p in cluster.procs if p.name == "decode-0")
-    with grpc.insecure_channel(address) as channel:
+    credentials = cluster.internal_credentials()  # the workers require mutual TLS
+    with grpc.secure_channel(address, credentials) as channel:
         return pb_grpc.WorkerStub(channel).GetLoad(pb.LoadRequest(), timeout=5)
 
 

@@ -41,6 +41,7 @@ from slos_serve.bench.workload import (
     workload_requests,
 )
 from slos_serve.core.stages import StageSpec
+from slos_serve.grpc_util import open_channel
 
 LOOSE_SCALE = 1000.0  # SLOs play no part in these checks
 
@@ -99,10 +100,12 @@ def loadgen_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 class DirectDriver:
-    """Calls a prefill and a decode worker's Worker service directly (no coordinator)."""
+    """Calls a prefill and a decode worker's Worker service directly (no coordinator), with
+    the cluster's own node credentials (workers require mutual TLS unless --insecure)."""
 
-    def __init__(self, prefill: str, decode: str) -> None:
-        self._channels = [grpc.aio.insecure_channel(a) for a in (prefill, decode)]
+    def __init__(self, prefill: str, decode: str,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._channels = [open_channel(a, credentials) for a in (prefill, decode)]
         self.prefill = pb_grpc.WorkerStub(self._channels[0])
         self.decode = pb_grpc.WorkerStub(self._channels[1])
 
@@ -199,7 +202,8 @@ def coordinator_overhead(
     system = ClusterSystem(name, model, engine="sim")
     with LiveSession(system, 60.0) as s:
         addr = system.worker_addresses()
-        direct = s.run(_make_direct(addr["prefill-0"], addr["decode-0"]))
+        direct = s.run(_make_direct(addr["prefill-0"], addr["decode-0"],
+                                    system.cluster.internal_credentials()))
         try:
             drivers = {"coordinator": s.driver, "direct": direct}
             latency = s.run(_latency(drivers, prompt, output_tokens, n))
@@ -222,8 +226,9 @@ def coordinator_overhead(
     }
 
 
-async def _make_direct(prefill: str, decode: str) -> DirectDriver:
-    return DirectDriver(prefill, decode)
+async def _make_direct(prefill: str, decode: str,
+                       credentials: grpc.ChannelCredentials | None) -> DirectDriver:
+    return DirectDriver(prefill, decode, credentials)
 
 
 def overhead_table(r: dict[str, Any]) -> str:

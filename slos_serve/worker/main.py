@@ -34,6 +34,7 @@ from slos_serve.metrics import (
     metrics_port_arg,
     serve_metrics,
 )
+from slos_serve.tls import CertError, node_tls
 from slos_serve.tokenizer import load_detokenizer
 from slos_serve.worker.lifecycle import ENGINE_DEAD_EXIT, WatchedHealth, watch_engine
 
@@ -70,6 +71,10 @@ class WorkerConfig(Options):
     metrics_port: int | None = option(
         None, "Prometheus /metrics HTTP port (default: --port + 1000; 0 = off)",
         parse=metrics_port_arg)
+    tls_dir: str | None = option(
+        None, "mutual TLS: serve with DIR/node.pem + node-key.pem and refuse any peer "
+        "without a certificate from DIR/ca.pem (`slos-serve certs DIR`); default plaintext, "
+        "for trusted networks only", metavar="DIR")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +139,7 @@ async def serve(role: str, cfg: WorkerConfig) -> int:
     """Serves until stopped; the exit code (ENGINE_DEAD_EXIT: the engine died)."""
     from slos_serve.worker.service import WorkerService
 
+    node = node_tls(cfg.tls_dir, f"{role} worker")  # before the engine: a bad dir fails fast
     engine = build_engine(cfg)
     # The engine starts first: vLLM spawns its engine-core process, and a fork
     # after gRPC has started its pollers can kill this process. Until the port
@@ -143,7 +149,7 @@ async def serve(role: str, cfg: WorkerConfig) -> int:
     services = ["", pb.DESCRIPTOR.services_by_name["Worker"].full_name]
     health = WatchedHealth()
     server, health = create_server(services[1:], health=health)
-    port = bind(server, cfg.host, cfg.port)
+    port = bind(server, cfg.host, cfg.port, node.server_credentials() if node else None)
     # The simulated engine moves no KV: its hand-offs are measured in blocks only.
     # vLLM's KV cache has the engine's dtype, float32 here (VllmEngine's default).
     bytes_per_token = kv_bytes_per_token(cfg.model, 4) if cfg.engine == "vllm" else None
@@ -156,7 +162,8 @@ async def serve(role: str, cfg: WorkerConfig) -> int:
     await server.start()
     for name in services:
         await health.set(name, SERVING)
-    log.info("%s worker ready on %s:%d (engine %s)", role, cfg.host, port, cfg.engine)
+    log.info("%s worker ready on %s:%d (engine %s%s)", role, cfg.host, port, cfg.engine,
+             ", mutual TLS" if node else "")
     stop = asyncio.Event()
     engine_watch = asyncio.get_running_loop().create_task(
         watch_engine(engine, health, services, stop))
@@ -174,7 +181,10 @@ def run_role(role: str, args: argparse.Namespace) -> int:
     )
     configure_environment(cfg)
     os.environ[LIFELINE_ENV] = str(os.getpid())  # vLLM's processes die with this one
-    return asyncio.run(serve(role, cfg))
+    try:
+        return asyncio.run(serve(role, cfg))
+    except CertError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def run(args: argparse.Namespace) -> int:
