@@ -96,6 +96,8 @@ class WorkerPool:
             log.info("%s worker %s is %s", worker.role, worker.address,
                      "healthy" if healthy else "unreachable")
             worker.healthy = healthy
+            if not healthy:
+                worker.info = None  # read again when it answers: it may have restarted
             self.changed.set()
 
     async def refresh(self) -> None:

@@ -185,7 +185,10 @@ class PlannedRouting:
         return w if w is not None and w.healthy else None
 
     def _push_plans(self) -> None:
-        """Sends each worker its share of the latest plan, when it changed."""
+        """Sends each worker its share of the latest plan, when it changed (a worker that
+        was down gets its share as soon as it is back: a restarted one has no plan)."""
+        for wid in [wid for wid in self._sent if self._healthy(wid) is None]:
+            del self._sent[wid]
         for wid, plan in self.admission.worker_plans().items():
             w = self._healthy(wid)
             if w is None or self._sent.get(wid) == plan:

@@ -3,7 +3,7 @@
 Each subcommand lives in its own module exposing `add_arguments(parser)` and
 `run(args) -> int`. Modules import heavy dependencies (vLLM, torch) inside
 `run`, so `slos-serve --help` stays fast. This dispatcher imports the command modules
-(and `up`, for `die_with_parent`) only when it runs, so importing it loads none of them.
+(and `supervise`, for `die_with_parent`) only when it runs, so importing it loads none of them.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slos_serve.up import die_with_parent
+    from slos_serve.supervise import die_with_parent
 
     die_with_parent()
     args = build_parser().parse_args(argv)

@@ -2,25 +2,23 @@
 workers; a mixed worker prefills and decodes on one engine and serves requests locally).
 
 Every process leads its own process group (in the launcher's session: see
-`spawn_options`) so that stopping it also stops whatever it spawned (vLLM's
-engine-core processes); stop() escalates from
-SIGTERM to SIGKILL, and nothing it started outlives it.
+`supervise.spawn_options`) so that stopping it also stops whatever it spawned (vLLM's
+engine-core processes); stop() escalates from SIGTERM to SIGKILL, and nothing it started
+outlives it. Once started, the cluster is supervised (`ClusterSpec.restart`): a process that
+exits is restarted on the same ports with backoff (slos_serve/supervise.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +32,11 @@ from slos_serve.client.channel import TlsConfig
 from slos_serve.config import API_KEY_ENV, Options, option
 from slos_serve.grpc_util import check_health, open_channel
 from slos_serve.profile import DEFAULT_OUT, ensure_profile
+from slos_serve.supervise import Child, Supervisor, signal_group, spawn_options, stop_groups
 from slos_serve.worker.main import WorkerConfig
 
-STOP_GRACE_S = 20.0
+__all__ = ["ClusterSpec", "LocalCluster", "free_port", "signal_group", "spawn_options",
+           "stop_groups"]  # the process-group helpers, for the bench's own processes
 
 
 # Ports for the cluster come from below Linux's default ephemeral range
@@ -112,6 +112,8 @@ class ClusterSpec(Options):
                             "mutual TLS); for trusted networks only")
     client_tls: bool = option(False, "serve clients over TLS too (gRPC and HTTPS) with "
                               "TLS_DIR/server.pem; clients verify it with TLS_DIR/ca.pem")
+    restart: bool = option(True, "do not restart a process that exits once the cluster "
+                           "is up: stop the cluster instead", flag="--no-restart")
 
     def counts(self) -> dict[str, int]:
         """Workers per role: --prefill / --decode default to 1 each, or 0 with --mixed."""
@@ -137,44 +139,24 @@ class ClusterSpec(Options):
         return str(ensure_profile(self.model, DEFAULT_OUT, quick=True).resolve())
 
 
-@dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen
-    log_path: Path
-    address: str = ""
-    metrics_port: int = 0
-
-
 class LocalCluster:
     """Starts, watches and stops a local cluster. Use as a context manager."""
 
     def __init__(self, spec: ClusterSpec) -> None:
         self.spec = spec
-        self.procs: list[_Proc] = []
+        self.procs: list[Child] = []
         self.log_dir = Path(spec.log_dir or tempfile.mkdtemp(prefix="slos-cluster-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.target = ""
         self.http_url = ""  # http(s)://host:port of the OpenAI-compatible front ("" = off)
         self.tls_dir: Path | None = None  # the certificates' directory (None: no TLS at all)
         self._node: tls.NodeTls | None = None  # mutual TLS between coordinator and workers
+        self.supervisor: Supervisor | None = None  # once started, with spec.restart
 
     # ------------------------------------------------------------ start --
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> _Proc:
-        log_path = self.log_dir / f"{name}.log"
-        log = open(log_path, "w")  # noqa: SIM115 - the child owns it until it exits
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),
-                    **(env or {})}
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "slos_serve.cli", *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            **spawn_options(),  # type: ignore[arg-type]
-        )
-        log.close()
-        proc = _Proc(name, popen, log_path)
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        proc = Child(name, argv, self.log_dir / f"{name}.log", env or {})
+        proc.launch()
         self.procs.append(proc)
         return proc
 
@@ -272,18 +254,17 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+        if s.restart:  # a death during start is a start failure; from now on, a restart
+            self.supervisor = Supervisor(self.procs)
+            self.supervisor.start()
         return self.target
 
     async def _wait_ready(self, timeout_s: float, progress: bool) -> None:
         started = time.monotonic()
         last_print = 0.0
         while True:
-            for proc in self.procs:
-                if proc.popen.poll() is not None:
-                    raise RuntimeError(
-                        f"{proc.name} exited with code {proc.popen.returncode} during start; "
-                        f"its log ({proc.log_path}) ends with:\n{self.tail(proc)}"
-                    )
+            if dead := self.exited():
+                raise RuntimeError(f"{dead} during start")
             healthy = await asyncio.gather(*(check_health(p.address, credentials=(
                 self.client_credentials() if p.name == "coordinator"
                 else self.internal_credentials())) for p in self.procs))
@@ -326,21 +307,32 @@ class LocalCluster:
         """Each process's Prometheus endpoint, by process name (coordinator, prefill-0, ...)."""
         return {p.name: f"http://{self.spec.host}:{p.metrics_port}/metrics" for p in self.procs}
 
-    @staticmethod
-    def tail(proc: _Proc, lines: int = 30) -> str:
-        try:
-            return "\n".join(proc.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+    def restarts(self) -> dict[str, int]:
+        """How often each process was restarted since the cluster started (by name)."""
+        sup = self.supervisor
+        return dict(sup.restarts) if sup else {p.name: 0 for p in self.procs}
+
+    def exited(self) -> str:
+        """'' while every process runs; else which one exited, its code and its log's end
+        (unsupervised: what stops the cluster; supervised, a restart is under way)."""
+        for proc in self.procs:
+            if proc.popen is not None and (code := proc.popen.poll()) is not None:
+                return (f"{proc.name} exited with code {code}; its log ({proc.log_path}) "
+                        f"ends with:\n{proc.tail()}")
+        return ""
 
     # ------------------------------------------------------------- stop --
     def pids(self) -> list[int]:
-        return [p.popen.pid for p in self.procs]
+        return [p.pid for p in self.procs]
 
     def stop(self) -> None:
-        """SIGTERM every process group, then SIGKILL what is left after a grace period."""
+        """SIGTERM every process group, then SIGKILL what is left after a grace period.
+        The supervisor first: nothing is restarted once stopping began."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
         # The coordinator (started last) first, so no new work reaches the workers.
-        stop_groups([proc.popen for proc in reversed(self.procs)])
+        stop_groups([proc.popen for proc in reversed(self.procs) if proc.popen is not None])
         self.procs.clear()
 
     def __enter__(self) -> LocalCluster:
@@ -349,64 +341,6 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-PARENT_ENV = "SLOS_PARENT_PID"
-
-
-def spawn_options() -> dict[str, object]:
-    """Popen options for a child that leads its own process group, in the caller's session.
-
-    A process group, so `signal_group` stops the child with the engine processes it spawns;
-    not a new session: Linux's autogroup scheduler (on by default) gives every session a CPU
-    share as a unit, and with engines pinned to cores and vLLM's busy engine-core loops in
-    sessions of their own, other processes (the coordinator, the load generator, the other
-    engine) went unscheduled for 0.5-2.9 s at a time on 2 cores.
-    No `preexec_fn` on Python >= 3.11: with one, the child runs Python's at-fork handlers
-    before exec, and gRPC's (this process may hold channels) then broke the child's epoll
-    and aborted it (`epoll_wait error: Bad file descriptor`, exit -6; seen in CI).
-    `SLOS_PARENT_PID` lets a `slos-serve` child ask to be stopped with its launcher
-    (`die_with_parent`)."""
-    if sys.version_info >= (3, 11):
-        return {"process_group": 0}
-    return {"preexec_fn": os.setpgrp}
-
-
-def die_with_parent() -> None:
-    """In a child started with `SLOS_PARENT_PID`: SIGTERM when that launcher dies (Linux)."""
-    parent = os.environ.pop(PARENT_ENV, "")
-    if not parent.isdigit() or not sys.platform.startswith("linux"):
-        return
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(parent):  # the launcher died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def stop_groups(popens: Sequence[subprocess.Popen]) -> None:
-    """SIGTERM each child's process group (in the order given), wait up to STOP_GRACE_S in
-    all, then SIGKILL whatever is left in the groups (vLLM's engine processes included)."""
-    for popen in popens:
-        signal_group(popen.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for popen in popens:
-        try:
-            popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    for popen in popens:
-        signal_group(popen.pid, signal.SIGKILL)  # stragglers in the group, if any
-        if popen.poll() is None:
-            popen.wait(timeout=5)
-
-
-def signal_group(pid: int, sig: int) -> None:
-    """Sends `sig` to the process group `pid` leads (gone or not ours: nothing)."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -443,12 +377,12 @@ def run(args: argparse.Namespace) -> int:
                   f"{cluster.tls_dir}", flush=True)
         print("metrics: " + " ".join(f"{n}={u}" for n, u in cluster.metrics_urls().items()),
               flush=True)
-        while True:
-            for proc in cluster.procs:
-                if proc.popen.poll() is not None:
-                    print(f"{proc.name} exited ({proc.popen.returncode}):\n{cluster.tail(proc)}",
-                          file=sys.stderr)
-                    return 1
+        if cluster.supervisor is not None:
+            print("a process that exits is restarted (--no-restart: stop instead)", flush=True)
+        while True:  # supervised: the supervisor's thread restarts; this loop just waits
+            if cluster.supervisor is None and (dead := cluster.exited()):
+                print(f"{dead}\nstopping the cluster (--no-restart)", file=sys.stderr)
+                return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopping cluster", file=sys.stderr)

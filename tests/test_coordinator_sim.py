@@ -260,10 +260,12 @@ def test_64_concurrent_requests_all_complete(client: Client, sim_cluster) -> Non
 
 @pytest.fixture
 def fragile_cluster(model_dir: str):
-    """A cluster of its own (2 prefill + 1 decode) for the test that kills a worker."""
+    """A cluster of its own (2 prefill + 1 decode) for the test that kills a worker; not
+    supervised, so the killed worker stays down (test_supervision_sim.py: restarts)."""
     from slos_serve.up import ClusterSpec, LocalCluster
 
-    cluster = LocalCluster(ClusterSpec(model=model_dir, engine="sim", prefill=2, decode=1))
+    cluster = LocalCluster(ClusterSpec(model=model_dir, engine="sim", prefill=2, decode=1,
+                                       restart=False))
     cluster.start(timeout_s=120, progress=False)
     try:
         # start() returns once the coordinator is SERVING, which needs only ONE healthy

@@ -12,6 +12,7 @@
   slos-serve bench loadgen-check      # SIMULATED engine: the load generator's own limits
   slos-serve bench overhead           # SIMULATED engine: what the coordinator adds
   slos-serve bench http-overhead      # SIMULATED engine: what the HTTP front adds over gRPC
+  slos-serve bench soak --streams 1000 --minutes 10   # SIMULATED engine: RSS, accounting
 
 The runner, the systems and the overhead measurements (the SDK, the load generator) are
 imported where used, so that `slos-serve --help` (which imports every command module) stays fast.
@@ -162,6 +163,35 @@ class HttpOverhead(Options):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Soak(Options):
+    """`bench soak`: closed-loop streams for minutes, SIMULATED engine: RSS and accounting."""
+
+    streams: int = option(1000, "concurrent closed-loop streams")
+    minutes: float = option(10.0, "length of the run")
+    warmup: float | None = option(None, "s of warm-up before the first RSS figure "
+                                  "(default: a fifth of the run, at most 60)")
+    progress: float = option(30.0, "s between progress lines")
+    shape: str = option("pd", "cluster: pd (1 prefill + 1 decode: every request hands its "
+                        "KV off), mixed (1 mixed worker, local), pd2 (2 + 2)",
+                        choices=("pd", "mixed", "pd2"))
+    prompt_tokens: str = option("8,512", "MIN,MAX prompt tokens (uniform)")
+    output_tokens: str = option("1,64", "MIN,MAX output tokens (uniform, EOS ignored)")
+    drain: float = option(60.0, "s to wait for the requests in flight at the end")
+    seed: int = option(0)
+    json: str | None = option(None, "write the figures here")
+
+
+def _pair(text: str, name: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--{name} {text!r}: MIN,MAX expected, e.g. 8,512") from None
+    if not 1 <= lo <= hi:
+        raise SystemExit(f"--{name} {text!r}: 1 <= MIN <= MAX expected")
+    return lo, hi
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VllmBench(Options):
     """`bench vllm-bench`: vLLM's own `bench serve` (random dataset) against each system."""
 
@@ -184,7 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     CompareRun.add_arguments(parser)
     sub = parser.add_subparsers(
         dest="action",
-        metavar="{report,capacity,fidelity,vllm-bench,loadgen-check,overhead,http-overhead}")
+        metavar="{report,capacity,fidelity,vllm-bench,loadgen-check,overhead,http-overhead,soak}")
     rep = sub.add_parser("report", help="table, summary.json and plots from DIR/records.jsonl")
     rep.add_argument("dir")
     BenchSetup.add_arguments(rep, shared=True, only={"plots"})
@@ -213,6 +243,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "SIMULATED engine")
     BenchSetup.add_arguments(ho, shared=True, only={"model"})
     HttpOverhead.add_arguments(ho)
+    sk = sub.add_parser("soak", help="closed-loop streams for minutes: RSS growth, every "
+                        "request accounted for; SIMULATED engine")
+    BenchSetup.add_arguments(sk, shared=True, only={"model"})
+    Soak.add_arguments(sk)
 
 
 def _base_urls(setup: BenchSetup) -> list[str]:
@@ -339,6 +373,25 @@ def _http_overhead(args: argparse.Namespace) -> int:
     return _show(http_overhead_table(res), res, ho.json)
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from slos_serve.bench.soak import SoakSettings, soak, soak_table
+
+    sk = Soak.from_args(args)
+    if sk.streams < 1 or sk.minutes <= 0:
+        raise SystemExit("--streams >= 1 and --minutes > 0 expected")
+    settings = SoakSettings(
+        streams=sk.streams, seconds=60.0 * sk.minutes, warmup_s=sk.warmup,
+        progress_s=sk.progress, shape=sk.shape, drain_s=sk.drain, seed=sk.seed,
+        prompt_tokens=_pair(sk.prompt_tokens, "prompt-tokens"),
+        output_tokens=_pair(sk.output_tokens, "output-tokens"))
+    try:
+        res = soak(args.model, settings)
+    except ValueError as exc:
+        raise SystemExit(f"bench soak: {exc}") from None
+    _show(soak_table(res), res, sk.json)
+    return 0 if res["pass"]["all"] else 1
+
+
 def _capacity(args: argparse.Namespace) -> int:
     from slos_serve.bench.runner import run_capacity
 
@@ -387,6 +440,7 @@ def _vllm_bench(args: argparse.Namespace) -> int:
 
 ACTIONS = {"vllm-bench": _vllm_bench, "loadgen-check": _loadgen_check,
            "overhead": _overhead, "http-overhead": _http_overhead, "capacity": _capacity,
+           "soak": _soak,
            None: _compare}
 
 
