@@ -241,6 +241,8 @@ class Frontend:
             return
         prefill_request = pb.PrefillRequest(**request, hand_off=spec.sampling.max_tokens > 1)
         first = await worker_calls.prefill(self.pool, prefill_request, route.prefill, live)
+        if live.failovers:
+            self.routing.moved(rid, live.prefill_worker, "")
         served.first_at = time.perf_counter()
         served.token_ids.append(first.first_token_id)
         self._progress(rid, stages, 1, first.first_text, served.first_at, first=True)
@@ -266,20 +268,25 @@ class Frontend:
     ) -> AsyncIterator[pb.TokenChunk]:
         """A Decode stream as chunks; the first token of a local one is the request's."""
         stream = worker_calls.decode(self.pool, request, worker, live, served.token_ids)
-        async for out in stream:
-            n, now = len(out.token_ids), time.perf_counter()
-            served.token_ids.extend(out.token_ids)  # (before the next read: a resume's)
-            if n and served.first_at is None:
-                served.first_at = now
-                self._progress(rid, stages, 1, out.text if n == 1 else "", now, first=True)
-                if n > 1:
-                    self._progress(rid, stages, n, out.text, now, new_tokens=n - 1)
-            else:
-                self._progress(rid, stages, served.tokens, out.text, now, new_tokens=n)
-            if out.token_ids or out.text:
-                yield pb.TokenChunk(token_ids=out.token_ids, text=out.text)
-            if out.finish_reason:
-                served.finish_reason = out.finish_reason
+        at = worker.address
+        async with aclosing(stream):  # (closed at once when the client goes away)
+            async for out in stream:
+                if live.decode_worker != at:  # resumed (or failed over) elsewhere
+                    at = live.decode_worker
+                    self.routing.moved(rid, live.prefill_worker, at)
+                n, now = len(out.token_ids), time.perf_counter()
+                served.token_ids.extend(out.token_ids)  # (before the next read: a resume's)
+                if n and served.first_at is None:
+                    served.first_at = now
+                    self._progress(rid, stages, 1, out.text if n == 1 else "", now, first=True)
+                    if n > 1:
+                        self._progress(rid, stages, n, out.text, now, new_tokens=n - 1)
+                else:
+                    self._progress(rid, stages, served.tokens, out.text, now, new_tokens=n)
+                if out.token_ids or out.text:
+                    yield pb.TokenChunk(token_ids=out.token_ids, text=out.text)
+                if out.finish_reason:
+                    served.finish_reason = out.finish_reason
 
     def _progress(
         self,

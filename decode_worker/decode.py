@@ -40,18 +40,19 @@ async def decode(
     by itself.
     """
     called, pulled = time.perf_counter(), request.local  # local: nothing to pull
+    resumed = list(request.resume_token_ids)
+    max_tokens = resume_max_tokens(request) if resumed else None
     slo = slo_from_proto(request.slo)
     stages = UntilWatcher(StageTracker(slo.stages)) if any(s.until for s in slo.stages) else None
     handoff = None if request.local else handoff_from_proto(request.handoff)
     sent_tokens, sent_chars = (0, 0) if request.local else (1, len(request.first_text))
-    resumed = list(request.resume_token_ids)
     async for out in engine.generate(
         engine_request(
             request.request_id,
             [*request.prompt_token_ids, *resumed],
             request.sampling,
             slo,
-            max_tokens=resume_max_tokens(request) if resumed else None,
+            max_tokens=max_tokens,
             kv_transfer_params=None if handoff is None else handoff.to_vllm(),
         )
     ):

@@ -208,14 +208,15 @@ def test_kill_of_a_decode_worker_mid_stream_resumes_its_streams(cluster) -> None
 
 def test_kill_of_a_prefill_worker_under_load_fails_its_prefills_over(cluster) -> None:
     victim = _proc(cluster, "prefill-0")
-    # ~0.5 s of prefill per worker for the 100, so many are mid-prefill at the kill, and the
-    # survivor's backlog (which a new request waits behind, first come first served) < 1 s.
-    prompts = [prompt_ids(140 + i % 20, offset=i) for i in range(STREAMS)]
+    # ~1 s of prefill per worker for the 100, so some are mid-prefill once all are admitted
+    # (the kill), and the survivor's backlog (which a new request waits behind, first come
+    # first served) is well under 2 s.
+    prompts = [prompt_ids(340 + i % 20, offset=i) for i in range(STREAMS)]
 
-    def some_first_tokens(outcomes: list[Outcome]) -> bool:
-        return sum(bool(o.chunks) for o in outcomes) >= 10
+    def all_admitted(outcomes: list[Outcome]) -> bool:
+        return all(o.started is not None for o in outcomes)
 
-    outcomes, new_s = asyncio.run(_under_fault(cluster.target, prompts, some_first_tokens,
+    outcomes, new_s = asyncio.run(_under_fault(cluster.target, prompts, all_admitted,
                                                _kill(victim)))
     _check(outcomes, victim.address)
     failed_over = [o for o in outcomes if o.completion is not None and o.completion.failovers]
@@ -266,3 +267,74 @@ def test_a_stopped_decode_workers_streams_move_and_it_rejoins_after_sigcont(clus
         for i, out in enumerate(outs):
             assert out.token_ids == sim_tokens(prompt_ids(20, offset=500 + i), 30, None)
         assert victim.address in {o.decode_worker for o in outs}
+
+
+def test_with_no_decode_worker_left_a_stream_ends_unavailable_saying_so(model_dir: str) -> None:
+    from slos_serve.up import ClusterSpec, LocalCluster
+
+    spec = ClusterSpec(model=model_dir, engine="sim", prefill=1, decode=1, http=False,
+                       extra_worker_args=["--sim-slowdown", str(SLOWDOWN)])
+    with LocalCluster(spec) as cluster:
+        victim = _proc(cluster, "decode-0")
+        prompts = [prompt_ids(20, offset=700 + i) for i in range(10)]
+
+        async def run() -> list[Outcome]:
+            outcomes = [Outcome(p) for p in prompts]
+            async with AsyncClient(cluster.target, timeout=STREAM_BOUND_S) as c:
+                tasks = [asyncio.create_task(_read(c, o, f"u{i}"))
+                         for i, o in enumerate(outcomes)]
+                while not all(len(o.tokens) >= 5 for o in outcomes):
+                    await asyncio.sleep(0.01)
+                await _kill(victim)()
+                await asyncio.gather(*tasks)
+            return outcomes
+
+        outcomes = asyncio.run(run())
+    for o in outcomes:
+        assert o.completion is None and o.error is not None and not o.hung
+        assert o.error.code_name == "UNAVAILABLE"
+        assert "no healthy decode worker left to resume on" in o.error.details
+        assert victim.address in o.error.details
+
+
+# ------------------------------------------- a resume, on the worker alone (in process) --
+
+
+def _decode_all(request) -> list[int]:
+    """Every token a SIMULATED engine's decode streams for `request`, in process."""
+    from decode_worker.decode import decode
+    from slos_serve.engine.sim_engine import SimEngine
+
+    async def run() -> list[int]:
+        engine = SimEngine()
+        await engine.start()
+        try:
+            return [t async for out in decode(engine, request) for t in out.token_ids]
+        finally:
+            await engine.shutdown()
+
+    return asyncio.run(run())
+
+
+def test_a_resumed_decode_continues_the_undisturbed_output_exactly() -> None:
+    from proto import slos_serve_pb2 as pb
+
+    prompt, n = prompt_ids(25, offset=3), 40
+    whole = sim_tokens(prompt, n, None)
+    for k in (1, 17, n - 1):  # resumed after the first token, mid-way, before the last
+        request = pb.DecodeRequest(request_id=f"r{k}", prompt_token_ids=prompt, local=True,
+                                   sampling=pb.SamplingParams(max_tokens=n, temperature=0.0),
+                                   resume_token_ids=whole[:k])
+        assert _decode_all(request) == whole[k:]  # no token again, none skipped
+
+
+@pytest.mark.parametrize("local,sent", [(False, 3), (True, 40), (True, 41)])
+def test_a_resume_that_is_not_local_or_has_nothing_left_is_invalid(local: bool,
+                                                                   sent: int) -> None:
+    from proto import slos_serve_pb2 as pb
+
+    request = pb.DecodeRequest(request_id="bad", prompt_token_ids=[5, 6], local=local,
+                               sampling=pb.SamplingParams(max_tokens=40),
+                               resume_token_ids=[7] * sent)
+    with pytest.raises(ValueError, match="resume_token_ids"):  # INVALID_ARGUMENT on the wire
+        _decode_all(request)
