@@ -338,3 +338,102 @@ def test_a_resume_that_is_not_local_or_has_nothing_left_is_invalid(local: bool,
                                resume_token_ids=[7] * sent)
     with pytest.raises(ValueError, match="resume_token_ids"):  # INVALID_ARGUMENT on the wire
         _decode_all(request)
+
+
+# ------------------------------------- a prefill fails over whatever the status (in process) --
+
+
+class _BrokenEngine:
+    """A SIMULATED engine that has failed: every request raises `error` (RuntimeError: the
+    worker answers INTERNAL, as with vLLM's EngineDeadError; ValueError: INVALID_ARGUMENT)."""
+
+    def __init__(self, error: Exception) -> None:
+        from slos_serve.engine.sim_engine import SimEngine
+
+        self.sim, self.error = SimEngine(), error
+        self.info = self.sim.info
+
+    def load(self):
+        return self.sim.load()
+
+    async def abort(self, request_id: str) -> bool:
+        return False
+
+    async def generate(self, request):
+        raise self.error
+        yield  # (an async generator, as an engine's generate is)
+
+
+async def _prefill_workers(engines: list) -> tuple[list, list[str]]:
+    """In-process prefill workers (real gRPC servers on loopback) over `engines`."""
+    from grpc_health.v1.health_pb2 import HealthCheckResponse
+
+    from proto import slos_serve_pb2 as pb
+    from proto import slos_serve_pb2_grpc as pb_grpc
+    from slos_serve.grpc_util import create_server
+    from slos_serve.worker.service import WorkerService
+
+    servers, addresses = [], []
+    for engine in engines:
+        server, health = create_server([pb.DESCRIPTOR.services_by_name["Worker"].full_name])
+        pb_grpc.add_WorkerServicer_to_server(WorkerService("prefill", engine), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await health.set("", HealthCheckResponse.SERVING)
+        servers.append(server)
+        addresses.append(f"127.0.0.1:{port}")
+    return servers, addresses
+
+
+@pytest.mark.parametrize("first", ["internal", "invalid", "all-broken"])
+def test_a_prefill_fails_over_whatever_the_status_but_a_client_mistake(first: str) -> None:
+    import grpc
+
+    from coordinator import worker_calls
+    from coordinator.pool import WorkerPool
+    from proto import slos_serve_pb2 as pb
+    from slos_serve.engine.sim_engine import SimEngine
+
+    async def run() -> None:
+        error = ValueError("top_p: out of range") if first == "invalid" else RuntimeError(
+            "EngineDeadError: the engine core died")
+        second = _BrokenEngine(error) if first == "all-broken" else SimEngine()
+        engines = [_BrokenEngine(error), second]
+        for e in engines:
+            await (e.sim if isinstance(e, _BrokenEngine) else e).start()
+        servers, addresses = await _prefill_workers(engines)
+        pool = WorkerPool(prefill=addresses, decode=[])
+        try:
+            await pool.refresh()
+            assert all(w.healthy for w in pool.workers)
+            prompt = prompt_ids(12, offset=5)
+            request = pb.PrefillRequest(
+                request_id="p1", prompt_token_ids=prompt, hand_off=False,
+                sampling=pb.SamplingParams(max_tokens=1, temperature=0.0),
+                slo=pb.WorkerSlo(ttft_deadline_unix=time.time() + 10, tpot_ms=50.0,
+                                 stages=[pb.StageSlo(tpot_ms=50.0)]))
+            live = worker_calls.InFlight()
+            if first == "internal":
+                out = await worker_calls.prefill(pool, request, pool.workers[0], live)
+                assert out.first_token_id == sim_tokens(prompt, 1, None)[0]
+                assert (live.prefill_worker, live.failovers) == (addresses[1], 1)
+            elif first == "invalid":  # another worker would say the same: not retried
+                with pytest.raises(grpc.RpcError) as info:
+                    await worker_calls.prefill(pool, request, pool.workers[0], live)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert live.failovers == 0
+            else:
+                with pytest.raises(worker_calls.NoWorker) as lost:
+                    await worker_calls.prefill(pool, request, pool.workers[0], live)
+                assert str(lost.value).startswith(
+                    f"no healthy prefill worker left to retry on after {addresses[1]} failed: "
+                    "INTERNAL: RuntimeError: EngineDeadError")
+                assert live.failovers == 1
+        finally:
+            await pool.close()
+            for server in servers:
+                await server.stop(None)
+            for e in engines:
+                await (e.sim if isinstance(e, _BrokenEngine) else e).shutdown()
+
+    asyncio.run(run())
