@@ -364,8 +364,9 @@ class _BrokenEngine:
         yield  # (an async generator, as an engine's generate is)
 
 
-async def _prefill_workers(engines: list) -> tuple[list, list[str]]:
-    """In-process prefill workers (real gRPC servers on loopback) over `engines`."""
+async def _prefill_workers(engines: list) -> tuple[list, list[str], list]:
+    """In-process prefill workers (real gRPC servers on loopback) over `engines`; their
+    servers, addresses and health services."""
     from grpc_health.v1.health_pb2 import HealthCheckResponse
 
     from proto import slos_serve_pb2 as pb
@@ -373,7 +374,7 @@ async def _prefill_workers(engines: list) -> tuple[list, list[str]]:
     from slos_serve.grpc_util import create_server
     from slos_serve.worker.service import WorkerService
 
-    servers, addresses = [], []
+    servers, addresses, healths = [], [], []
     for engine in engines:
         server, health = create_server([pb.DESCRIPTOR.services_by_name["Worker"].full_name])
         pb_grpc.add_WorkerServicer_to_server(WorkerService("prefill", engine), server)
@@ -382,7 +383,8 @@ async def _prefill_workers(engines: list) -> tuple[list, list[str]]:
         await health.set("", HealthCheckResponse.SERVING)
         servers.append(server)
         addresses.append(f"127.0.0.1:{port}")
-    return servers, addresses
+        healths.append(health)
+    return servers, addresses, healths
 
 
 @pytest.mark.parametrize("first", ["internal", "invalid", "all-broken"])
@@ -401,7 +403,7 @@ def test_a_prefill_fails_over_whatever_the_status_but_a_client_mistake(first: st
         engines = [_BrokenEngine(error), second]
         for e in engines:
             await (e.sim if isinstance(e, _BrokenEngine) else e).start()
-        servers, addresses = await _prefill_workers(engines)
+        servers, addresses, _ = await _prefill_workers(engines)
         pool = WorkerPool(prefill=addresses, decode=[])
         try:
             await pool.refresh()
@@ -435,5 +437,39 @@ def test_a_prefill_fails_over_whatever_the_status_but_a_client_mistake(first: st
                 await server.stop(None)
             for e in engines:
                 await (e.sim if isinstance(e, _BrokenEngine) else e).shutdown()
+
+    asyncio.run(run())
+
+
+def test_a_worker_not_serving_or_draining_gets_no_new_requests() -> None:
+    from grpc_health.v1.health_pb2 import HealthCheckResponse
+
+    from coordinator.pool import WorkerPool
+    from proto import slos_serve_pb2 as pb
+    from slos_serve.engine.sim_engine import SimEngine
+
+    async def run() -> None:
+        engines = [SimEngine() for _ in range(3)]
+        for e in engines:
+            await e.start()
+        servers, addresses, healths = await _prefill_workers(engines)
+        pool = WorkerPool(prefill=addresses, decode=[])
+        try:
+            await pool.refresh()
+            assert all(w.healthy for w in pool.workers)
+            await healths[0].set("", HealthCheckResponse.NOT_SERVING)
+            await pool.workers[1].stub.Drain(pb.DrainRequest(timeout_s=0.1))
+            await pool.refresh()
+            assert [w.healthy for w in pool.workers] == [False, False, True]
+            assert {pool.pick("prefill").address for _ in range(4)} == {addresses[2]}
+            await healths[0].set("", HealthCheckResponse.SERVING)
+            await pool.refresh()
+            assert pool.workers[0].healthy  # serving again: back in routing
+        finally:
+            await pool.close()
+            for server in servers:
+                await server.stop(None)
+            for e in engines:
+                await e.shutdown()
 
     asyncio.run(run())
