@@ -40,7 +40,7 @@ from proto import slos_serve_pb2 as pb
 from slos_serve.core.slo import TierTable
 from slos_serve.core.stages import StageResult, StageTracker
 from slos_serve.metrics import CoordinatorMetrics
-from slos_serve.wire import slo_to_proto, stage_result_to_proto
+from slos_serve.wire import resumed_slo, slo_to_proto, stage_result_to_proto
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,11 @@ class Frontend:
         served: Served,
     ) -> AsyncIterator[pb.TokenChunk]:
         """A Decode stream as chunks; the first token of a local one is the request's."""
-        stream = worker_calls.decode(self.pool, request, worker, live, served.token_ids)
+        def resume_slo() -> pb.WorkerSlo:  # a multi-stage request resumed: stages ahead
+            return resumed_slo(request.slo, stages.remaining())
+
+        stream = worker_calls.decode(self.pool, request, worker, live, served.token_ids,
+                                     resume_slo if request.slo.stages else None)
         at = worker.address
         async with aclosing(stream):  # (closed at once when the client goes away)
             async for out in stream:

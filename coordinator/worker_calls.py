@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -137,11 +137,13 @@ async def decode(
     worker: WorkerHandle,
     live: InFlight,
     sofar: list[int],
+    resume_slo: Callable[[], pb.WorkerSlo] | None = None,
 ) -> AsyncIterator[pb.DecodeResponse]:
     """Streams from `worker`; if it fails, goes on from another worker (module docstring):
     a local request without a token yet is sent again to another mixed worker, anything
     else is resumed from `sofar` (the request's tokens the client has: the caller extends
-    it with each message's tokens before asking for the next)."""
+    it with each message's tokens before asking for the next), with `resume_slo()`'s SLO
+    (a multi-stage request: the stages still ahead) if given."""
     tried = {worker.address}
     while True:
         call = worker.stub.Decode(request)
@@ -173,20 +175,23 @@ async def decode(
                     "resuming on" if kind == "decode" else "trying", spare.address)
         if kind == "decode":
             live.resumes += 1
-            request = resume_request(request, sofar)
+            request = resume_request(request, sofar,
+                                     resume_slo() if resume_slo is not None else None)
         else:
             live.failovers += 1
         worker = spare
         tried.add(worker.address)
 
 
-def resume_request(request: pb.DecodeRequest, sofar: list[int]) -> pb.DecodeRequest:
-    """`request` as a resume: local (no hand-off to pull), recomputing prompt + `sofar`."""
+def resume_request(request: pb.DecodeRequest, sofar: list[int],
+                   slo: pb.WorkerSlo | None = None) -> pb.DecodeRequest:
+    """`request` as a resume: local (no hand-off to pull), recomputing prompt + `sofar`
+    (with `slo` instead of the request's, if given)."""
     return pb.DecodeRequest(
         request_id=request.request_id,
         prompt_token_ids=request.prompt_token_ids,
         sampling=request.sampling,
-        slo=request.slo,
+        slo=slo if slo is not None else request.slo,
         local=True,
         resume_token_ids=sofar,
     )
