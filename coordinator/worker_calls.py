@@ -13,13 +13,15 @@ worker would repeat, NOT_RETRIED, or the request's own abort / cancellation):
   the undisturbed one, token for token; the client sees no token twice and none skipped.
 A worker the pool finds unreachable has its calls cancelled (WorkerPool.drop_calls): they
 fail over at once instead of waiting for a transport timeout. The request ends with
-UNAVAILABLE (NoWorker) only when no worker of the role is left to try.
+UNAVAILABLE (NoWorker) only when no worker of the role is left to try (after SPARE_WAIT_S
+for one to be healthy again: a worker that was only unreachable may serve once it answers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +37,10 @@ NOT_RETRIED = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_O
 # Statuses that say the worker itself is gone (not only this call): out of routing until
 # its next good health poll.
 UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# When no other worker of the role is healthy, wait this long for one (an unreachable one
+# back: on an overloaded machine every worker may miss a poll at once) before giving up.
+SPARE_WAIT_S = 2.0
+MAX_ATTEMPTS = 8  # calls per request and side, failovers included
 
 
 class Aborted(Exception):
@@ -79,9 +85,10 @@ def task_cancelling() -> bool:
 class _WorkerFailed(Exception):
     """A call failed because of its worker (retry elsewhere); `detail` says how."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, unreachable: bool) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.unreachable = unreachable  # (may serve again once healthy: not excluded)
 
 
 def _failure(err: BaseException, worker: WorkerHandle, live: InFlight) -> _WorkerFailed:
@@ -93,13 +100,27 @@ def _failure(err: BaseException, worker: WorkerHandle, live: InFlight) -> _Worke
         if task_cancelling():
             raise err
         # Not our task, not Abort: the pool cancelled the calls of a worker it lost.
-        return _WorkerFailed("unreachable (health poll failed)")
+        return _WorkerFailed("unreachable (health poll failed)", True)
     assert isinstance(err, grpc.RpcError)
     if err.code() in NOT_RETRIED:
         raise err
-    if err.code() in UNREACHABLE:
+    unreachable = err.code() in UNREACHABLE
+    if unreachable:
         worker.healthy = False
-    return _WorkerFailed(f"{err.code().name}: {err.details()}")
+    return _WorkerFailed(f"{err.code().name}: {err.details()}", unreachable)
+
+
+async def _spare(pool: WorkerPool, kind: str, refused: set[str], attempts: int
+                 ) -> WorkerHandle | None:
+    """A healthy worker serving `kind` that has not refused the call (one that was only
+    unreachable may take it once healthy again), waiting up to SPARE_WAIT_S for one."""
+    deadline = time.monotonic() + SPARE_WAIT_S
+    while attempts < MAX_ATTEMPTS:
+        worker = pool.pick(kind, exclude=refused)
+        if worker is not None or time.monotonic() >= deadline:
+            return worker
+        await asyncio.sleep(0.05)
+    return None
 
 
 async def prefill(
@@ -107,10 +128,10 @@ async def prefill(
 ) -> pb.PrefillResponse:
     """Prefill on `worker`; if it fails, on the next healthy prefill-capable one, until
     one serves or none is left (NoWorker)."""
-    tried: set[str] = set()
-    failed = "none was healthy"
+    refused: set[str] = set()
+    failed, attempts = "none was healthy", 0
     while worker is not None:
-        tried.add(worker.address)
+        attempts += 1
         call = worker.stub.Prefill(request)
         live.calls.append(call)
         worker.calls.add(call)
@@ -123,7 +144,9 @@ async def prefill(
         finally:
             worker.calls.discard(call)
         failed = f"{worker.address} failed: {failure.detail}"
-        worker = pool.pick("prefill", exclude=tried)
+        if not failure.unreachable:
+            refused.add(worker.address)
+        worker = await _spare(pool, "prefill", refused, attempts)
         log.warning("request %s: prefill on %s; trying %s", request.request_id, failed,
                     worker.address if worker else "none (none left)")
         if worker is not None:
@@ -144,8 +167,10 @@ async def decode(
     else is resumed from `sofar` (the request's tokens the client has: the caller extends
     it with each message's tokens before asking for the next), with `resume_slo()`'s SLO
     (a multi-stage request: the stages still ahead) if given."""
-    tried = {worker.address}
+    refused: set[str] = set()
+    attempts = 0
     while True:
+        attempts += 1
         call = worker.stub.Decode(request)
         live.calls.append(call)
         worker.calls.add(call)
@@ -168,7 +193,9 @@ async def decode(
             if len(sofar) >= request.sampling.max_tokens:  # every token is out already
                 yield pb.DecodeResponse(finish_reason="length")
                 return
-        spare = pool.pick(kind, exclude=tried)
+        if not failure.unreachable:
+            refused.add(worker.address)
+        spare = await _spare(pool, kind, refused, attempts)
         if spare is None:
             raise NoWorker(f"no healthy {kind} worker left to {what} after {failed}")
         log.warning("request %s: decode on %s; %s %s", request.request_id, failed,
@@ -180,7 +207,6 @@ async def decode(
         else:
             live.failovers += 1
         worker = spare
-        tried.add(worker.address)
 
 
 def resume_request(request: pb.DecodeRequest, sofar: list[int],
