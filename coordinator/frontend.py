@@ -9,6 +9,8 @@ TPOT and the verdict per stage. A request routed to one mixed worker for both is
 there locally: one Decode call (`local`) that streams every token, the first at once.
 Every request ends with a Final, a `Refused` (a status the edge turns into its own), or
 the client's own cancellation (the caller's task is cancelled: the worker calls are too).
+A worker that fails costs a retry on another, not the request: Started names the workers
+first chosen, Final the ones that served (coordinator/worker_calls.py, failover and resume).
 
 Two schedulers (coordinator/routing.py): "slos" (the planner decides every arrival
 and each worker gets its share of the plan) and "vllm" (the baseline: round-robin
@@ -24,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -38,7 +40,7 @@ from proto import slos_serve_pb2 as pb
 from slos_serve.core.slo import TierTable
 from slos_serve.core.stages import StageResult, StageTracker
 from slos_serve.metrics import CoordinatorMetrics
-from slos_serve.wire import slo_to_proto, stage_result_to_proto
+from slos_serve.wire import resumed_slo, slo_to_proto, stage_result_to_proto
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,15 @@ class Refused(Exception):
 
 @dataclass(slots=True)
 class Served:
-    """How far a request got, for its Final."""
+    """How far a request got, for its Final (and for a decode resumed elsewhere)."""
 
-    tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)  # the tokens sent to the client
     first_at: float | None = None  # perf_counter() of the first token
     finish_reason: str = "error"
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids)
 
 
 class Frontend:
@@ -149,6 +155,7 @@ class Frontend:
             self.routing.finish(rid)
             if live.tier is not None:
                 self.metrics.request_done(live.tier, live.final, failed)
+                self.metrics.failed_over(live.failovers, live.resumes)
                 if self.request_log is not None and live.record is not None:
                     self.request_log(rid, live.record, live.tier)
 
@@ -200,14 +207,15 @@ class Frontend:
             served.finish_reason = "cancelled"
             raise
         except NoWorker as exc:
-            raise Refused("UNAVAILABLE", f"no prefill worker could serve: {exc}") from exc
+            log.warning("request %s lost: %s", rid, exc)
+            raise Refused("UNAVAILABLE", str(exc)) from exc
         except grpc.RpcError as err:
             log.warning("request %s failed on a worker: %s", rid, err.details())
             raise Refused(err.code().name, f"worker error: {err.details()}") from err
         finally:
             live.cancel_calls()
             # how far it got, however it ended (the request log's record)
-            live.record = self._final(spec, received, served, verdict, stages.results())
+            live.record = self._final(spec, received, served, verdict, stages.results(), live)
         live.final = live.record
         yield pb.GenerateResponse(request_id=rid, final=live.final)
 
@@ -233,7 +241,10 @@ class Frontend:
             return
         prefill_request = pb.PrefillRequest(**request, hand_off=spec.sampling.max_tokens > 1)
         first = await worker_calls.prefill(self.pool, prefill_request, route.prefill, live)
-        served.first_at, served.tokens = time.perf_counter(), 1
+        if live.failovers:
+            self.routing.moved(rid, live.prefill_worker, "")
+        served.first_at = time.perf_counter()
+        served.token_ids.append(first.first_token_id)
         self._progress(rid, stages, 1, first.first_text, served.first_at, first=True)
         yield pb.TokenChunk(token_ids=[first.first_token_id], text=first.first_text)
         if first.finish_reason:
@@ -256,21 +267,30 @@ class Frontend:
         served: Served,
     ) -> AsyncIterator[pb.TokenChunk]:
         """A Decode stream as chunks; the first token of a local one is the request's."""
-        async for out in worker_calls.decode(self.pool, request, worker, live):
-            n, now = len(out.token_ids), time.perf_counter()
-            if n and served.first_at is None:
-                served.first_at, served.tokens = now, 1
-                self._progress(rid, stages, 1, out.text if n == 1 else "", now, first=True)
-                if n > 1:
-                    served.tokens += n - 1
-                    self._progress(rid, stages, served.tokens, out.text, now, new_tokens=n - 1)
-            else:
-                served.tokens += n
-                self._progress(rid, stages, served.tokens, out.text, now, new_tokens=n)
-            if out.token_ids or out.text:
-                yield pb.TokenChunk(token_ids=out.token_ids, text=out.text)
-            if out.finish_reason:
-                served.finish_reason = out.finish_reason
+        def resume_slo() -> pb.WorkerSlo:  # a multi-stage request resumed: stages ahead
+            return resumed_slo(request.slo, stages.remaining())
+
+        stream = worker_calls.decode(self.pool, request, worker, live, served.token_ids,
+                                     resume_slo if request.slo.stages else None)
+        at = worker.address
+        async with aclosing(stream):  # (closed at once when the client goes away)
+            async for out in stream:
+                if live.decode_worker != at:  # resumed (or failed over) elsewhere
+                    at = live.decode_worker
+                    self.routing.moved(rid, live.prefill_worker, at)
+                n, now = len(out.token_ids), time.perf_counter()
+                served.token_ids.extend(out.token_ids)  # (before the next read: a resume's)
+                if n and served.first_at is None:
+                    served.first_at = now
+                    self._progress(rid, stages, 1, out.text if n == 1 else "", now, first=True)
+                    if n > 1:
+                        self._progress(rid, stages, n, out.text, now, new_tokens=n - 1)
+                else:
+                    self._progress(rid, stages, served.tokens, out.text, now, new_tokens=n)
+                if out.token_ids or out.text:
+                    yield pb.TokenChunk(token_ids=out.token_ids, text=out.text)
+                if out.finish_reason:
+                    served.finish_reason = out.finish_reason
 
     def _progress(
         self,
@@ -299,6 +319,7 @@ class Frontend:
         served: Served,
         decision: int,
         results: list[StageResult],
+        live: InFlight,
     ) -> pb.Final:
         now = time.perf_counter()
         e2e_ms = 1000 * (now - received)
@@ -328,6 +349,10 @@ class Frontend:
             slo_met=ttft_met and tpot_met and finish_reason in ("stop", "length"),
             decision=decision,
             stages=[stage_result_to_proto(r) for r in results] if staged else [],
+            prefill_worker=live.prefill_worker,
+            decode_worker=live.decode_worker,
+            failovers=live.failovers,
+            resumes=live.resumes,
         )
 
     # ------------------------------------------------------------------ others --

@@ -1,4 +1,13 @@
-"""The coordinator's view of its workers: channels, health, load, round-robin picks."""
+"""The coordinator's view of its workers: channels, health, load, round-robin picks.
+
+A worker is *healthy* (routed to) while it answers its polls within POLL_TIMEOUT_S, its
+standard health service says SERVING and it is not draining. One that stops answering
+(a dead host, a SIGSTOP) is out of routing within POLL_INTERVAL_S + POLL_TIMEOUT_S and its
+calls in flight are cancelled (`drop_calls`), so their requests fail over to another worker
+(coordinator/worker_calls.py) at once; the channels' keepalive pings
+(slos_serve/grpc_util.py) end its streams within about as long by themselves. A worker that
+answers but is NOT_SERVING or draining keeps its calls: it is finishing them.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.grpc_util import CHANNEL_OPTIONS, open_channel
 
 log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.25
+POLL_TIMEOUT_S = 1.0  # a worker that does not answer a poll in this long is unreachable
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 # What a worker of each role serves: a mixed worker takes either side of a hand-off, and
@@ -28,16 +42,24 @@ class WorkerHandle:
     role: str
     channel: grpc.aio.Channel
     stub: pb_grpc.WorkerStub
-    healthy: bool = False
+    healthy: bool = False  # routed to: answers, SERVING, not draining
     info: pb.WorkerInfo | None = None
     load: pb.LoadReport = field(default_factory=pb.LoadReport)
+    calls: set = field(default_factory=set)  # request calls in flight (worker_calls.py's)
+    health: health_pb2_grpc.HealthStub | None = None
+
+    def drop_calls(self) -> None:
+        """Cancels the calls in flight on this (lost) worker: their requests fail over."""
+        for call in list(self.calls):
+            call.cancel()
+        self.calls.clear()
 
 
 class WorkerPool:
     """Polls every worker's load report; a worker is healthy while it answers."""
 
     def __init__(self, prefill: list[str], decode: list[str], mixed: Sequence[str] = (),
-                 poll_interval_s: float = 0.25,
+                 poll_interval_s: float = POLL_INTERVAL_S,
                  credentials: grpc.ChannelCredentials | None = None):
         """`credentials`: the node's mutual-TLS pair (slos_serve/tls.py); None: plaintext."""
         self._credentials = credentials
@@ -53,7 +75,8 @@ class WorkerPool:
 
     def _connect(self, address: str, role: str) -> WorkerHandle:
         channel = open_channel(address, self._credentials, CHANNEL_OPTIONS)
-        return WorkerHandle(address, role, channel, pb_grpc.WorkerStub(channel))
+        return WorkerHandle(address, role, channel, pb_grpc.WorkerStub(channel),
+                            health=health_pb2_grpc.HealthStub(channel))
 
     def get(self, address: str) -> WorkerHandle | None:
         return next((w for w in self.workers if w.address == address), None)
@@ -79,22 +102,37 @@ class WorkerPool:
         return all(any(w.healthy for w in self.serving(k)) for k in ("prefill", "decode"))
 
     async def _poll(self, worker: WorkerHandle) -> None:
+        reachable, state = True, "healthy"
         try:
             if worker.info is None:
-                info = await worker.stub.GetInfo(pb.WorkerInfoRequest(), timeout=2.0)
+                info = await worker.stub.GetInfo(pb.WorkerInfoRequest(), timeout=POLL_TIMEOUT_S)
                 if info.role not in (worker.role, "mixed"):  # a mixed worker may stand in
                     raise RuntimeError(f"{worker.address} is a {info.role} worker")
                 worker.info = info
-            worker.load = await worker.stub.GetLoad(pb.LoadRequest(), timeout=2.0)
-            healthy = True
+            assert worker.health is not None
+            load, health = await asyncio.gather(
+                worker.stub.GetLoad(pb.LoadRequest(), timeout=POLL_TIMEOUT_S),
+                worker.health.Check(health_pb2.HealthCheckRequest(), timeout=POLL_TIMEOUT_S),
+                return_exceptions=True)
+            for answer in (load, health):
+                if isinstance(answer, BaseException):
+                    raise answer
+            worker.load = load
+            if health.status != SERVING:
+                state = "not serving"
+            elif load.draining:
+                state = "draining"
         except grpc.RpcError:
-            healthy = False
+            reachable, state = False, "unreachable"
         except RuntimeError as exc:
             log.error("%s", exc)
-            healthy = False
+            state = "of the wrong role"
+        if not reachable:
+            worker.drop_calls()
+        healthy = state == "healthy"
         if healthy != worker.healthy:
-            log.info("%s worker %s is %s", worker.role, worker.address,
-                     "healthy" if healthy else "unreachable")
+            log.log(logging.INFO if healthy else logging.WARNING, "%s worker %s is %s",
+                    worker.role, worker.address, state)
             worker.healthy = healthy
             if not healthy:
                 worker.info = None  # read again when it answers: it may have restarted

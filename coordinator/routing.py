@@ -7,8 +7,8 @@ it changed (and now and then again, for a worker that restarted). `RoundRobinRou
 of its own that serves its requests locally, as separate vLLM servers do; prefill and decode
 workers a pair), the engines schedule as vLLM does. A route whose prefill and decode worker
 are one worker is served there locally (Route.local: no hand-off). The service tells both
-the same events (`first_token`, `progress`, `switch_stage`, `finish`); the baseline ignores
-them.
+the same events (`first_token`, `progress`, `switch_stage`, `finish`, `moved`: a failover);
+the baseline ignores them.
 """
 
 from __future__ import annotations
@@ -93,6 +93,9 @@ class RoundRobinRouting:
     def finish(self, rid: str) -> None:
         pass
 
+    def moved(self, rid: str, prefill: str, decode: str) -> None:
+        pass
+
 
 class PlannedRouting:
     scheduler = "slos"
@@ -160,6 +163,11 @@ class PlannedRouting:
 
     def finish(self, rid: str) -> None:
         self.admission.finish(rid)
+        self._dirty = True
+
+    def moved(self, rid: str, prefill: str, decode: str) -> None:
+        """A failover or resume: the request is on these workers now ("" = unchanged)."""
+        self.admission.route_to(rid, prefill or None, decode or None)
         self._dirty = True
 
     # ------------------------------------------------------------ planning --

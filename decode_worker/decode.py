@@ -30,12 +30,18 @@ async def decode(
     prefills the prompt itself and every token is streamed as it comes, the first in the first
     message (the coordinator's TTFT ends there).
 
+    Resumed (`request.resume_token_ids`, with local): the request's earlier decode worker
+    failed mid-stream; this one recomputes prompt + the tokens the client has (as a prefill)
+    and streams only what follows them, up to the request's max_tokens in all.
+
     Multi-stage requests: when the text decoded so far shows a stage's `until`
     string (after the stage began), the engine's scheduler is told that the next
     stage (and its TPOT) is in force; stages that end by token count it follows
     by itself.
     """
     called, pulled = time.perf_counter(), request.local  # local: nothing to pull
+    resumed = list(request.resume_token_ids)
+    max_tokens = resume_max_tokens(request) if resumed else None
     slo = slo_from_proto(request.slo)
     stages = UntilWatcher(StageTracker(slo.stages)) if any(s.until for s in slo.stages) else None
     handoff = None if request.local else handoff_from_proto(request.handoff)
@@ -43,9 +49,10 @@ async def decode(
     async for out in engine.generate(
         engine_request(
             request.request_id,
-            request.prompt_token_ids,
+            [*request.prompt_token_ids, *resumed],
             request.sampling,
             slo,
+            max_tokens=max_tokens,
             kv_transfer_params=None if handoff is None else handoff.to_vllm(),
         )
     ):
@@ -68,6 +75,18 @@ async def decode(
                 token_ids=new_ids, text=new_text, finish_reason=out.finish_reason or ""
             )
             sent_tokens, sent_chars = len(out.token_ids), max(sent_chars, len(out.text))
+
+
+def resume_max_tokens(request: pb.DecodeRequest) -> int:
+    """The tokens a resumed request still may generate; ValueError (INVALID_ARGUMENT) for a
+    resume that is not local or has nothing left to generate."""
+    if not request.local:
+        raise ValueError("resume_token_ids: a resumed request is local (no hand-off)")
+    left = request.sampling.max_tokens - len(request.resume_token_ids)
+    if left <= 0:
+        raise ValueError(f"resume_token_ids: {len(request.resume_token_ids)} tokens, "
+                         f"nothing left of max_tokens {request.sampling.max_tokens}")
+    return left
 
 
 def check_first_token(recomputed: int, prefilled: int) -> None:

@@ -134,7 +134,7 @@ class StageResult(_message.Message):
     def __init__(self, tokens: _Optional[int] = ..., tpot_ms: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., slo_met: _Optional[bool] = ..., tier: _Optional[str] = ..., first_token_ms: _Optional[float] = ..., ttft_slo_ms: _Optional[float] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("finish_reason", "prompt_tokens", "completion_tokens", "ttft_ms", "tpot_ms", "e2e_ms", "ttft_met", "tpot_met", "slo_met", "decision", "stages")
+    __slots__ = ("finish_reason", "prompt_tokens", "completion_tokens", "ttft_ms", "tpot_ms", "e2e_ms", "ttft_met", "tpot_met", "slo_met", "decision", "stages", "prefill_worker", "decode_worker", "failovers", "resumes")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,10 @@ class Final(_message.Message):
     SLO_MET_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_WORKER_FIELD_NUMBER: _ClassVar[int]
+    DECODE_WORKER_FIELD_NUMBER: _ClassVar[int]
+    FAILOVERS_FIELD_NUMBER: _ClassVar[int]
+    RESUMES_FIELD_NUMBER: _ClassVar[int]
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
@@ -157,7 +161,11 @@ class Final(_message.Message):
     slo_met: bool
     decision: Decision
     stages: _containers.RepeatedCompositeFieldContainer[StageResult]
-    def __init__(self, finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., ttft_met: _Optional[bool] = ..., tpot_met: _Optional[bool] = ..., slo_met: _Optional[bool] = ..., decision: _Optional[_Union[Decision, str]] = ..., stages: _Optional[_Iterable[_Union[StageResult, _Mapping]]] = ...) -> None: ...
+    prefill_worker: str
+    decode_worker: str
+    failovers: int
+    resumes: int
+    def __init__(self, finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., e2e_ms: _Optional[float] = ..., ttft_met: _Optional[bool] = ..., tpot_met: _Optional[bool] = ..., slo_met: _Optional[bool] = ..., decision: _Optional[_Union[Decision, str]] = ..., stages: _Optional[_Iterable[_Union[StageResult, _Mapping]]] = ..., prefill_worker: _Optional[str] = ..., decode_worker: _Optional[str] = ..., failovers: _Optional[int] = ..., resumes: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("request_id", "started", "chunk", "final")
@@ -368,7 +376,7 @@ class PrefillResponse(_message.Message):
     def __init__(self, first_token_id: _Optional[int] = ..., first_text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., handoff: _Optional[_Union[KvHandoff, _Mapping]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "sampling", "slo", "handoff", "first_token_id", "first_text", "local")
+    __slots__ = ("request_id", "prompt_token_ids", "sampling", "slo", "handoff", "first_token_id", "first_text", "local", "resume_token_ids")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -377,6 +385,7 @@ class DecodeRequest(_message.Message):
     FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     FIRST_TEXT_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: SamplingParams
@@ -385,7 +394,8 @@ class DecodeRequest(_message.Message):
     first_token_id: int
     first_text: str
     local: bool
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., slo: _Optional[_Union[WorkerSlo, _Mapping]] = ..., handoff: _Optional[_Union[KvHandoff, _Mapping]] = ..., first_token_id: _Optional[int] = ..., first_text: _Optional[str] = ..., local: _Optional[bool] = ...) -> None: ...
+    resume_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., slo: _Optional[_Union[WorkerSlo, _Mapping]] = ..., handoff: _Optional[_Union[KvHandoff, _Mapping]] = ..., first_token_id: _Optional[int] = ..., first_text: _Optional[str] = ..., local: _Optional[bool] = ..., resume_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
     __slots__ = ("token_ids", "text", "finish_reason")

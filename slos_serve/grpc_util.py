@@ -16,16 +16,28 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
+# Keepalive: a peer that stops answering (a dead host, a SIGSTOP'd process) ends the
+# connection and every stream on it within KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS, not at
+# TCP's minutes-long timeout. The servers must accept pings that often, with or without
+# calls (gRPC's default answers more than 2 pings per 5 min without data with GOAWAY).
+KEEPALIVE_TIME_MS = 500
+KEEPALIVE_TIMEOUT_MS = 1_000
+
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    ("grpc.http2.max_ping_strikes", 0),  # 0: never GOAWAY a peer for pinging
 ]
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),  # 0: no limit on pings between data frames
     # Workers come and go (start-up, restarts): gRPC's default reconnect backoff
     # grows to 120 s and would keep a recovered worker out of rotation that long.
     ("grpc.initial_reconnect_backoff_ms", 200),

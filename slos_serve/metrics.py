@@ -118,6 +118,13 @@ class CoordinatorMetrics:
             "slos_stage_slo", "Stages of multi-stage requests by the stage's tier and verdict "
             "(attained / missed)", ["tier", "result"], registry=registry,
         )
+        self.failovers = Counter(
+            "slos_worker_failovers", "Worker calls that failed and went on on another worker "
+            "(failover: sent again before the first token; resume: a decode resumed after "
+            "tokens were sent, recomputed from prompt + tokens)", ["kind"], registry=registry,
+        )
+        for kind in ("failover", "resume"):
+            self.failovers.labels(kind)
         for tier in {*tiers, CUSTOM_TIER}:  # zeros show from the start, not after a first use
             self.in_flight.labels(tier)
             for decision in DECISIONS:
@@ -144,6 +151,11 @@ class CoordinatorMetrics:
 
     def stage_done(self, tier: str, met: bool) -> None:
         self.stages.labels(tier, "attained" if met else "missed").inc()
+
+    def failed_over(self, failovers: int, resumes: int) -> None:
+        """A request's failovers and resumes, counted when it ends."""
+        self.failovers.labels("failover").inc(failovers)
+        self.failovers.labels("resume").inc(resumes)
 
     def request_done(self, tier: str, final: Any | None, failed: bool) -> None:
         """`final`: the Final sent (a pb.Final), or None when the stream ended without one."""

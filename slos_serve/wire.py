@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from kv_transfer.metadata import JSON_KEYS, PROTO_KEYS, KvHandoff
@@ -51,11 +51,23 @@ def slo_to_proto(slo: RequestSlo) -> pb.WorkerSlo:
         best_effort=slo.best_effort,
         spec_tokens=slo.spec_tokens,
         tier=slo.tier,
-        stages=[
-            pb.StageSlo(tpot_ms=s.tpot_ms or 0.0, max_tokens=s.max_tokens, until=s.until)
-            for s in slo.stages
-        ],
+        stages=[_stage_slo(s) for s in slo.stages],
     )
+
+
+def _stage_slo(s: StageSpec) -> pb.StageSlo:
+    return pb.StageSlo(tpot_ms=s.tpot_ms or 0.0, max_tokens=s.max_tokens, until=s.until)
+
+
+def resumed_slo(slo: pb.WorkerSlo, remaining: Sequence[StageSpec]) -> pb.WorkerSlo:
+    """A multi-stage request's worker SLO for a resume: its stages from the current one
+    (StageTracker.remaining), the current stage's TPOT in force."""
+    resumed = pb.WorkerSlo()
+    resumed.CopyFrom(slo)
+    del resumed.stages[:]
+    resumed.stages.extend(_stage_slo(s) for s in remaining)
+    resumed.tpot_ms = remaining[0].tpot_ms or slo.tpot_ms
+    return resumed
 
 
 def engine_request(

@@ -3,7 +3,7 @@
 
 Every process is real (coordinator, prefill and decode workers, gRPC on loopback); only the
 engines are simulated (slos_serve/engine/sim_engine.py), so tokens are known in advance:
-token k of a request is `sim_token(prompt_ids, k, seed, vocab)`.
+a request's tokens are `sim_tokens(prompt_ids, n, seed)`, a function of the whole context.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from collections.abc import Callable
 from prometheus_client.parser import text_string_to_metric_families
 
 from slos_serve.client import AsyncClient, AsyncGenerateStream, Client, ClusterInfo, Started
-from slos_serve.engine.sim_engine import SimEngine, sim_token
+from slos_serve.engine import sim_engine
+from slos_serve.engine.sim_engine import SimEngine
 
 # The workers build their SimEngine without a vocab_size (slos_serve/worker/main.py), so the
 # engine's default is the vocabulary its tokens are drawn from.
@@ -37,7 +38,7 @@ def prompt_ids(n: int, offset: int = 0) -> list[int]:
 
 
 def sim_tokens(prompt: list[int], n: int, seed: int | None) -> list[int]:
-    return [sim_token(prompt, k, seed, SIM_VOCAB) for k in range(n)]
+    return sim_engine.sim_tokens(prompt, n, seed, SIM_VOCAB)
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

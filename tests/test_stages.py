@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from slos_serve.core.stages import StageSpec, StageTracker
@@ -61,3 +63,24 @@ def test_no_token_at_all_misses_stage_zero() -> None:
 def test_needs_a_stage() -> None:
     with pytest.raises(ValueError):
         StageTracker([], received=0.0)
+
+
+def test_a_resumed_request_is_told_the_stages_still_ahead() -> None:
+    """A decode resumed mid-stream on another worker starts from the current stage, with
+    what is left of its tokens (the worker's stage 0), the later stages unchanged."""
+    from proto import slos_serve_pb2 as pb
+    from slos_serve.core.policy import RequestSlo
+    from slos_serve.wire import resumed_slo, slo_to_proto
+
+    stages = (StageSpec(tier="a", tpot_ms=100.0, max_tokens=10),
+              StageSpec(tier="b", tpot_ms=30.0, max_tokens=20), StageSpec(tier="c", tpot_ms=50.0))
+    t = StageTracker(stages)
+    t.add(3)
+    assert t.remaining() == (replace(stages[0], max_tokens=7), *stages[1:])
+    t.add(12)  # into stage 1: 5 of its 20
+    assert t.remaining() == (replace(stages[1], max_tokens=15), stages[2])
+    slo = slo_to_proto(RequestSlo(ttft_deadline_unix=1.0, tpot_ms=100.0, stages=stages))
+    resumed = resumed_slo(slo, t.remaining())
+    assert [(s.tpot_ms, s.max_tokens) for s in resumed.stages] == [(30.0, 15), (50.0, 0)]
+    assert resumed.tpot_ms == 30.0 and resumed.ttft_deadline_unix == 1.0
+    assert isinstance(resumed, pb.WorkerSlo)

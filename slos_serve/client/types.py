@@ -93,8 +93,10 @@ class StageResult:
 class Completion:
     """The last stream event and `generate`'s result: the whole output and its verdict.
 
-    Times are the coordinator's measurements. `tier`, `ttft_slo_ms`, `tpot_slo_ms` and the
-    workers come from the Started event, so a Completion alone says what it was held to.
+    Times are the coordinator's measurements. `tier`, `ttft_slo_ms`, `tpot_slo_ms` come
+    from the Started event, so a Completion alone says what it was held to; the workers are
+    those that served (Final's; after a failover not Started's first choice), `failovers`
+    and `resumes` how often a worker failed under the request and another went on.
     """
 
     request_id: str
@@ -116,6 +118,8 @@ class Completion:
     tpot_slo_ms: float = 0.0
     prefill_worker: str = ""
     decode_worker: str = ""
+    failovers: int = 0
+    resumes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (enums as their string values)."""
@@ -127,8 +131,10 @@ class Completion:
 Event = Started | Chunk | Completion
 """A stream event: one Started, then Chunks, then one Completion."""
 
-# What a Completion repeats of its Started event.
-SLO_FROM_STARTED = ("tier", "ttft_slo_ms", "tpot_slo_ms", "prefill_worker", "decode_worker")
+# What a Completion repeats of its Started event (the workers: when Final names none, as a
+# coordinator before Final named them).
+SLO_FROM_STARTED = ("tier", "ttft_slo_ms", "tpot_slo_ms")
+WORKERS = ("prefill_worker", "decode_worker")
 
 
 def from_message(cls: type[T], msg: Any, **given: Any) -> T:
@@ -186,6 +192,7 @@ class StreamAssembler:
                 prompt_tokens=f.prompt_tokens or started.prompt_tokens,
                 stages=[from_message(StageResult, st) for st in f.stages],
                 **{k: getattr(started, k) for k in SLO_FROM_STARTED},
+                **{k: getattr(f, k) or getattr(started, k) for k in WORKERS},
             )
             return self.completion
         raise ProtocolError("message with no kind set")

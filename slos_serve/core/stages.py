@@ -28,7 +28,7 @@ Tokens that arrive together in one chunk share the chunk's time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 
@@ -154,6 +154,15 @@ class StageTracker:
         self.index = index
         self._text, self._searched = text, 0
         self._progress[index] = StageProgress(now)
+
+    def remaining(self) -> tuple[StageSpec, ...]:
+        """The stages still ahead, the current one first with what is left of its
+        max_tokens: what a worker resuming the request mid-stream is told (its stage 0)."""
+        p = self._progress[self.index]
+        spec = self.current
+        if spec.max_tokens > 0 and not self.last_stage and p is not None:
+            spec = replace(spec, max_tokens=max(1, spec.max_tokens - p.tokens))
+        return (spec, *self.stages[self.index + 1:])
 
     def results(self) -> list[StageResult]:
         """One result per stage; a stage the request never reached has 0 tokens and is met

@@ -4,9 +4,12 @@ It exists for fast tests of the coordinator and for measuring the
 coordinator's own overhead. It batches like a continuous-batching engine
 (one step = every running request's next token plus prefill chunks under a
 token budget) and sleeps for a step time given by a simple linear model.
-Tokens are a deterministic function of (prompt, position, seed), so a
-prefill worker and a decode worker agree on every token without sharing
-state, as two real engines agree through the KV cache.
+A token is a deterministic function of the whole context before it (prompt
+plus the tokens generated so far) and the seed, as a real model's greedy
+token is: a prefill worker and a decode worker agree on every token without
+sharing state, as two real engines agree through the KV cache, and a request
+recomputed from prompt + its tokens so far (a decode resumed on another
+worker) continues exactly as it would have undisturbed.
 
 It takes the coordinator's plans and stage switches and reports them back
 (`plan`, `stages`), but does not act on them: it batches first come, first
@@ -77,18 +80,33 @@ class SimRequest:
     prefilled: int = 0
     tokens: list[int] = field(default_factory=list)
     aborted: bool = False
+    context: hashlib.blake2b | None = None  # the simulated model's state (sim_context)
 
     @property
     def remaining_prefill(self) -> int:
         return len(self.request.prompt_token_ids) - self.prefilled
 
 
-def sim_token(prompt: list[int], position: int, seed: int | None, vocab: int) -> int:
-    """The simulated model: a token that depends only on its inputs."""
-    digest = hashlib.blake2b(
-        f"{seed}:{position}:{len(prompt)}:{prompt[-8:]}".encode(), digest_size=4
-    ).digest()
-    return int.from_bytes(digest, "little") % vocab
+def sim_context(prompt: list[int], seed: int | None) -> hashlib.blake2b:
+    """The simulated model's state after reading `prompt`: a running hash of the context
+    (fed each generated token by `sim_step`)."""
+    context = hashlib.blake2b(f"sim:{seed}:".encode(), digest_size=8)
+    context.update(b"".join(t.to_bytes(4, "little") for t in prompt))
+    return context
+
+
+def sim_step(context: hashlib.blake2b, vocab: int) -> int:
+    """The next token of `context` (a function of the whole context and the seed); the
+    context is extended by it."""
+    token = int.from_bytes(context.copy().digest(), "little") % vocab
+    context.update(token.to_bytes(4, "little"))
+    return token
+
+
+def sim_tokens(prompt: list[int], n: int, seed: int | None, vocab: int) -> list[int]:
+    """The first `n` tokens the simulated model generates after `prompt`."""
+    context = sim_context(prompt, seed)
+    return [sim_step(context, vocab) for _ in range(n)]
 
 
 class SimEngine:
@@ -239,7 +257,9 @@ class SimEngine:
 
     def _emit_token(self, sim: SimRequest) -> None:
         req = sim.request
-        token = sim_token(req.prompt_token_ids, len(sim.tokens), req.seed, self.info.vocab_size)
+        if sim.context is None:
+            sim.context = sim_context(req.prompt_token_ids, req.seed)
+        token = sim_step(sim.context, self.info.vocab_size)
         sim.tokens.append(token)
         finished = len(sim.tokens) >= req.max_tokens
         params = None

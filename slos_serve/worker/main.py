@@ -68,6 +68,9 @@ class WorkerConfig(Options):
         "sizes step token budgets with; without it only the plan's step_token_budget "
         "applies", metavar="PATH")
     sim_kv_blocks: int = option(4096, "simulated engine: KV blocks")
+    sim_slowdown: float = option(
+        1.0, "simulated engine: every step takes this many times longer (slower token "
+        "streams, e.g. many requests in flight at once for the fault tests)")
     metrics_port: int | None = option(
         None, "Prometheus /metrics HTTP port (default: --port + 1000; 0 = off)",
         parse=metrics_port_arg)
@@ -125,7 +128,9 @@ def build_engine(cfg: WorkerConfig):
     detokenize = None
     if cfg.model:
         detokenize = load_detokenizer(cfg.model)
-    return create_engine(
+    if not cfg.sim_slowdown > 0:
+        raise SystemExit(f"--sim-slowdown: must be > 0, not {cfg.sim_slowdown}")
+    engine = create_engine(
         "sim",
         model=cfg.model or "sim",
         max_model_len=cfg.max_model_len,
@@ -133,6 +138,8 @@ def build_engine(cfg: WorkerConfig):
         detokenize=detokenize,
         scheduler=cfg.scheduler,
     )
+    engine.slowdown = cfg.sim_slowdown  # type: ignore[attr-defined]  (a SimEngine)
+    return engine
 
 
 async def serve(role: str, cfg: WorkerConfig) -> int:

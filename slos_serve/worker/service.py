@@ -1,7 +1,8 @@
 """The Worker gRPC service, one implementation for every role.
 
 The role decides which of Prefill / Decode a worker accepts ("mixed" takes both, and local
-Decodes: prefill and decode of one request on this worker); everything else (abort, load
+Decodes: prefill and decode of one request on this worker; a decode worker takes the local
+Decodes that resume a request whose decode worker failed, recomputed); everything else (abort, load
 reports, drain, error mapping) is shared.
 """
 
@@ -26,6 +27,11 @@ from slos_serve.wire import info_to_proto, load_to_proto, plan_from_proto
 log = logging.getLogger(__name__)
 
 ROLES = ("prefill", "decode", "mixed")
+# The calls each role takes: "mixed" is a local request (prefill and decode here), "resume"
+# a local decode that resumes a request whose decode worker failed mid-stream (recomputed):
+# a decode worker takes it too, or a lost decode would have nowhere to go.
+ACCEPTS = {"prefill": ("prefill",), "decode": ("decode", "resume"),
+           "mixed": ("prefill", "decode", "mixed", "resume")}
 
 
 class WorkerService(pb_grpc.WorkerServicer):
@@ -40,7 +46,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.held = HeldKv(engine.release_handoffs)  # hand-offs not known to be read
 
     async def _admit(self, context: grpc.aio.ServicerContext, stage: str, request_id: str) -> None:
-        if self.role not in (stage, "mixed"):
+        """`stage`: one of ACCEPTS' calls."""
+        if stage not in ACCEPTS[self.role]:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this is a {self.role} worker; it does not serve "
@@ -77,9 +84,12 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def Decode(self, request, context) -> AsyncIterator[pb.DecodeResponse]:
         """A hand-off's decode, or (`local`, mixed workers only) the whole request: then it
         counts as one prefill served once its first token is out, and one decode."""
-        await self._admit(context, "mixed" if request.local else "decode", request.request_id)
+        stage = "decode"
+        if request.local:
+            stage = "resume" if request.resume_token_ids else "mixed"
+        await self._admit(context, stage, request.request_id)
         self.active.add(request.request_id)
-        outcome, first_out = "cancelled", not request.local
+        outcome, first_out = "cancelled", stage != "mixed"
         try:
             async for response in decode(self.engine, request, self.metrics):
                 if not first_out and response.token_ids:
