@@ -21,11 +21,10 @@ from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from kv_transfer.config import ENV_SIDE_CHANNEL_HOST, engine_env
 from proto import slos_serve_pb2 as pb
-from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.config import Options, option
 from slos_serve.core.perf_model import load as load_perf_model
 from slos_serve.engine import create_engine
-from slos_serve.grpc_util import bind, create_server, serve_until_signal
+from slos_serve.grpc_util import add_service, bind, create_server, serve_until_signal, set_health
 from slos_serve.metrics import (
     REGISTRY,
     WorkerMetrics,
@@ -137,7 +136,8 @@ async def serve(role: str, cfg: WorkerConfig) -> None:
     # is open, the launcher's health checks simply see "not yet".
     log.info("%s worker: starting %s engine", role, cfg.engine)
     await engine.start()
-    server, health = create_server([pb.DESCRIPTOR.services_by_name["Worker"].full_name])
+    names = [pb.DESCRIPTOR.services_by_name["Worker"].full_name]
+    server, health = create_server(names)
     port = bind(server, cfg.host, cfg.port)
     # The simulated engine moves no KV: its hand-offs are measured in blocks only.
     # vLLM's KV cache has the engine's dtype, float32 here (VllmEngine's default).
@@ -145,10 +145,10 @@ async def serve(role: str, cfg: WorkerConfig) -> None:
     metrics = WorkerMetrics(role, f"{cfg.host}:{port}", registry=REGISTRY, load=engine.load,
                             kv_bytes_per_token=bytes_per_token)
     service = WorkerService(role, engine, metrics)
-    pb_grpc.add_WorkerServicer_to_server(service, server)
+    add_service(server, pb.DESCRIPTOR.services_by_name["Worker"], service, pb)
     serve_metrics(cfg.host, cfg.metrics_port, port, f"{role} worker")
     await server.start()
-    await health.set("", SERVING)
+    await set_health(health, names, SERVING)
     log.info("%s worker ready on %s:%d (engine %s)", role, cfg.host, port, cfg.engine)
     await serve_until_signal(server, health, on_stop=engine.shutdown)
 
