@@ -34,7 +34,7 @@ from coordinator import worker_calls
 from coordinator.admission import Admission
 from coordinator.pool import WorkerHandle, WorkerPool
 from coordinator.routing import PlannedRouting, RoundRobinRouting, Route
-from coordinator.validate import InvalidRequest, ModelFacts, RequestSpec, validate
+from coordinator.validate import InvalidRequest, ModelFacts, RequestSpec, validate_async
 from coordinator.worker_calls import Aborted, InFlight, NoWorker
 from proto import slos_serve_pb2 as pb
 from slos_serve.core.slo import TierTable
@@ -123,7 +123,7 @@ class Frontend:
         now = time.perf_counter()
         received = now if received is None else min(received, now)
         received_unix = time.time() - (now - received)
-        spec, rid = self._accept(request)
+        spec, rid = await self._accept(request)
         ttft_deadline_unix = spec.ttft_deadline_unix(received_unix)
         route = self.routing.decide(rid, spec, received_unix, ttft_deadline_unix)
         if route.decision.action == "reject":
@@ -159,13 +159,15 @@ class Frontend:
                 if self.request_log is not None and live.record is not None:
                     self.request_log(rid, live.record, live.tier)
 
-    def _accept(self, request: pb.GenerateRequest) -> tuple[RequestSpec, str]:
-        """The validated request and its id; `Refused` if it is not served."""
+    async def _accept(self, request: pb.GenerateRequest) -> tuple[RequestSpec, str]:
+        """The validated request and its id; `Refused` if it is not served (a long text
+        prompt is tokenized in a thread)."""
         facts = self.facts()
         if facts.max_model_len == 0:
             raise Refused("UNAVAILABLE", "no worker has reported yet")
         try:
-            spec = validate(request, facts, self.tiers, self._tokenize, self.default_on_reject)
+            spec = await validate_async(request, facts, self.tiers, self._tokenize,
+                                        self.default_on_reject)
         except InvalidRequest as exc:
             self.metrics.request_invalid(str(exc))
             raise Refused(exc.code, str(exc), field=str(exc).split(":", 1)[0]) from exc

@@ -17,6 +17,7 @@ cancellation), which cancels the worker calls: the workers abort and free the KV
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
@@ -31,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from coordinator import openai_api as api
 from coordinator.auth import ApiKey
 from coordinator.frontend import REJECT_RETRY_AFTER_S, Frontend, Refused
+from coordinator.validate import InvalidRequest, check_request_id
 from proto import slos_serve_pb2 as pb
 from slos_serve.metrics import REGISTRY
 from slos_serve.wire import DECISION_NAMES
@@ -127,14 +129,17 @@ class HttpFront:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._call(request, chat=True)
 
-    def _render_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+    async def _render_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The chat template, in a thread (it tokenizes: a long chat would stall every
+        stream of the event loop)."""
         tokenizer = self.front.tokenizer
         if not getattr(tokenizer, "chat_template", None):
             raise api.BadRequest("messages", "this model has no chat template; use "
                                  "/v1/completions")
         try:
-            ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False,
-                                                add_generation_prompt=True)
+            ids = await asyncio.to_thread(tokenizer.apply_chat_template, messages,
+                                          tokenize=True, return_dict=False,
+                                          add_generation_prompt=True)
         except Exception as exc:  # a template's own error names what it disliked
             raise api.BadRequest("messages", f"the chat template refused them: {exc}") from exc
         return [int(t) for t in ids]
@@ -143,18 +148,25 @@ class HttpFront:
         received = time.perf_counter()  # the request's clock: parse and chat template count
         try:
             body = await request.json(loads=json.loads)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return error_response(400, f"body: not valid JSON ({exc})", "body")
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            return error_response(400, f"body: not valid JSON ({str(exc)[:200]})", "body")
         try:
-            call = api.parse_call(body, request.headers, chat=chat, model=self.model,
+            call = await api.parse_call(body, request.headers, chat=chat, model=self.model,
                                   tiers=self.front.tiers, render_chat=self._render_chat,
                                   max_model_len=self.front.facts().max_model_len)
         except api.BadRequest as exc:
             return error_response(400, str(exc), exc.field)
+        except UnicodeEncodeError:  # a JSON string with a lone surrogate (\ud800)
+            return error_response(400, "body: a string is not valid Unicode (a lone "
+                                  "surrogate)", "body")
         if call.model not in self.names:
             return error_response(404, f"model {call.model!r} does not exist; this server "
                                   f"serves {self.model!r}", "model")
         if not call.request.request_id and request.headers.get("x-request-id"):
+            try:  # the rule of request_id (coordinator/validate.py), named as sent
+                check_request_id(request.headers["x-request-id"], "x-request-id")
+            except InvalidRequest as exc:
+                return error_response(400, str(exc), "x-request-id")
             call.request.request_id = request.headers["x-request-id"]
         responses = self.front.generate(call.request, received)
         async with aclosing(responses):

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from proto import slos_serve_pb2 as pb
-from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.config import API_KEY_ENV, Options, comma_list, option
 from slos_serve.core.perf_model import load_profile
 from slos_serve.core.slo import TierTable
-from slos_serve.grpc_util import bind, create_server, serve_until_signal
+from slos_serve.grpc_util import add_service, bind, create_server, serve_until_signal, set_health
 from slos_serve.metrics import REGISTRY, CoordinatorMetrics, metrics_port_arg, serve_metrics
 from slos_serve.tls import CertError, node_tls, server_tls
 from slos_serve.tokenizer import load_tokenizer
@@ -139,8 +138,10 @@ async def serve(cfg: CoordinatorConfig) -> None:
         metrics=CoordinatorMetrics(tiers.tiers, registry=REGISTRY),
         admission=admission, request_log=request_log,
     )
-    server, health = create_server([pb.DESCRIPTOR.services_by_name["SloServe"].full_name])
-    pb_grpc.add_SloServeServicer_to_server(CoordinatorService(service, api_key), server)
+    services = [pb.DESCRIPTOR.services_by_name["SloServe"].full_name]
+    server, health = create_server(services)
+    add_service(server, pb.DESCRIPTOR.services_by_name["SloServe"],
+                CoordinatorService(service, api_key), pb)
     port = bind(server, cfg.host, cfg.port,
                 client_tls.grpc_credentials() if client_tls else None)
     serve_metrics(cfg.host, cfg.metrics_port, port, "coordinator")
@@ -154,7 +155,7 @@ async def serve(cfg: CoordinatorConfig) -> None:
                  "s" if client_tls else "", cfg.host, http_port, names[0],
                  "; API key required" if api_key else "")
     await server.start()
-    await health.set("", HealthCheckResponse.NOT_SERVING)
+    await set_health(health, services, HealthCheckResponse.NOT_SERVING)
     pool.start()
     service.start()
 
@@ -167,9 +168,8 @@ async def serve(cfg: CoordinatorConfig) -> None:
             ready = pool.ready()
             if ready:  # hand-offs between mixed workers: only the planner's adaptive layout
                 await warm_up(pool, warm, admission is not None and cfg.adaptive_layout())
-            await health.set(
-                "", HealthCheckResponse.SERVING if ready else HealthCheckResponse.NOT_SERVING
-            )
+            await set_health(health, services, HealthCheckResponse.SERVING if ready
+                             else HealthCheckResponse.NOT_SERVING)
             log.info("cluster %s", "ready" if ready else "not ready")
 
     tracker = asyncio.get_running_loop().create_task(track_health())

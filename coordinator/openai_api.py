@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.validate import TEXT_BYTES_PER_TOKEN
 from proto import slos_serve_pb2 as pb
 from slos_serve.core.slo import TierTable
 from slos_serve.wire import DECISION_NAMES
@@ -57,21 +58,25 @@ class Call:
 
 def http_field(field: str, chat: bool) -> str:
     """The name a client of this endpoint knows a refused field by."""
+    if field.startswith("sampling.stop["):
+        field = "sampling.stop"
     name = FIELD_NAMES.get(field, field)
     return "messages" if chat and name in ("prompt", "prompt.text") else name
 
 
-def parse_call(
+async def parse_call(
     body: Any,
     headers: Mapping[str, str],
     *,
     chat: bool,
     model: str,
     tiers: TierTable,
-    render_chat: Callable[[list[dict[str, Any]]], list[int]],
+    render_chat: Callable[[list[dict[str, Any]]], Awaitable[list[int]]],
     max_model_len: int,
 ) -> Call:
-    """A `/v1/completions` (chat False) or `/v1/chat/completions` body, or BadRequest."""
+    """A `/v1/completions` (chat False) or `/v1/chat/completions` body, or BadRequest.
+    `render_chat` (the chat template: a tokenization) is awaited: the edge runs it in a
+    thread, after the messages are bounded in bytes."""
     if not isinstance(body, dict):
         raise BadRequest("body", "must be a JSON object")
     for name, unused in UNSUPPORTED.items():
@@ -84,8 +89,8 @@ def parse_call(
         req.request_id = rid
     if chat:
         messages = _get(body, "messages", list, required=True)
-        _check_messages(messages)
-        ids = render_chat(messages)
+        _check_messages(messages, max_model_len)
+        ids = await render_chat(messages)
         req.token_ids.ids.extend(ids)
         max_tokens = _get(body, "max_completion_tokens", int)
         if max_tokens is None:
@@ -103,7 +108,7 @@ def parse_call(
         value = _get(body, name, float)
         if value is not None:
             setattr(s, name, value)
-    seed = _get(body, "seed", int)
+    seed = _get(body, "seed", int, bits=64)
     if seed is not None:
         s.seed = seed
     stop = body.get("stop")
@@ -124,7 +129,9 @@ def parse_call(
                 bool(_get(body, "return_token_ids", bool)), requested or model)
 
 
-def _get(body: dict, name: str, kind: type, required: bool = False) -> Any:
+def _get(body: dict, name: str, kind: type, required: bool = False, bits: int = 32) -> Any:
+    """body[name] of `kind`, or BadRequest naming it (an int must fit `bits` signed bits:
+    the proto field's)."""
     value = body.get(name)
     if value is None:
         if required:
@@ -139,6 +146,8 @@ def _get(body: dict, name: str, kind: type, required: bool = False) -> Any:
         raise BadRequest(name, f"must be {_KIND_NAMES[kind]}, got {type(value).__name__}")
     if kind is float and not math.isfinite(value):
         raise BadRequest(name, f"must be a finite number, got {value}")
+    if kind is int and not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        raise BadRequest(name, f"must fit in {bits} bits, got {value}")
     return value
 
 
@@ -166,9 +175,12 @@ def _set_prompt(req: pb.GenerateRequest, prompt: Any) -> None:
         raise BadRequest("prompt", "must be a string or a list of token ids")
 
 
-def _check_messages(messages: list) -> None:
+def _check_messages(messages: list, max_model_len: int) -> None:
+    """Text parts only, and at most `TEXT_BYTES_PER_TOKEN` bytes a token of the context
+    (the rule of text prompts, coordinator/validate.py) before the template runs."""
     if not messages:
         raise BadRequest("messages", "must not be empty")
+    limit, total = TEXT_BYTES_PER_TOKEN * max_model_len, 0
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise BadRequest(f"messages[{i}]", "must be an object with a string role")
@@ -180,6 +192,10 @@ def _check_messages(messages: list) -> None:
             m["content"] = "".join(p["text"] for p in content)
         elif not isinstance(content, str):
             raise BadRequest(f"messages[{i}].content", "must be a string or text parts")
+        total += len(m["content"].encode()) + len(m["role"].encode())
+        if total > limit:
+            raise BadRequest("messages", f"longer than {limit} bytes ({TEXT_BYTES_PER_TOKEN}"
+                             f" per token of the model's context of {max_model_len})")
 
 
 def _set_slo(req: pb.GenerateRequest, body: dict, headers: Mapping[str, str],

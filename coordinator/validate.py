@@ -1,10 +1,15 @@
 """Validation of client requests into a resolved, typed request spec.
 
-Every rule names the field it checks, so a client sees at once what to fix.
+Every rule names the field it checks, so a client sees at once what to fix. The rules
+mirror what the engine would refuse (vLLM's `SamplingParams._verify_args`), so that a
+client mistake is INVALID_ARGUMENT here and never an engine error mid-request. Every check
+that needs no tokens runs first; a text prompt is bounded in bytes before it is tokenized
+(`validate_async` tokenizes a long one in a thread, off the event loop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections.abc import Callable
@@ -17,7 +22,16 @@ from slos_serve.core.stages import StageSpec
 
 MAX_REQUEST_ID_LEN = 256
 MAX_STOP_STRINGS = 16
+MAX_STOP_LEN = 256  # characters of one stop string (the detokenizer checks each per step)
 MAX_STAGES = 8
+MAX_TEMPERATURE = 2.0  # vLLM refuses more
+MAX_SEED = 2**63 - 1  # seeds are >= 0: vLLM reads -1 as "no seed" (then prefill and decode
+# draw different first tokens)
+# A text prompt longer than this many bytes per token of the context cannot fit it (text
+# averages 3-5 bytes a token; few tokens are over 16): refused before it is tokenized.
+TEXT_BYTES_PER_TOKEN = 64
+INLINE_TOKENIZE_CHARS = 2048  # shorter texts are tokenized inline: a thread hop costs more
+ALLOWED_CONTROLS = frozenset("\t\n\r")  # in stop strings (a newline is a common stop)
 
 
 class InvalidRequest(ValueError):
@@ -57,6 +71,33 @@ class RequestSpec:
         )
 
 
+@dataclass
+class _Checked:
+    """A request whose every check not needing tokens has passed."""
+
+    request: pb.GenerateRequest
+    facts: ModelFacts
+    sampling: pb.SamplingParams
+    tier: Tier
+    stages: list[StageSpec]
+    on_reject: str
+    text: str | None  # the text to tokenize (None: token ids)
+
+    def finish(self, text_ids: list[int] | None) -> RequestSpec:
+        """The spec, with the checks that need the prompt's length."""
+        ids = list(self.request.token_ids.ids) if text_ids is None else text_ids
+        n, context = len(ids), self.facts.max_model_len
+        if n >= context:
+            raise InvalidRequest(
+                f"prompt: {n} tokens do not fit the model's context of {context} tokens")
+        s = self.sampling
+        if n + s.max_tokens > context:
+            raise InvalidRequest(
+                f"sampling.max_tokens: prompt ({n} tokens) + max_tokens ({s.max_tokens}) "
+                f"exceeds the model's context of {context} tokens")
+        return RequestSpec(ids, s, self.tier, self.on_reject, list(s.stop), self.stages)
+
+
 def validate(
     request: pb.GenerateRequest,
     facts: ModelFacts,
@@ -64,15 +105,60 @@ def validate(
     tokenize: Callable[[str], list[int]],
     default_on_reject: str = "best_effort",
 ) -> RequestSpec:
-    if len(request.request_id) > MAX_REQUEST_ID_LEN:
-        raise InvalidRequest(f"request_id: longer than {MAX_REQUEST_ID_LEN} characters")
-    prompt = _prompt_tokens(request, facts, tokenize)
-    sampling = _sampling(request, prompt, facts)
+    """The resolved request, or InvalidRequest naming the field (tokenizes inline)."""
+    checked = _check(request, facts, tiers, default_on_reject)
+    return checked.finish(None if checked.text is None else tokenize(checked.text))
+
+
+async def validate_async(
+    request: pb.GenerateRequest,
+    facts: ModelFacts,
+    tiers: TierTable,
+    tokenize: Callable[[str], list[int]],
+    default_on_reject: str = "best_effort",
+) -> RequestSpec:
+    """`validate`, with a long text tokenized in a thread: other streams go on meanwhile."""
+    checked = _check(request, facts, tiers, default_on_reject)
+    text = checked.text
+    if text is None:
+        return checked.finish(None)
+    if len(text) <= INLINE_TOKENIZE_CHARS:
+        return checked.finish(tokenize(text))
+    return checked.finish(await asyncio.to_thread(tokenize, text))
+
+
+def _check(request: pb.GenerateRequest, facts: ModelFacts, tiers: TierTable,
+           default_on_reject: str) -> _Checked:
+    check_request_id(request.request_id)
+    text = _prompt(request, facts)
+    sampling = _sampling(request)
     tier, stages = _stages(request, tiers)
+    if request.on_reject not in pb.OnReject.values():
+        raise InvalidRequest(f"on_reject: unknown value {request.on_reject} (known: "
+                             f"{', '.join(pb.OnReject.keys())})")
     on_reject = {pb.SERVE_BEST_EFFORT: "best_effort", pb.REJECT: "reject"}.get(
         request.on_reject, default_on_reject
     )
-    return RequestSpec(prompt, sampling, tier, on_reject, list(sampling.stop), stages)
+    return _Checked(request, facts, sampling, tier, stages, on_reject, text)
+
+
+def check_request_id(rid: str, field: str = "request_id") -> None:
+    """Visible ASCII only: an id travels in logs and HTTP headers (x-request-id)."""
+    if len(rid) > MAX_REQUEST_ID_LEN:
+        raise InvalidRequest(f"{field}: longer than {MAX_REQUEST_ID_LEN} characters")
+    if rid and not all("!" <= c <= "~" for c in rid):
+        raise InvalidRequest(f"{field}: only visible ASCII characters (no spaces, control "
+                             "or non-ASCII characters)")
+
+
+def _check_stop(value: str, field: str) -> None:
+    if not value:
+        raise InvalidRequest(f"{field}: must not be empty")
+    if len(value) > MAX_STOP_LEN:
+        raise InvalidRequest(f"{field}: longer than {MAX_STOP_LEN} characters")
+    if any(not c.isprintable() and c not in ALLOWED_CONTROLS for c in value):
+        raise InvalidRequest(f"{field}: control or non-printable characters (other than "
+                             "tab, newline, carriage return) are not allowed")
 
 
 def _resolve(slo: pb.Slo, tiers: TierTable, prefix: str = "") -> Tier:
@@ -105,6 +191,8 @@ def _stages(request: pb.GenerateRequest, tiers: TierTable) -> tuple[Tier, list[S
         resolved.append(t)
         if st.max_tokens < 0:
             raise InvalidRequest(f"stages[{i}].max_tokens: must be >= 0, got {st.max_tokens}")
+        if st.until:
+            _check_stop(st.until, f"stages[{i}].until")
         if i < last and st.max_tokens == 0 and not st.until:
             raise InvalidRequest(
                 f"stages[{i}]: set max_tokens or until (only the last stage runs to the end)"
@@ -113,55 +201,55 @@ def _stages(request: pb.GenerateRequest, tiers: TierTable) -> tuple[Tier, list[S
     return resolved[0], out
 
 
-def _prompt_tokens(
-    request: pb.GenerateRequest, facts: ModelFacts, tokenize: Callable[[str], list[int]]
-) -> list[int]:
+def _prompt(request: pb.GenerateRequest, facts: ModelFacts) -> str | None:
+    """The text to tokenize (None: token ids, checked here)."""
     kind = request.WhichOneof("prompt")
     if kind is None:
         raise InvalidRequest("prompt: set either text or token_ids")
     if kind == "text":
+        limit = TEXT_BYTES_PER_TOKEN * facts.max_model_len
+        # len() in characters first: it costs nothing, and a character is >= 1 byte
+        if len(request.text) > limit or len(request.text.encode()) > limit:
+            raise InvalidRequest(
+                f"prompt.text: longer than {limit} bytes ({TEXT_BYTES_PER_TOKEN} per token "
+                f"of the model's context of {facts.max_model_len}): it cannot fit")
         if not request.text.strip():
             raise InvalidRequest("prompt.text: must not be empty")
-        ids = tokenize(request.text)
-    else:
-        ids = list(request.token_ids.ids)
-        if not ids:
-            raise InvalidRequest("prompt.token_ids: must not be empty")
-        bad = next((t for t in ids if not 0 <= t < facts.vocab_size), None)
-        if bad is not None:
-            raise InvalidRequest(
-                f"prompt.token_ids: id {bad} is outside the vocabulary [0, {facts.vocab_size})"
-            )
-    if len(ids) >= facts.max_model_len:
+        return request.text
+    ids = request.token_ids.ids
+    if not ids:
+        raise InvalidRequest("prompt.token_ids: must not be empty")
+    if len(ids) >= facts.max_model_len:  # before any copy of a long list
         raise InvalidRequest(
             f"prompt: {len(ids)} tokens do not fit the model's context of "
-            f"{facts.max_model_len} tokens"
+            f"{facts.max_model_len} tokens")
+    bad = next((t for t in ids if not 0 <= t < facts.vocab_size), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"prompt.token_ids: id {bad} is outside the vocabulary [0, {facts.vocab_size})"
         )
-    return ids
+    return None
 
 
-def _sampling(
-    request: pb.GenerateRequest, prompt: list[int], facts: ModelFacts
-) -> pb.SamplingParams:
+def _sampling(request: pb.GenerateRequest) -> pb.SamplingParams:
     if not request.HasField("sampling"):
         raise InvalidRequest("sampling.max_tokens: must be set (> 0)")
     s = pb.SamplingParams()
     s.CopyFrom(request.sampling)
     if s.max_tokens <= 0:
         raise InvalidRequest(f"sampling.max_tokens: must be > 0, got {s.max_tokens}")
-    if len(prompt) + s.max_tokens > facts.max_model_len:
+    if s.HasField("temperature") and not (
+            math.isfinite(s.temperature) and 0 <= s.temperature <= MAX_TEMPERATURE):
         raise InvalidRequest(
-            f"sampling.max_tokens: prompt ({len(prompt)} tokens) + max_tokens "
-            f"({s.max_tokens}) exceeds the model's context of {facts.max_model_len} tokens"
-        )
-    if s.HasField("temperature") and not (math.isfinite(s.temperature) and s.temperature >= 0):
-        raise InvalidRequest(f"sampling.temperature: must be >= 0, got {s.temperature}")
+            f"sampling.temperature: must be in [0, {MAX_TEMPERATURE:g}], got {s.temperature}")
     if s.HasField("top_p") and not (0 < s.top_p <= 1):
         raise InvalidRequest(f"sampling.top_p: must be in (0, 1], got {s.top_p}")
-    if len(s.stop) > MAX_STOP_STRINGS or any(not x for x in s.stop):
-        raise InvalidRequest(
-            f"sampling.stop: at most {MAX_STOP_STRINGS} non-empty strings"
-        )
+    if s.HasField("seed") and not 0 <= s.seed <= MAX_SEED:
+        raise InvalidRequest(f"sampling.seed: must be in [0, 2^63 - 1], got {s.seed}")
+    if len(s.stop) > MAX_STOP_STRINGS:
+        raise InvalidRequest(f"sampling.stop: at most {MAX_STOP_STRINGS} strings")
+    for i, stop in enumerate(s.stop):
+        _check_stop(stop, f"sampling.stop[{i}]")
     temperature = s.temperature if s.HasField("temperature") else 1.0
     if temperature > 0 and not s.HasField("seed"):
         # The decode engine recomputes the first token: both engines must draw it alike.

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import ModuleType
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +49,107 @@ CHANNEL_OPTIONS = [
 ]
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
 def create_server(
     service_names: list[str], health: health_async.HealthServicer | None = None
 ) -> tuple[grpc.aio.Server, health_async.HealthServicer]:
     """An asyncio server with the standard health service (`health`, default a plain one)
-    and reflection on."""
+    and reflection on.
+
+    Reflection answers as `grpc.reflection.v1alpha` (grpcio-reflection's) and as
+    `grpc.reflection.v1` (today's clients' first choice): grpcio-reflection 1.85 ships
+    v1alpha only, and v1's messages are v1alpha's on the wire, field for field, so the
+    same servicer serves both names."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     health = health if health is not None else health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+    servicer = reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME,
+                                                  REFLECTION_V1])
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, v1),))
     return server, health
+
+
+async def set_health(health: health_async.HealthServicer, service_names: list[str],
+                     status: int) -> None:
+    """One status for the server ("") and each of its services by name: a client that
+    checks `slos_serve.v1.Worker` sees what one checking "" sees."""
+    for name in ("", *service_names):
+        await health.set(name, status)
+
+
+class Undecodable:
+    """What a request that is not a valid message decodes to: the method answers
+    INVALID_ARGUMENT (grpc would log a traceback and answer UNKNOWN)."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object,
+                messages: ModuleType) -> None:
+    """`add_XServicer_to_server`, with request decoding that turns a payload that is not
+    a valid protobuf message into INVALID_ARGUMENT and one short log line. `messages`: the
+    _pb2 module with the request and response classes. Unary requests only (this
+    project's services have no client streaming)."""
+    handlers = {}
+    for method in service.methods:
+        request_cls = getattr(messages, method.input_type.name)
+        response_cls = getattr(messages, method.output_type.name)
+        behavior = getattr(servicer, method.name)
+        make = (grpc.unary_stream_rpc_method_handler if method.server_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        guard = _guard_stream if method.server_streaming else _guard_unary
+        handlers[method.name] = make(
+            guard(behavior, method.full_name), request_deserializer=_decoder(request_cls),
+            response_serializer=response_cls.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _decoder(cls: type) -> Callable[[bytes], object]:
+    def decode(raw: bytes) -> object:
+        try:
+            return cls.FromString(raw)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return decode
+
+
+async def _refuse(request: Undecodable, method: str, context: grpc.aio.ServicerContext
+                  ) -> None:
+    log.warning("%s: undecodable request from %s: %s", method, context.peer(),
+                request.error[:200])
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"request: not a valid protobuf message ({request.error[:200]})")
+
+
+def _guard_unary(behavior: Callable, method: str) -> Callable:
+    async def handle(request: object, context: grpc.aio.ServicerContext) -> object:
+        if isinstance(request, Undecodable):
+            await _refuse(request, method, context)
+        return await behavior(request, context)
+
+    return handle
+
+
+def _guard_stream(behavior: Callable, method: str) -> Callable:
+    async def handle(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator:
+        if isinstance(request, Undecodable):
+            await _refuse(request, method, context)
+        async for response in behavior(request, context):
+            yield response
+
+    return handle
 
 
 def bind(server: grpc.aio.Server, host: str, port: int,

@@ -29,6 +29,12 @@ DEFAULT_TIERS: dict[str, Tier] = {
 }
 DEFAULT_TIER = "loose"
 
+# The range an SLO value may take, in ms. Below 1 µs no engine step fits (and values
+# near zero, e.g. denormals, overflow the planner's 1/tpot arithmetic); above 1e7 ms
+# (~2.8 h) an objective means nothing. Checked here, the one place SLOs are resolved.
+MIN_SLO_MS = 0.001
+MAX_SLO_MS = 1e7
+
 
 class SloError(ValueError):
     """An SLO that cannot be honoured as asked; `field` names the offending field."""
@@ -60,8 +66,10 @@ class TierTable:
             for name, v in data["tiers"].items()
         }
         for t in tiers.values():
-            if not (t.ttft_ms > 0 and t.tpot_ms > 0):
-                raise ValueError(f"tier {t.name!r}: ttft_ms and tpot_ms must be > 0")
+            for name, value in (("ttft_ms", t.ttft_ms), ("tpot_ms", t.tpot_ms)):
+                if not _in_range(value):
+                    raise ValueError(f"tier {t.name!r}: {name} must be in "
+                                     f"[{MIN_SLO_MS:g}, {MAX_SLO_MS:g}] ms, got {value}")
         return cls(tiers, data.get("default", next(iter(tiers))))
 
     def resolve(
@@ -69,12 +77,14 @@ class TierTable:
     ) -> Tier:
         """The request's effective objectives, or SloError naming the bad field."""
         for field, value in (("slo.ttft_ms", ttft_ms), ("slo.tpot_ms", tpot_ms)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise SloError(field, f"must be a positive number of milliseconds, got {value}")
+            if value is not None and not _in_range(value):
+                raise SloError(field, f"must be a number of milliseconds in [{MIN_SLO_MS:g}, "
+                               f"{MAX_SLO_MS:g}], got {value}")
         if tier:
             if tier not in self.tiers:
                 known = ", ".join(sorted(self.tiers))
-                raise SloError("slo.tier", f"unknown tier {tier!r} (known: {known})")
+                shown = tier if len(tier) <= 64 else tier[:64] + "..."
+                raise SloError("slo.tier", f"unknown tier {shown!r} (known: {known})")
             named = self.tiers[tier]
             for field, value, expected in (
                 ("slo.ttft_ms", ttft_ms, named.ttft_ms),
@@ -93,3 +103,8 @@ class TierTable:
             ttft_ms if ttft_ms is not None else base.ttft_ms,
             tpot_ms if tpot_ms is not None else base.tpot_ms,
         )
+
+
+def _in_range(value: float) -> bool:
+    """Finite and within [MIN_SLO_MS, MAX_SLO_MS] (NaN fails every comparison)."""
+    return math.isfinite(value) and MIN_SLO_MS <= value <= MAX_SLO_MS

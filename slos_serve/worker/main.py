@@ -21,12 +21,11 @@ from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from kv_transfer.config import ENV_SIDE_CHANNEL_HOST, engine_env
 from proto import slos_serve_pb2 as pb
-from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.config import Options, option
 from slos_serve.core.perf_model import load as load_perf_model
 from slos_serve.engine import create_engine
 from slos_serve.engine.lifeline import LIFELINE_ENV
-from slos_serve.grpc_util import bind, create_server, serve_until_signal
+from slos_serve.grpc_util import add_service, bind, create_server, serve_until_signal, set_health
 from slos_serve.metrics import (
     REGISTRY,
     WorkerMetrics,
@@ -153,9 +152,9 @@ async def serve(role: str, cfg: WorkerConfig) -> int:
     # is open, the launcher's health checks simply see "not yet".
     log.info("%s worker: starting %s engine", role, cfg.engine)
     await engine.start()
-    services = ["", pb.DESCRIPTOR.services_by_name["Worker"].full_name]
+    names = [pb.DESCRIPTOR.services_by_name["Worker"].full_name]
     health = WatchedHealth()
-    server, health = create_server(services[1:], health=health)
+    server, health = create_server(names, health=health)
     port = bind(server, cfg.host, cfg.port, node.server_credentials() if node else None)
     # The simulated engine moves no KV: its hand-offs are measured in blocks only.
     # vLLM's KV cache has the engine's dtype, float32 here (VllmEngine's default).
@@ -164,16 +163,15 @@ async def serve(role: str, cfg: WorkerConfig) -> int:
                             kv_bytes_per_token=bytes_per_token)
     service = WorkerService(role, engine, metrics)
     health.on_unwatched = lambda: service.held.release_all("no coordinator watches this worker")
-    pb_grpc.add_WorkerServicer_to_server(service, server)
+    add_service(server, pb.DESCRIPTOR.services_by_name["Worker"], service, pb)
     serve_metrics(cfg.host, cfg.metrics_port, port, f"{role} worker")
     await server.start()
-    for name in services:
-        await health.set(name, SERVING)
+    await set_health(health, names, SERVING)
     log.info("%s worker ready on %s:%d (engine %s%s)", role, cfg.host, port, cfg.engine,
              ", mutual TLS" if node else "")
     stop = asyncio.Event()
     engine_watch = asyncio.get_running_loop().create_task(
-        watch_engine(engine, health, services, stop))
+        watch_engine(engine, health, ["", *names], stop))
     await serve_until_signal(server, health, on_stop=engine.shutdown, stop=stop)
     if engine_watch.done() and engine_watch.result():
         return ENGINE_DEAD_EXIT
