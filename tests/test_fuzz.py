@@ -119,6 +119,9 @@ def http_calls(draw) -> tuple[str, bytes, dict[str, bytes]]:
             body["prompt"] = draw(st.one_of(texts, st.lists(i32, max_size=8)))
             body["messages"] = [{"role": draw(texts), "content": draw(texts)}]
             body["max_tokens"] = draw(st.one_of(st.integers(1, 4), i32))
+        # a valid chat without max_tokens runs to the context's end (2,000 sim tokens): cap
+        body.setdefault("max_tokens", 4)
+        body.setdefault("max_completion_tokens", 4)
         content = json.dumps(body, allow_nan=True).encode()
     headers = {}
     for name in ("x-slo-tier", "x-slo-ttft-ms", "x-slo-tpot-ms", "x-request-id",
