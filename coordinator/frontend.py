@@ -216,6 +216,8 @@ class Frontend:
             raise Refused(err.code().name, f"worker error: {err.details()}") from err
         finally:
             live.cancel_calls()
+            if live.resumes or served.finish_reason not in ("stop", "length"):
+                worker_calls.release_handoff(live, rid)
             # how far it got, however it ended (the request log's record)
             live.record = self._final(spec, received, served, verdict, stages.results(), live)
         live.final = live.record
@@ -245,6 +247,8 @@ class Frontend:
         first = await worker_calls.prefill(self.pool, prefill_request, route.prefill, live)
         if live.failovers:
             self.routing.moved(rid, live.prefill_worker, "")
+        if first.HasField("handoff"):
+            live.handoff_at = self.pool.get(live.prefill_worker)
         served.first_at = time.perf_counter()
         served.token_ids.append(first.first_token_id)
         self._progress(rid, stages, 1, first.first_text, served.first_at, first=True)

@@ -27,6 +27,7 @@ from slos_serve.grpc_util import CHANNEL_OPTIONS, open_channel
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.25
+WATCH_RETRY_S = 0.5
 POLL_TIMEOUT_S = 1.0  # a worker that does not answer a poll in this long is unreachable
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -71,6 +72,7 @@ class WorkerPool:
         self._next = {role: itertools.count() for role in SERVES}
         self._interval = poll_interval_s
         self._task: asyncio.Task | None = None
+        self._watches: list[asyncio.Task] = []
         self.changed = asyncio.Event()
 
     def _connect(self, address: str, role: str) -> WorkerHandle:
@@ -146,10 +148,32 @@ class WorkerPool:
             await self.refresh()
             await asyncio.sleep(self._interval)
 
+    async def _watch(self, worker: WorkerHandle) -> None:
+        """Keeps a health Watch open on `worker`, for two reasons. The worker knows a
+        coordinator depends on it: when this process dies its streams end, and the worker
+        frees the KV it holds for hand-offs nobody will read (prefill_worker/held.py). And
+        a worker that turns NOT_SERVING (its engine died) is out of routing at once, not
+        at the next poll."""
+        assert worker.health is not None
+        while True:
+            try:
+                async for answer in worker.health.Watch(health_pb2.HealthCheckRequest()):
+                    if answer.status != SERVING and worker.healthy:
+                        log.warning("%s worker %s is not serving", worker.role,
+                                    worker.address)
+                        worker.healthy = False
+                        self.changed.set()
+            except grpc.RpcError:
+                pass  # unreachable: the polls say so; watch again when it answers
+            await asyncio.sleep(WATCH_RETRY_S)
+
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        self._watches = [loop.create_task(self._watch(w)) for w in self.workers]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, *self._watches):
+            if task is not None:
+                task.cancel()
         await asyncio.gather(*(w.channel.close() for w in self.workers))

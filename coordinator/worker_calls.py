@@ -43,6 +43,9 @@ SPARE_WAIT_S = 2.0
 MAX_ATTEMPTS = 8  # calls per request and side, failovers included
 
 
+RELEASE_TIMEOUT_S = 2.0
+
+
 class Aborted(Exception):
     """The request was aborted through the Abort RPC."""
 
@@ -65,6 +68,7 @@ class InFlight:
     decode_worker: str = ""
     failovers: int = 0  # calls sent again before the request's first token
     resumes: int = 0  # decode streams resumed after tokens were sent
+    handoff_at: WorkerHandle | None = None  # the prefill worker holding the hand-off's KV
 
     def abort(self) -> None:
         self.aborted = True
@@ -221,3 +225,28 @@ def resume_request(request: pb.DecodeRequest, sofar: list[int],
         local=True,
         resume_token_ids=sofar,
     )
+
+
+_releases: set[asyncio.Task] = set()
+
+
+def release_handoff(live: InFlight, request_id: str) -> None:
+    """Tells the prefill worker that holds this request's hand-off to free its KV now (an
+    Abort, in the background): the request ended before its decode read the KV (cancelled,
+    aborted, failed) or was resumed elsewhere by recompute. Without it the KV waited for
+    the connector's 30 s lease. Freeing what was already read is a no-op there."""
+    worker, live.handoff_at = live.handoff_at, None
+    if worker is None:
+        return
+
+    async def send() -> None:
+        try:
+            await worker.stub.Abort(pb.WorkerAbortRequest(request_id=request_id),
+                                    timeout=RELEASE_TIMEOUT_S)
+        except grpc.RpcError as err:  # a dead worker holds nothing any more
+            log.info("request %s: no KV release on %s: %s", request_id, worker.address,
+                     err.code().name)
+
+    task = asyncio.get_running_loop().create_task(send())
+    _releases.add(task)
+    task.add_done_callback(_releases.discard)

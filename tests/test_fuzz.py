@@ -30,8 +30,8 @@ pytestmark = pytest.mark.timeout(600)
 
 BATCH = 50
 GRPC_BATCHES = 130  # x BATCH structured requests
-RAW_BATCHES = 50  # x BATCH raw payloads
-HTTP_BATCHES = 45  # x BATCH HTTP calls
+RAW_BATCHES = 80  # x BATCH raw payloads
+HTTP_BATCHES = 10  # x BATCH HTTP calls
 WARM_UP = 1000
 GENERATE = "/slos_serve.v1.SloServe/Generate"
 # The fields a refusal may name (the top of "field.sub[i]: problem").
