@@ -33,7 +33,7 @@ GRPC_BATCHES = 130  # x BATCH structured requests
 RAW_BATCHES = 80  # x BATCH raw payloads
 HTTP_BATCH = 5  # (50 bodies overran hypothesis's data buffer: generation all but stopped)
 HTTP_BATCHES = 100  # x HTTP_BATCH HTTP calls
-WARM_UP = 1000
+WARM_UP = 3000
 GENERATE = "/slos_serve.v1.SloServe/Generate"
 # The fields a refusal may name (the top of "field.sub[i]: problem").
 FIELDS = {"request_id", "prompt", "sampling", "slo", "stages", "on_reject", "request"}
