@@ -88,7 +88,9 @@ def engine_kwargs(
     if max_num_batched_tokens is not None:
         kwargs["max_num_batched_tokens"] = max_num_batched_tokens
     if kv_transfer:
-        kwargs["kv_transfer_config"] = kv_transfer_config()
+        # A hand-off whose prefill worker died cannot be pulled: recompute the prompt here
+        # (vLLM's default, "fail", ended the request early with finish_reason "error").
+        kwargs["kv_transfer_config"] = kv_transfer_config(load_failure_policy="recompute")
         kwargs["worker_extension_cls"] = WORKER_EXTENSION  # release_handoffs
     if (speculation := ngram_speculation(speculative_tokens)) is not None:
         kwargs["speculative_config"] = speculation
