@@ -2,7 +2,7 @@
 
 A hand-off's KV stays in the prefill engine until the decode side reads it or the
 connector's lease (30 s) ends. When nobody will read it, it is released at once
-(kv_transfer/release.py), by request id:
+(slos_serve/engine/kv_release.py), by request id:
 - the coordinator aborts the request (its client went away, or it failed over);
 - every coordinator that watched this worker's health is gone (it died: its Watch
   streams end when its connections close), so no decode of these requests will start;

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from kv_transfer.config import kv_transfer_config
-from kv_transfer.release import WORKER_EXTENSION
+from slos_serve.engine.kv_release import WORKER_EXTENSION
 
 SCHEDULER_CLS = "slos_serve.engine.vllm_scheduler.SloScheduler"
 # With chunked prefill off, every prompt must fit one step: at least this many tokens.

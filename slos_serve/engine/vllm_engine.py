@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from kv_transfer.release import RELEASE_METHOD
 from slos_serve.core.policy import MODES
 from slos_serve.core.worker_plan import WorkerPlan
 from slos_serve.engine.base import (
@@ -28,6 +27,7 @@ from slos_serve.engine.base import (
     EngineRequest,
     check_stage_index,
 )
+from slos_serve.engine.kv_release import RELEASE_METHOD
 from slos_serve.engine.side_channel import (
     MODE_ENV,
     PERF_PROFILE_ENV,

@@ -18,7 +18,7 @@ import logging
 
 logger = logging.getLogger("vllm.slos_serve.kv_release")
 
-WORKER_EXTENSION = "kv_transfer.release.KvRelease"
+WORKER_EXTENSION = "slos_serve.engine.kv_release.KvRelease"
 RELEASE_METHOD = "slos_release_held_kv"
 
 
