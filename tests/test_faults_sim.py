@@ -375,6 +375,12 @@ class _BrokenEngine:
     async def abort(self, request_id: str) -> bool:
         return False
 
+    def dead(self) -> str:
+        return ""  # failing requests, not a dead process
+
+    async def release_handoffs(self, engine_request_ids: list[str]) -> int:
+        return 0
+
     async def generate(self, request):
         raise self.error
         yield  # (an async generator, as an engine's generate is)
