@@ -216,7 +216,7 @@ def _set_slo(req: pb.GenerateRequest, body: dict, headers: Mapping[str, str],
         stage.until = _get(st, "until", str) or ""
     on_reject = body.get("on_reject", headers.get(HEADER_ON_REJECT))
     if on_reject is not None:
-        if on_reject not in ON_REJECT:
+        if not isinstance(on_reject, str) or on_reject not in ON_REJECT:
             raise BadRequest("on_reject", f"must be one of {sorted(ON_REJECT)}, got "
                              f"{on_reject!r}")
         req.on_reject = ON_REJECT[on_reject]

@@ -138,6 +138,9 @@ def _parse(body: dict, **headers: str) -> api.Call:
     ({"prompt": "x", "max_tokens": 2**40}, "max_tokens"),
     ({"prompt": "x", "max_tokens": 1e300}, "max_tokens"),
     ({"prompt": "x", "seed": 2**70}, "seed"),
+    ({"prompt": "x", "on_reject": {}}, "on_reject"),  # unhashable: once an HTTP 500
+    ({"prompt": "x", "on_reject": ["reject"]}, "on_reject"),
+    ({"prompt": "x", "on_reject": 1}, "on_reject"),
     ({"messages": [{"role": "user", "content": "z" * (TEXT_BYTES_PER_TOKEN * 64)}]},
      "messages"),
 ])
