@@ -34,7 +34,7 @@ run: install model
 	$(PY) -m slos_serve.cli demo --model $(MODEL)
 
 test: install model
-	SLOS_TEST_MODEL=$(abspath $(MODEL)) $(PY) -m pytest -ra
+	SLOS_TEST_MODEL=$(abspath $(MODEL)) $(PY) -m pytest -ra --durations=30
 
 test-fast: install
 	$(PY) -m pytest -ra -m "not slow"
