@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from proto import slos_serve_pb2 as pb
 from slos_serve.core.stages import StageTracker
-from slos_serve.engine import Engine, EngineOutput
+from slos_serve.engine import Engine, EngineOutput, check_output
 from slos_serve.metrics import WorkerMetrics
 from slos_serve.wire import engine_request, handoff_from_proto, slo_from_proto
 
@@ -56,6 +56,7 @@ async def decode(
             kv_transfer_params=None if handoff is None else handoff.to_vllm(),
         )
     ):
+        check_output(out, request.request_id)
         if out.token_ids and not pulled:
             # The first token needed the prompt's KV: the hand-off is done.
             pulled = True

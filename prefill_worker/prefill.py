@@ -6,7 +6,7 @@ import time
 
 from kv_transfer.metadata import KvHandoff, prefill_params
 from proto import slos_serve_pb2 as pb
-from slos_serve.engine import Engine
+from slos_serve.engine import Engine, check_output
 from slos_serve.wire import engine_request, handoff_to_proto, slo_from_proto
 
 
@@ -34,7 +34,7 @@ async def prefill(engine: Engine, request: pb.PrefillRequest) -> pb.PrefillRespo
             kv_transfer_params=kv_params,
         )
     ):
-        last = out
+        last = check_output(out, request.request_id)
     if last is None or not last.token_ids:
         raise RuntimeError(f"engine produced no token for {request.request_id}")
     response = pb.PrefillResponse(

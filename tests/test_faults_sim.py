@@ -386,8 +386,9 @@ class _BrokenEngine:
         yield  # (an async generator, as an engine's generate is)
 
 
-async def _prefill_workers(engines: list) -> tuple[list, list[str], list]:
-    """In-process prefill workers (real gRPC servers on loopback) over `engines`; their
+async def _prefill_workers(engines: list, role: str = "prefill"
+                           ) -> tuple[list, list[str], list]:
+    """In-process workers of `role` (real gRPC servers on loopback) over `engines`; their
     servers, addresses and health services."""
     from grpc_health.v1.health_pb2 import HealthCheckResponse
 
@@ -399,7 +400,7 @@ async def _prefill_workers(engines: list) -> tuple[list, list[str], list]:
     servers, addresses, healths = [], [], []
     for engine in engines:
         server, health = create_server([pb.DESCRIPTOR.services_by_name["Worker"].full_name])
-        pb_grpc.add_WorkerServicer_to_server(WorkerService("prefill", engine), server)
+        pb_grpc.add_WorkerServicer_to_server(WorkerService(role, engine), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         await health.set("", HealthCheckResponse.SERVING)
@@ -459,6 +460,69 @@ def test_a_prefill_fails_over_whatever_the_status_but_a_client_mistake(first: st
                 await server.stop(None)
             for e in engines:
                 await (e.sim if isinstance(e, _BrokenEngine) else e).shutdown()
+
+    asyncio.run(run())
+
+
+class _FailsMidway:
+    """A SIMULATED engine that ends every request with finish reason "error" once it has
+    `after` tokens (what vLLM does with a KV load it cannot recover): the worker must answer
+    INTERNAL, and the coordinator retry or resume it, not end it as if it were complete."""
+
+    def __init__(self, after: int) -> None:
+        from slos_serve.engine.sim_engine import SimEngine
+
+        self.sim, self.after = SimEngine(), after
+
+    def __getattr__(self, name: str):
+        return getattr(self.sim, name)
+
+    async def generate(self, request):
+        from slos_serve.engine import EngineOutput
+
+        async for out in self.sim.generate(request):
+            if len(out.token_ids) > self.after:
+                yield EngineOutput(out.token_ids, out.text, True, "error")
+                return
+            yield out
+
+
+@pytest.mark.parametrize("after", [0, 3])
+def test_an_engine_error_is_retried_or_resumed_not_a_normal_end(after: int) -> None:
+    from coordinator import worker_calls
+    from coordinator.pool import WorkerPool
+    from proto import slos_serve_pb2 as pb
+    from slos_serve.engine.sim_engine import SimEngine
+
+    async def run() -> None:
+        engines = [_FailsMidway(after), SimEngine()]
+        for e in engines:
+            await e.start()
+        servers, addresses, _ = await _prefill_workers(engines, role="mixed")
+        pool = WorkerPool(prefill=[], decode=[], mixed=addresses)
+        try:
+            await pool.refresh()
+            prompt = prompt_ids(12, offset=9)
+            request = pb.DecodeRequest(
+                request_id="e1", prompt_token_ids=prompt, local=True,
+                sampling=pb.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+                slo=pb.WorkerSlo(ttft_deadline_unix=time.time() + 10, tpot_ms=50.0,
+                                 stages=[pb.StageSlo(tpot_ms=50.0)]))
+            live, sofar, reasons = worker_calls.InFlight(), [], []
+            async for out in worker_calls.decode(pool, request, pool.workers[0], live, sofar):
+                sofar.extend(out.token_ids)
+                reasons.append(out.finish_reason)
+            assert sofar == sim_tokens(prompt, 12, None)  # none duplicated, none skipped
+            assert reasons[-1] == "length" and "error" not in reasons
+            assert live.decode_worker == addresses[1]
+            # no token out yet: sent again whole (a failover); after some: resumed
+            assert (live.failovers, live.resumes) == ((1, 0) if after == 0 else (0, 1))
+        finally:
+            await pool.close()
+            for server in servers:
+                await server.stop(None)
+            for e in engines:
+                await e.shutdown()
 
     asyncio.run(run())
 

@@ -11,13 +11,15 @@ from slos_serve.engine.base import (
     EngineLoad,
     EngineOutput,
     EngineRequest,
+    EngineRequestFailed,
+    check_output,
 )
 from slos_serve.engine.sim_engine import SimEngine
 from slos_serve.engine.vllm_engine import VllmEngine
 
 __all__ = [
     "ENGINES", "Engine", "EngineInfo", "EngineLoad", "EngineOutput", "EngineRequest",
-    "create_engine",
+    "EngineRequestFailed", "check_output", "create_engine",
 ]
 
 ENGINES: dict[str, Callable[..., Engine]] = {"vllm": VllmEngine, "sim": SimEngine}

@@ -48,6 +48,24 @@ class EngineOutput:
     kv_transfer_params: dict[str, Any] | None = None
 
 
+ENGINE_ERROR = "error"  # vLLM's finish reason for a request its engine could not finish
+
+
+class EngineRequestFailed(RuntimeError):
+    """The engine ended a request with finish reason "error" (vLLM: a KV load it could not
+    recover, an internal failure). Raised, not passed on as a normal end: the worker
+    answers INTERNAL, which the coordinator retries (a prefill) or resumes elsewhere (a
+    decode) instead of handing the client a cut-short output that looks complete."""
+
+
+def check_output(out: EngineOutput, request_id: str) -> EngineOutput:
+    """`out`, or EngineRequestFailed if the engine failed the request."""
+    if out.finish_reason == ENGINE_ERROR:
+        raise EngineRequestFailed(f"the engine failed request {request_id} after "
+                                  f"{len(out.token_ids)} tokens (finish reason 'error')")
+    return out
+
+
 @dataclass
 class EngineInfo:
     kind: str  # "vllm" or "sim"
