@@ -219,6 +219,16 @@ class LocalCluster:
         config = self.client_tls()
         return config.credentials() if config else None
 
+    def channel(self, name: str) -> grpc.Channel:
+        """A blocking channel to the process `name` ("decode-0", "coordinator", ...) as its
+        peers dial it: a worker with the cluster's mutual-TLS pair, the coordinator as a
+        client does (for tests and tools that talk to one process directly)."""
+        address = next(p.address for p in self.procs if p.name == name)
+        creds = (self.client_credentials() if name == "coordinator"
+                 else self.internal_credentials())
+        return (grpc.secure_channel(address, creds) if creds is not None
+                else grpc.insecure_channel(address))
+
     def start(self, timeout_s: float | None = None, progress: bool = True) -> str:
         """Starts every process and waits until the coordinator reports SERVING (within
         `timeout_s`, default the spec's `start_timeout_s`)."""

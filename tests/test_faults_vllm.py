@@ -41,9 +41,7 @@ def proc(cluster, name: str):
 
 def worker_stub(cluster, name: str) -> tuple[grpc.Channel, pb_grpc.WorkerStub]:
     """A channel to a worker as the coordinator dials it (mutual TLS, `up`'s default)."""
-    address, creds = proc(cluster, name).address, cluster.internal_credentials()
-    channel = (grpc.secure_channel(address, creds) if creds is not None
-               else grpc.insecure_channel(address))
+    channel = cluster.channel(name)
     return channel, pb_grpc.WorkerStub(channel)
 
 

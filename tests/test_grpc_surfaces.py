@@ -27,20 +27,10 @@ def _proc(cluster: LocalCluster, name: str):
     return next(p for p in cluster.procs if p.name.startswith(name))
 
 
-def _channel(cluster: LocalCluster, proc) -> grpc.Channel:
-    """A channel to one of the cluster's processes as its peers dial it (a worker: with
-    the cluster's mutual-TLS pair)."""
-    creds = (cluster.client_credentials() if proc.name == "coordinator"
-             else cluster.internal_credentials())
-    if creds is None:
-        return grpc.insecure_channel(proc.address)
-    return grpc.secure_channel(proc.address, creds)
-
-
 @pytest.mark.parametrize(("who", "service"), [("coordinator", "slos_serve.v1.SloServe"),
                                               ("mixed", "slos_serve.v1.Worker")])
 def test_health_answers_per_service_name(cluster, who: str, service: str) -> None:
-    with _channel(cluster, _proc(cluster, who)) as channel:
+    with cluster.channel(_proc(cluster, who).name) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for name in ("", service):
             resp = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
@@ -76,7 +66,7 @@ def test_undecodable_payloads_are_invalid_argument(cluster, who: str, method: st
                                                    streaming: bool) -> None:
     proc = _proc(cluster, who)
     before = proc.log_path.read_text()
-    with _channel(cluster, proc) as channel:
+    with cluster.channel(proc.name) as channel:
         make = channel.unary_stream if streaming else channel.unary_unary
         call = make(method, request_serializer=None, response_deserializer=None)
         for _ in range(5):

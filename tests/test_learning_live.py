@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pytest
 
 from proto import slos_serve_pb2 as pb
@@ -51,9 +50,7 @@ def cluster(model_dir: str, reference, tmp_path_factory: pytest.TempPathFactory
 
 
 def decode_report(cluster: LocalCluster) -> pb.LoadReport:
-    address = next(p.address for p in cluster.procs if p.name == "decode-0")
-    credentials = cluster.internal_credentials()  # the workers require mutual TLS
-    with grpc.secure_channel(address, credentials) as channel:
+    with cluster.channel("decode-0") as channel:
         return pb_grpc.WorkerStub(channel).GetLoad(pb.LoadRequest(), timeout=5)
 
 

@@ -16,7 +16,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import psutil
 import pytest
 
@@ -55,11 +54,9 @@ def _proc(cluster: LocalCluster, name: str):
     return next(p for p in cluster.procs if p.name == name)
 
 
-def _engine_steps(cluster: LocalCluster, address: str) -> int:
+def _engine_steps(cluster: LocalCluster, name: str) -> int:
     """The worker's own count of engine steps (a restarted one counts from 0)."""
-    creds = cluster.internal_credentials()  # mutual TLS, as the coordinator dials it
-    with (grpc.secure_channel(address, creds) if creds else grpc.insecure_channel(address)
-          ) as channel:
+    with cluster.channel(name) as channel:  # mutual TLS, as the coordinator dials it
         return pb_grpc.WorkerStub(channel).GetLoad(pb.LoadRequest(), timeout=5).steps
 
 
@@ -108,7 +105,7 @@ def test_a_killed_worker_is_restarted_on_its_ports_and_serves_again(
                  f"the coordinator to see {name} healthy again")
         assert client.health() is HealthStatus.SERVING
         _serve_until(client, proc.address, side)
-    assert _engine_steps(cluster, proc.address) > 0  # the new process itself did the work
+    assert _engine_steps(cluster, proc.name) > 0  # the new process itself did the work
     assert f"----- restart 1 of {name} -----" in proc.log_path.read_text()  # one log, appended
 
 
