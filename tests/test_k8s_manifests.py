@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -153,12 +154,23 @@ def containers(ray: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             for c in (*t["spec"].get("initContainers", []), *t["spec"]["containers"])]
 
 
-# What KubeRay puts in $KUBERAY_GEN_RAY_START_CMD (pod.go's generateRayStartCommand: sorted
-# flags, each " --k=v " or " --k "); the head must run it without --block, quoting intact.
-_RAY_START = 'ray start --head  --block  --dashboard-host=0.0.0.0  --resources="{\\"a\\": 1}" '
+def kuberay_resources(params: dict[str, str]) -> dict[str, float]:
+    """rayStartParams' `resources` as KubeRay reads it (pod.go getResourcesMap: quotes and
+    spaces trimmed, then JSON); KubeRay skips adding the pod's GPUs if this fails."""
+    return json.loads(params.get("resources", "{}").strip("'\"` "))
 
 
-def run_container(container: dict[str, Any], env: dict[str, str]) -> dict[str, list[str]]:
+def kuberay_ray_start(params: dict[str, str], head: bool) -> str:
+    """What KubeRay v1.7.0 puts in $KUBERAY_GEN_RAY_START_CMD (pod.go generateRayStartCommand,
+    convertParamMap: --block added, flags sorted, each " --k=v ", or " --k " for "true")."""
+    flags = "".join(f" --{k} " if v.lower() == "true" else f" --{k}={v} "
+                    for k, v in sorted({**params, "block": "true"}.items())
+                    if v.lower() != "false")
+    return f"ray start {'--head ' if head else ''}{flags}"
+
+
+def run_container(container: dict[str, Any], ray_start: str,
+                  env: dict[str, str]) -> dict[str, list[str]]:
     """Runs a container's command in bash with `ray` and `slos-serve` replaced by stubs that
     record their argv: what each would have been started with."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,8 +180,10 @@ def run_container(container: dict[str, Any], env: dict[str, str]) -> dict[str, l
             stub.chmod(0o755)
         argv = [*container.get("command", []), *container.get("args", [])]
         assert argv[:1] == ["/bin/bash"], f"{container['name']}: not a bash command: {argv}"
-        subprocess.run(argv, env={"PATH": f"{tmp}:/usr/bin:/bin", "KUBERAY_GEN_RAY_START_CMD":
-                                  _RAY_START, **env}, timeout=30, check=True)
+        run = subprocess.run(argv, env={"PATH": f"{tmp}:/usr/bin:/bin",
+                                        "KUBERAY_GEN_RAY_START_CMD": ray_start, **env},
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert run.returncode == 0, f"{container['name']}: {run.stderr}"
         return {name: Path(tmp, f"{name}.argv").read_text().splitlines()
                 for name in ("ray", "slos-serve") if Path(tmp, f"{name}.argv").exists()}
 
@@ -177,10 +191,11 @@ def run_container(container: dict[str, Any], env: dict[str, str]) -> dict[str, l
 def head_command(ray: dict[str, Any], params: dict[str, str]) -> list[str]:
     """The head's `slos-serve up ...` argv, with the ConfigMap's values put in, after it ran
     KubeRay's `ray start` without --block (with it, `up` would never start)."""
-    head = ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    ran = run_container(head, {k: str(v) for k, v in params.items()})
-    assert ran.get("ray") == ["start", "--head", "--dashboard-host=0.0.0.0",
-                              '--resources={"a": 1}'], ran
+    group = ray["spec"]["headGroupSpec"]
+    ran = run_container(group["template"]["spec"]["containers"][0],
+                        kuberay_ray_start(group.get("rayStartParams", {}), head=True),
+                        {k: str(v) for k, v in params.items()})
+    assert ran.get("ray", [])[:2] == ["start", "--head"] and "--block" not in ran["ray"], ran
     return ["slos-serve", *ran.get("slos-serve", [])]
 
 
@@ -216,6 +231,15 @@ def project_problems(docs: list[dict[str, Any]]) -> list[str]:
         replicas = groups[role].get("replicas", 0) if role in groups else 0
         if flag(argv, f"--{role}") != str(replicas):
             out.append(f"--{role} {flag(argv, f'--{role}')} but {replicas} {role} pods")
+    roles = [("head", ray["spec"]["headGroupSpec"], "slos_coordinator"),
+             *((g["groupName"], g, f"slos_{g['groupName']}") for g in groups.values())]
+    for name, group, resource in roles:
+        try:
+            got = kuberay_resources(group.get("rayStartParams", {}))
+        except ValueError as exc:
+            got = f"unparsable ({exc})"
+        if got != {resource: 1}:
+            out.append(f"{name}: rayStartParams resources {got}, not {{{resource!r}: 1}}")
     secrets = {ref["name"] for _, c in containers(ray) for ref in
                (e["valueFrom"]["secretKeyRef"] for e in c.get("env", [])
                 if "secretKeyRef" in e.get("valueFrom", {}))}
@@ -256,6 +280,27 @@ def test_gpu_and_cpu_pods() -> None:
             assert res["limits"].get("nvidia.com/gpu") == gpus, (directory, group["groupName"])
         tag = containers(ray)[0][1]["image"].rsplit("-", 1)[1]
         assert tag == ("gpu" if gpus else "cpu")
+
+
+def test_ray_start_gets_the_custom_resources() -> None:
+    """Each pod's `ray start` (as KubeRay generates it, through the pod's command) declares its
+    role's resource, which `up --ray` places by; workers block in it and run nothing else."""
+    ray = one(rendered(K8S), "RayCluster")
+    groups = [("head", ray["spec"]["headGroupSpec"], "slos_coordinator"),
+              *((g["groupName"], g, f"slos_{g['groupName']}")
+                for g in ray["spec"]["workerGroupSpecs"])]
+    for name, group, resource in groups:
+        params = group["rayStartParams"]
+        ran = run_container(group["template"]["spec"]["containers"][0],
+                            kuberay_ray_start(params, head=name == "head"),
+                            {k: "x" for k in ("SLOS_ENGINE", "SLOS_MODEL", "SLOS_PREFILL",
+                                              "SLOS_DECODE", "SLOS_MIXED", "SLOS_KV_CACHE_GIB",
+                                              "SLOS_EXTRA_ARGS")})
+        given = [a.removeprefix("--resources=") for a in ran["ray"]
+                 if a.startswith("--resources=")]
+        assert [json.loads(g) for g in given] == [{resource: 1}], (name, ran["ray"])
+        assert ("--block" in ran["ray"]) == (name != "head"), (name, ran["ray"])
+        assert ("slos-serve" in ran) == (name == "head"), (name, ran)
 
 
 def test_head_runs_the_coordinator_with_tls_and_the_api_key() -> None:
@@ -377,6 +422,8 @@ BREAKAGES = {
         "secretKeyRef"].update(name="other")),
     "head blocks in ray start": ("project", lambda d: _head(d)["args"].__setitem__(
         0, _head(d)["args"][0].replace("/ --block / ", ""))),
+    "resources KubeRay cannot parse": ("project", lambda d: _worker(d)["rayStartParams"]
+                                       .update(resources='"{\\"slos_prefill\\": 1}"')),
 }
 
 
