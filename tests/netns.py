@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import atexit
 import os
-import random
+import secrets
 import signal
 import subprocess
 import time
@@ -125,18 +125,20 @@ class Hosts:
     a: Host
     b: Host
     procs: list[subprocess.Popen] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)  # the namespaces this object made
 
     @classmethod
     def create(cls) -> Hosts:
-        tag = f"{random.randrange(16 ** 6):06x}"
-        subnet = random.randrange(213, 251)
+        tag = secrets.token_hex(3)  # not `random`: a test plugin may seed it
+        subnet = 213 + secrets.randbelow(38)  # 10.213-10.250
         a = Host(f"{PREFIX}{tag}a", f"st{tag}a", f"10.{subnet}.0.1")
         b = Host(f"{PREFIX}{tag}b", f"st{tag}b", f"10.{subnet}.0.2")
         hosts = cls(a, b)
-        atexit.register(hosts.destroy)
         try:
             for h in (a, b):
-                _ip("netns", "add", h.ns)
+                _ip("netns", "add", h.ns)  # fails on a name taken: then nothing of ours
+                hosts.created.append(h.ns)
+            atexit.register(hosts.destroy)
             _ip("link", "add", a.ifname, "netns", a.ns, "type", "veth",
                 "peer", "name", b.ifname, "netns", b.ns)
             for h in (a, b):
@@ -170,9 +172,10 @@ class Hosts:
             except subprocess.TimeoutExpired:
                 pass
         self.procs.clear()
-        for h in (self.a, self.b):
-            kill_all_in(h.ns)
-            _ip("netns", "del", h.ns, check=False)
+        for ns in self.created:
+            kill_all_in(ns)
+            _ip("netns", "del", ns, check=False)
+        self.created.clear()
 
     def __enter__(self) -> Hosts:
         return self

@@ -3,12 +3,12 @@ coordinator's address is reachable, and reports what every stream saw as JSON.
 
     python tests/netns_client.py TARGET JOB.json OUT.json
 
-JOB: {"workers": N, "phases": [{"prompts": [[ids]], "max_tokens": N, "options": {...},
-"fault_after_tokens": K or null}]}. It first waits until the coordinator reports N healthy
-workers (printing "ready"), then runs each phase's streams at once. A phase with
-`fault_after_tokens` prints "fault" once every stream has K tokens (or ended) and waits
-for a line on stdin (the test injects its fault meanwhile) before reading on.
-A stream still open STREAM_BOUND_S after it started is recorded as hung.
+JOB: {"workers": N, "ready_timeout_s": S, "phases": [{"prompts": [[ids]], "max_tokens": N,
+"options": {...}, "fault_after_tokens": K or null}]}. It first waits (up to S seconds) until
+the coordinator reports N healthy workers (printing "ready"), then runs each phase's
+streams at once. A phase with `fault_after_tokens` prints "fault" once every stream has K
+tokens (or ended) and waits for a line on stdin (the test injects its fault meanwhile)
+before reading on. A stream still open STREAM_BOUND_S after it started is recorded as hung.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from slos_serve.client import AsyncClient, Chunk, Completion, Started
 from slos_serve.errors import SloServeError
 
 STREAM_BOUND_S = 90.0
-READY_TIMEOUT_S = 120.0
 
 
-async def _wait_healthy(c: AsyncClient, n: int) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+async def _wait_healthy(c: AsyncClient, n: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             info = await c.cluster_info(timeout=2)
@@ -35,7 +34,7 @@ async def _wait_healthy(c: AsyncClient, n: int) -> None:
         except SloServeError:
             pass
         if time.monotonic() > deadline:
-            raise SystemExit(f"not {n} healthy workers after {READY_TIMEOUT_S} s")
+            raise SystemExit(f"not {n} healthy workers after {timeout_s} s")
         await asyncio.sleep(0.2)
 
 
@@ -78,7 +77,7 @@ async def _phase(c: AsyncClient, k: int, phase: dict) -> list[dict]:
 async def main(target: str, job: dict) -> list[list[dict]]:
     async with AsyncClient(target, timeout=STREAM_BOUND_S) as c:
         started = time.monotonic()
-        await _wait_healthy(c, job["workers"])
+        await _wait_healthy(c, job["workers"], job["ready_timeout_s"])
         print(f"ready after {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
         print("ready", flush=True)
         outs = []

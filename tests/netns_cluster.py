@@ -76,12 +76,15 @@ class StaticCluster:
         launcher._make_certs()  # keeps the certificates above (valid for a.ip)
         profile = self.spec.resolve_profile()
         port = PORT_BASE
+        ncpu = os.cpu_count() or 1
         counts: dict[str, int] = {}
         for role, host in self.placement:
             k = counts[role] = counts.get(role, -1) + 1
             w = Worker(f"{role}-{k}", role, host, port, port + 1, port + 2)
             port += 10
-            argv = launcher._worker_argv(role, w.port, None, w.metrics_port, profile,
+            # up's rule: engine k on core k (all on this one machine's cores)
+            cpu = len(self.workers) % ncpu if self.spec.engine == "vllm" else None
+            argv = launcher._worker_argv(role, w.port, cpu, w.metrics_port, profile,
                                          host=host.ip, kv_port=w.kv_port)
             w.proc = self._spawn(host, w.name, argv)
             self.workers.append(w)
@@ -111,7 +114,8 @@ class StaticCluster:
         phase as it saw them. `on_fault()` runs when a phase reaches its fault point."""
         job = self.log_dir / "job.json"
         out = self.log_dir / "outcomes.json"
-        job.write_text(json.dumps({"workers": len(self.workers), "phases": phases}))
+        job.write_text(json.dumps({"workers": len(self.workers), "phases": phases,
+                                   "ready_timeout_s": self.spec.start_timeout_s}))
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + str(ROOT / "tests")}
         proc = subprocess.Popen(self.hosts.a.argv([sys.executable, str(CLIENT), self.target,
                                                    str(job), str(out)]),
