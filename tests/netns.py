@@ -6,9 +6,9 @@ binds to 127.0.0.1 or advertises it is found out. The tests create and remove th
 namespaces themselves (root, or CAP_NET_ADMIN, is needed: `skip_reason` says when the
 machine cannot).
 
-Every name starts with PREFIX; `remove_stale` deletes what an earlier run that was killed
-left behind, and `Hosts.destroy` (registered with atexit too) kills every process in the
-namespaces before deleting them, which also deletes the veth pair.
+Every name starts with PREFIX and the creating process's pid; `remove_stale` deletes what
+a run that is gone left behind, and `Hosts.destroy` (registered with atexit too) kills
+every process in the namespaces before deleting them, which also deletes the veth pair.
 Processes run through `ip netns exec`, which enters the namespace and execs the command:
 the process keeps its pid, in a process group of its own (in the caller's session, like
 `up`'s children: see slos_serve.supervise.spawn_options), so killing the group kills the
@@ -39,7 +39,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def skip_reason() -> str:
     """'' if this machine lets us create a namespace; else why not (EPERM only: any other
     failure is an error, raised)."""
-    probe = f"{PREFIX}probe{os.getpid()}"
+    probe = f"{PREFIX}{os.getpid()}-probe"
     try:
         done = _ip("netns", "add", probe, check=False)
     except FileNotFoundError:
@@ -81,10 +81,23 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+def _owner_alive(ns: str) -> bool:
+    """Whether the process that made namespace `ns` (its pid is in the name) still runs."""
+    pid = ns[len(PREFIX):].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def remove_stale() -> list[str]:
-    """Deletes every PREFIX namespace (and what runs in it) an earlier run left behind."""
-    stale = [line.split()[0] for line in _ip("netns", "list").stdout.splitlines()
-             if line.startswith(PREFIX)]
+    """Deletes every PREFIX namespace (and what runs in it) that a run no longer running
+    left behind (a killed pytest: its atexit never ran); another live run's are kept."""
+    stale = [ns for line in _ip("netns", "list").stdout.splitlines()
+             if (ns := line.split()[0]).startswith(PREFIX) and not _owner_alive(ns)]
     for ns in stale:
         kill_all_in(ns)
         _ip("netns", "del", ns, check=False)
@@ -131,8 +144,9 @@ class Hosts:
     def create(cls) -> Hosts:
         tag = secrets.token_hex(3)  # not `random`: a test plugin may seed it
         subnet = 213 + secrets.randbelow(38)  # 10.213-10.250
-        a = Host(f"{PREFIX}{tag}a", f"st{tag}a", f"10.{subnet}.0.1")
-        b = Host(f"{PREFIX}{tag}b", f"st{tag}b", f"10.{subnet}.0.2")
+        owner = f"{PREFIX}{os.getpid()}-{tag}"  # the pid: remove_stale spares live runs
+        a = Host(f"{owner}a", f"st{tag}a", f"10.{subnet}.0.1")
+        b = Host(f"{owner}b", f"st{tag}b", f"10.{subnet}.0.2")
         hosts = cls(a, b)
         try:
             for h in (a, b):
