@@ -48,7 +48,8 @@ def skip_reason() -> str:
         _ip("netns", "del", probe)
         return ""
     if "Operation not permitted" in done.stderr or "Permission denied" in done.stderr:
-        return f"cannot create a network namespace here (needs CAP_NET_ADMIN): {done.stderr}"
+        return ("cannot create a network namespace here (needs CAP_NET_ADMIN): "
+                + done.stderr.strip())
     raise RuntimeError(f"ip netns add {probe}: {done.stderr}")
 
 
