@@ -161,10 +161,15 @@ class LocalCluster:
         return proc
 
     def _worker_argv(self, role: str, port: int, cpu: int | None, metrics_port: int,
-                     profile: str | None) -> list[str]:
+                     profile: str | None, host: str | None = None,
+                     kv_port: int | None = None) -> list[str]:
+        """A worker's command line; `host` (default the spec's) is the address it listens
+        on and advertises, its NIXL side channel's too (tests/netns_cluster.py places
+        workers on other hosts)."""
         s = self.spec
         cfg = WorkerConfig(
-            host=s.host, port=port, engine=s.engine, model=s.model, kv_port=free_port(),
+            host=host or s.host, port=port, engine=s.engine, model=s.model,
+            kv_port=kv_port or free_port(),
             kv_cache_gib=s.kv_cache_gib, cpus=None if cpu is None else str(cpu),
             spec_tokens=s.spec_tokens, scheduler=s.scheduler, metrics_port=metrics_port,
             profile=profile if s.engine == "vllm" else None,
