@@ -35,8 +35,8 @@ from slos_serve.profile import DEFAULT_OUT, ensure_profile
 from slos_serve.supervise import Child, Supervisor, signal_group, spawn_options, stop_groups
 from slos_serve.worker.main import WorkerConfig
 
-__all__ = ["ClusterSpec", "LocalCluster", "free_port", "signal_group", "spawn_options",
-           "stop_groups"]  # the process-group helpers, for the bench's own processes
+__all__ = ["ClusterSpec", "LocalCluster", "coordinator_argv", "free_port", "signal_group",
+           "spawn_options", "stop_groups", "worker_argv"]  # (process-group helpers: the bench's)
 
 
 # Ports for the cluster come from below Linux's default ephemeral range
@@ -139,6 +139,44 @@ class ClusterSpec(Options):
         return str(ensure_profile(self.model, DEFAULT_OUT, quick=True).resolve())
 
 
+def worker_argv(spec: ClusterSpec, role: str, *, host: str, port: int, kv_port: int,
+                cpu: int | None, metrics_port: int, profile: str | None,
+                tls_dir: str | None) -> list[str]:
+    """A worker's command line (after `slos-serve`): LocalCluster's and `up --ray`'s
+    actors' (on their node's address, with ports free there)."""
+    cfg = WorkerConfig(
+        host=host, port=port, engine=spec.engine, model=spec.model, kv_port=kv_port,
+        kv_cache_gib=spec.kv_cache_gib, cpus=None if cpu is None else str(cpu),
+        spec_tokens=spec.spec_tokens, scheduler=spec.scheduler, metrics_port=metrics_port,
+        profile=profile if spec.engine == "vllm" else None, tls_dir=tls_dir,
+    )
+    return [f"{role}-worker", *cfg.to_argv(), *spec.extra_worker_args]
+
+
+def coordinator_argv(spec: ClusterSpec, *, host: str, port: int, metrics_port: int,
+                     http_port: int, profile: str | None, workers: dict[str, list[str]],
+                     tls_dir: str | None, mutual: bool, join: bool = False,
+                     drop_after_s: float = 0.0) -> list[str]:
+    """The coordinator's command line: mutual TLS to the workers with TLS_DIR's node pair
+    (`mutual`), TLS to clients with its server pair (spec.client_tls); `join`: workers
+    register at runtime (AddWorker), `drop_after_s`: an unreachable one leaves then."""
+    assert spec.model  # start() checked
+    policy = {"on_reject": spec.on_reject} if spec.on_reject else {}  # else the coordinator's
+    tls_flags = {"tls_dir": tls_dir} if mutual and tls_dir else {}
+    if spec.client_tls and tls_dir:
+        tls_flags["client_tls_cert"] = str(Path(tls_dir) / tls.SERVER_CERT)
+        tls_flags["client_tls_key"] = str(Path(tls_dir) / tls.SERVER_KEY)
+    cfg = CoordinatorConfig(
+        host=host, port=port, metrics_port=metrics_port, http_port=http_port,
+        request_log=spec.request_log, prefill=workers.get("prefill") or None,
+        decode=workers.get("decode") or None,
+        mixed=workers.get("mixed") or None, layout=spec.layout, model=spec.model,
+        tiers=spec.tiers, scheduler=spec.scheduler, profile=profile, join=join,
+        drop_after_s=drop_after_s, **policy, **tls_flags,
+    )
+    return ["coordinator", *cfg.to_argv()]
+
+
 class LocalCluster:
     """Starts, watches and stops a local cluster. Use as a context manager."""
 
@@ -162,37 +200,17 @@ class LocalCluster:
 
     def _worker_argv(self, role: str, port: int, cpu: int | None, metrics_port: int,
                      profile: str | None) -> list[str]:
-        s = self.spec
-        cfg = WorkerConfig(
-            host=s.host, port=port, engine=s.engine, model=s.model, kv_port=free_port(),
-            kv_cache_gib=s.kv_cache_gib, cpus=None if cpu is None else str(cpu),
-            spec_tokens=s.spec_tokens, scheduler=s.scheduler, metrics_port=metrics_port,
-            profile=profile if s.engine == "vllm" else None,
-            tls_dir=str(self.tls_dir) if self._node else None,
-        )
-        return [f"{role}-worker", *cfg.to_argv(), *s.extra_worker_args]
+        return worker_argv(self.spec, role, host=self.spec.host, port=port,
+                           kv_port=free_port(), cpu=cpu, metrics_port=metrics_port,
+                           profile=profile, tls_dir=str(self.tls_dir) if self._node else None)
 
     def _coordinator_argv(self, port: int, metrics_port: int, http_port: int,
                           profile: str | None, workers: dict[str, list[str]]) -> list[str]:
-        s = self.spec
-        assert s.model  # start() checked
-        policy = {"on_reject": s.on_reject} if s.on_reject else {}  # else the coordinator's
-        cfg = CoordinatorConfig(
-            host=s.host, port=port, metrics_port=metrics_port, http_port=http_port,
-            request_log=s.request_log, prefill=workers.get("prefill") or None,
-            decode=workers.get("decode") or None,
-            mixed=workers.get("mixed") or None, layout=s.layout, model=s.model, tiers=s.tiers,
-            scheduler=s.scheduler, profile=profile, **policy, **self._coordinator_tls(),
-        )
-        return ["coordinator", *cfg.to_argv()]
-
-    def _coordinator_tls(self) -> dict[str, str]:
-        """The coordinator's TLS flags: the node pair to the workers, the client-facing pair."""
-        out = {"tls_dir": str(self.tls_dir)} if self._node else {}
-        if self.spec.client_tls and self.tls_dir:
-            out["client_tls_cert"] = str(self.tls_dir / tls.SERVER_CERT)
-            out["client_tls_key"] = str(self.tls_dir / tls.SERVER_KEY)
-        return out
+        return coordinator_argv(self.spec, host=self.spec.host, port=port,
+                                metrics_port=metrics_port, http_port=http_port,
+                                profile=profile, workers=workers,
+                                tls_dir=str(self.tls_dir) if self.tls_dir else None,
+                                mutual=self._node is not None)
 
     def _make_certs(self) -> None:
         """Certificates for mutual TLS (unless --insecure) and client TLS (if asked), made
