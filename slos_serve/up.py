@@ -114,6 +114,10 @@ class ClusterSpec(Options):
                               "TLS_DIR/server.pem; clients verify it with TLS_DIR/ca.pem")
     restart: bool = option(True, "do not restart a process that exits once the cluster "
                            "is up: stop the cluster instead", flag="--no-restart")
+    ray: str | None = option(
+        None, "run every process as a Ray actor, placed by resources (needs the `ray` "
+        "extra): auto (the running Ray cluster), local (a Ray started for this run), or a "
+        "Ray address; no restarts in place (`slos-serve scale` replaces)", metavar="ADDRESS")
 
     def counts(self) -> dict[str, int]:
         """Workers per role: --prefill / --decode default to 1 each, or 0 with --mixed."""
@@ -370,7 +374,13 @@ def run(args: argparse.Namespace) -> int:
         print("slos-serve up: --model is required (the coordinator loads its tokenizer; "
               "vllm engines the model)", file=sys.stderr)
         return 2
-    cluster = LocalCluster(ClusterSpec.from_args(args))
+    spec = ClusterSpec.from_args(args)
+    if spec.ray:
+        from slos_serve.ray_cluster import RayCluster  # imports Ray when it runs
+
+        cluster: LocalCluster = RayCluster(spec, spec.ray)
+    else:
+        cluster = LocalCluster(spec)
     if cluster.spec.insecure:
         print(f"slos-serve up: --insecure: {tls.PLAINTEXT_WARNING}", file=sys.stderr)
     stop_requested = False
