@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -67,6 +69,7 @@ class ServeProcess:
         self.child: Child | None = None
         self.address = ""
         self._core_lock: IO[str] | None = None
+        self.stopping = False  # stop() called: the child's exit is no failure
 
     # ------------------------------------------------------------ start --
     def start(self, timeout_s: float) -> dict[str, Any]:
@@ -89,7 +92,10 @@ class ServeProcess:
         mutual = tls_dir is not None and not s.insecure
         if self.kind == "coordinator":
             http_port = (s.http_port or free_port(bind)) if s.http else 0
-            argv = coordinator_argv(s, host=bind, port=port, metrics_port=metrics_port,
+            # `auto` means adaptive when there are mixed workers: the coordinator cannot
+            # tell from its (empty) address lists, so it is told
+            cs = replace(s, layout="adaptive") if s.layout == "auto" and s.mixed else s
+            argv = coordinator_argv(cs, host=bind, port=port, metrics_port=metrics_port,
                                     http_port=http_port, profile=profile, workers={},
                                     tls_dir=str(tls_dir) if tls_dir else None, mutual=mutual,
                                     join=True, drop_after_s=DROP_AFTER_S)
@@ -188,13 +194,16 @@ class ServeProcess:
     def exited(self) -> str:
         """'' while the child runs; else its exit code and its log's end."""
         popen = self.child.popen if self.child else None
-        if popen is None or (code := popen.poll()) is None:
+        if self.stopping or popen is None or (code := popen.poll()) is None:
             return ""
         assert self.child is not None
         return f"{self.name} exited with code {code}; its log ends with:\n{self.child.tail()}"
 
     def stop(self) -> None:
         """SIGTERM the child's process group, SIGKILL what is left after the grace."""
+        self.stopping = True
+        if self.child is not None:  # the keys go; the log stays (the child wrote it)
+            shutil.rmtree(self.child.log_path.parent / "tls", ignore_errors=True)
         if self.child is not None and self.child.popen is not None:
             stop_groups([self.child.popen])
         if self._core_lock is not None:

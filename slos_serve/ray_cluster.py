@@ -149,7 +149,9 @@ class RayCluster(LocalCluster):
         if progress:
             nodes = sorted({i["node"] for i in self.info.values()})
             print(f"cluster ready on Ray ({len(nodes)} node(s): {', '.join(nodes)}): "
-                  f"coordinator at {self.target}", file=sys.stderr)
+                  f"coordinator at {self.target}; process logs (on their nodes): "
+                  + " ".join(f"{n.split('-', 1)[1]}={i['log']}" for n, i in self.info.items()),
+                  file=sys.stderr)
         return self.target
 
     def _name(self, kind: str, k: int = 0) -> str:
@@ -166,6 +168,7 @@ class RayCluster(LocalCluster):
         gpu = self._gpu and kind != "coordinator"
         bundle = {"CPU": 1.0, **({"GPU": 1.0} if gpu else {})}
         lifetime = "detached" if detached else None
+        _remove_group(name)  # a dead actor's of that name (live ones' names are not reused)
         pg = placement_group([bundle], strategy="STRICT_PACK", name=name, lifetime=lifetime)
         ray.get(pg.ready(), timeout=ACTOR_START_S)
         actor = ray.remote(ServeProcess).options(
@@ -225,6 +228,12 @@ class RayCluster(LocalCluster):
             except ray.exceptions.GetTimeoutError:
                 continue  # busy, not dead
             except ray.exceptions.RayActorError as exc:
+                if not _named(name) and not name.endswith("-coordinator"):
+                    del self.actors[name]  # killed: by `scale` (drained first) or a crash
+                    self.info.pop(name, None)
+                    print(f"{name}: its actor is gone (scaled down, or died: then the "
+                          "coordinator drops it after 30 s unreachable)", file=sys.stderr)
+                    continue
                 dead = f"{name}'s actor died: {exc}"
             if not dead:
                 continue
@@ -258,6 +267,16 @@ class RayCluster(LocalCluster):
             self._connected = False
 
 
+def _named(name: str) -> bool:
+    import ray
+
+    try:
+        ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
 def cluster_actors(cluster_id: str) -> dict[str, Any]:
     """The named actors of cluster `cluster_id`."""
     import ray
@@ -276,13 +295,18 @@ def cluster_actors(cluster_id: str) -> dict[str, Any]:
 def stop_actor(name: str, actor: Any) -> None:
     """Stops its child gracefully, kills the actor, removes its placement group."""
     import ray
-    from ray.util.placement_group import get_placement_group, remove_placement_group
 
     try:
         ray.get(actor.stop.remote(), timeout=30)
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         pass  # dead already, or stuck: the kill's PDEATHSIG stops the child
     ray.kill(actor, no_restart=True)
+    _remove_group(name)
+
+
+def _remove_group(name: str) -> None:
+    from ray.util.placement_group import get_placement_group, remove_placement_group
+
     try:
         remove_placement_group(get_placement_group(name))
     except ValueError:
@@ -294,6 +318,11 @@ def stop_cluster(cluster_id: str, actors: dict[str, Any]) -> None:
     order = sorted(every, key=lambda n: not n.endswith("-coordinator"))  # coordinator first
     for name in order:
         stop_actor(name, every[name])
+    import ray
+
+    for group in ray.util.placement_group_table().values():  # dead actors' groups too
+        if group.get("name", "").startswith(cluster_id + "-") and group.get("state") != "REMOVED":
+            _remove_group(group["name"])
 
 
 # ------------------------------------------------------------------ scale --

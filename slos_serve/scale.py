@@ -122,7 +122,7 @@ def _scale_ray(args: argparse.Namespace, deltas: dict[str, int]) -> int:
     ray_cluster.connect(args.ray)
     try:
         cluster = ray_cluster.attach(args.coordinator)
-        for role, n in deltas.items():
+        for role, n in sorted(deltas.items(), key=lambda d: -d[1]):  # additions first
             if n > 0:
                 for address in ray_cluster.add_workers(cluster, role, n):
                     print(f"added {role} {address} (a Ray actor)")

@@ -393,6 +393,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         cluster.start()
+        signal.signal(signal.SIGTERM, request_stop)  # again: ray.init installs its own
         print(f"serving at {cluster.target} (logs in {cluster.log_dir}); Ctrl-C to stop",
               flush=True)
         if cluster.http_url:

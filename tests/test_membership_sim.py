@@ -140,3 +140,20 @@ async def _bad_role(cluster) -> grpc.StatusCode:
     except grpc.RpcError as err:
         return err.code()
     return grpc.StatusCode.OK
+
+
+def test_an_unreachable_worker_leaves_the_membership_after_the_grace() -> None:
+    """drop_after_s: a worker that never answers (its actor died) is removed; 0 keeps it."""
+    from coordinator.pool import WorkerPool
+
+    async def run(drop_after_s: float) -> list[str]:
+        dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+        pool = WorkerPool([], [dead], poll_interval_s=0.05, drop_after_s=drop_after_s)
+        pool.start()
+        await asyncio.sleep(1.5)
+        left = [w.address for w in pool.workers]
+        await pool.close()
+        return left
+
+    assert asyncio.run(run(0.3)) == []
+    assert len(asyncio.run(run(0.0))) == 1

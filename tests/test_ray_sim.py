@@ -67,16 +67,25 @@ def test_serves_50_requests_through_the_sdk(cluster) -> None:
 
 
 def test_scale_adds_and_drains_workers_under_ray(cluster) -> None:
+    """A worker actor dies (killed: a crash, its child goes with it), `scale` adds one in
+    its place (its name and placement group's reused) and drains a prefill worker away."""
     from slos_serve import ray_cluster
 
     attached = ray_cluster.attach(cluster.target)  # as `slos-serve scale` finds it
     assert attached.cluster_id == cluster.cluster_id
+    crashed = attached.actors.pop(f"{cluster.cluster_id}-decode-1")
+    crashed_at = ray.get(crashed.info.remote(), timeout=30)["address"]
+    ray.kill(crashed)
     [added] = ray_cluster.add_workers(attached, "decode", 1)
+
+    def healthy(c: Client) -> set[str]:
+        return {w.address for w in c.cluster_info().workers if w.healthy}
+
     with Client(cluster.target, timeout=30, api_key=KEY) as c:
-        wait_for(lambda: all_healthy(c.cluster_info(), 5), 30, "5 healthy workers")
+        wait_for(lambda: added in healthy(c) and crashed_at not in healthy(c)
+                 and len(healthy(c)) == 4, 30, "the replacement routed to, the dead one not")
         removed = ray_cluster.remove_workers(attached, "prefill", 1, drain_timeout_s=20)
         assert [cut for _, cut in removed] == [0]
-        wait_for(lambda: all_healthy(c.cluster_info(), 4), 10, "4 workers")
         members = {w.address for w in c.cluster_info().workers}
         assert added in members and removed[0][0] not in members
         decoders = set()
@@ -85,7 +94,7 @@ def test_scale_adds_and_drains_workers_under_ray(cluster) -> None:
             out = c.generate(prompt, max_tokens=4, **GREEDY)
             assert out.token_ids == sim_tokens(prompt, 4, None)
             decoders.add(out.decode_worker)
-    assert added in decoders
+    assert added in decoders and crashed_at not in decoders
 
 
 def test_stop_leaves_no_actor_placement_group_or_process(cluster) -> None:
@@ -93,7 +102,7 @@ def test_stop_leaves_no_actor_placement_group_or_process(cluster) -> None:
 
     actors = cluster_actors(cluster.cluster_id)  # those `scale` added (detached) too
     pids = [ray.get(a.info.remote(), timeout=30)["pid"] for a in actors.values()]
-    assert len(pids) == 5 and all(_alive(p) for p in pids)  # coordinator, 1 + 3 workers
+    assert len(pids) == 4 and all(_alive(p) for p in pids)  # coordinator, 1 + 2 workers
     cluster.stop_actors()
     assert cluster_actors(cluster.cluster_id) == {}
     assert not [a for a in ray.util.list_named_actors(all_namespaces=True)
