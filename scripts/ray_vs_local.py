@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--ray-first", action="store_true", help="measure the Ray path first")
     args = parser.parse_args()
     from slos_serve.ray_cluster import RayCluster
 
@@ -66,13 +67,17 @@ def main() -> None:
                            api_key="bench", start_timeout_s=300)
 
     load_before = os.getloadavg()
-    local = measure(LocalCluster(spec()), args)
-    ray = measure(RayCluster(spec(), "local"), args)
+    if args.ray_first:
+        ray = measure(RayCluster(spec(), "local"), args)
+        local = measure(LocalCluster(spec()), args)
+    else:
+        local = measure(LocalCluster(spec()), args)
+        ray = measure(RayCluster(spec(), "local"), args)
     load_after = os.getloadavg()
     print(f"requests/s: local {local:.1f}, ray {ray:.1f}, ray/local {ray / local:.3f} "
           f"({args.concurrency} streams x {args.max_tokens} tokens, {args.seconds:.0f} s "
           f"each; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, "
-          f"{os.cpu_count()} cores)")
+          f"{os.cpu_count()} cores{'; Ray first' if args.ray_first else ''})")
 
 
 if __name__ == "__main__":
