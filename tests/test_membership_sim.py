@@ -157,3 +157,20 @@ def test_an_unreachable_worker_leaves_the_membership_after_the_grace() -> None:
 
     assert asyncio.run(run(0.3)) == []
     assert len(asyncio.run(run(0.0))) == 1
+
+
+def test_scale_cli_without_ray_drains_and_refuses_to_start_processes(cluster, capsys) -> None:
+    from slos_serve.cli import main
+
+    auth = cluster.auth_metadata()
+    before = [w.address for w in asyncio.run(membership.members(cluster.target, metadata=auth))
+              if w.role == "decode"]
+    assert len(before) >= 2
+    base = ["scale", "--coordinator", cluster.target, "--api-key", KEY]
+    assert main([*base, "--decode", "+1"]) == 2  # no process started without Ray
+    assert "needs --ray" in capsys.readouterr().err
+    assert main([*base, "--decode", "-1", "--drain-timeout", "10"]) == 0
+    out = capsys.readouterr().out
+    after = [w.address for w in asyncio.run(membership.members(cluster.target, metadata=auth))
+             if w.role == "decode"]
+    assert after == before[:-1] and f"removed {before[-1]}" in out
