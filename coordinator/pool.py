@@ -7,6 +7,12 @@ calls in flight are cancelled (`drop_calls`), so their requests fail over to ano
 (coordinator/worker_calls.py) at once; the channels' keepalive pings
 (slos_serve/grpc_util.py) end its streams within about as long by themselves. A worker that
 answers but is NOT_SERVING or draining keeps its calls: it is finishing them.
+
+Membership changes at runtime (coordinator/membership.py: the AddWorker / RemoveWorker
+RPCs): `add` connects a new worker (routed to once its polls say so), `remove` forgets one;
+`draining` (set by a RemoveWorker) keeps a worker out of routing while it finishes. With
+`drop_after_s`, a worker unreachable for that long leaves the membership by itself (under
+Ray, a worker whose actor died); 0 keeps it, for a supervisor that restarts it in place.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +55,8 @@ class WorkerHandle:
     load: pb.LoadReport = field(default_factory=pb.LoadReport)
     calls: set = field(default_factory=set)  # request calls in flight (worker_calls.py's)
     health: health_pb2_grpc.HealthStub | None = None
+    draining: bool = False  # being removed: finishing its requests, routed no new ones
+    unreachable_since: float | None = None  # monotonic(); None while it answers
 
     def drop_calls(self) -> None:
         """Cancels the calls in flight on this (lost) worker: their requests fail over."""
@@ -61,9 +70,12 @@ class WorkerPool:
 
     def __init__(self, prefill: list[str], decode: list[str], mixed: Sequence[str] = (),
                  poll_interval_s: float = POLL_INTERVAL_S,
-                 credentials: grpc.ChannelCredentials | None = None):
-        """`credentials`: the node's mutual-TLS pair (slos_serve/tls.py); None: plaintext."""
+                 credentials: grpc.ChannelCredentials | None = None,
+                 drop_after_s: float = 0.0):
+        """`credentials`: the node's mutual-TLS pair (slos_serve/tls.py); None: plaintext.
+        `drop_after_s`: remove a worker unreachable this long (0: never)."""
         self._credentials = credentials
+        self.drop_after_s = drop_after_s
         self.workers = [
             self._connect(addr, role)
             for role, addrs in (("prefill", prefill), ("decode", decode), ("mixed", mixed))
@@ -72,13 +84,45 @@ class WorkerPool:
         self._next = {role: itertools.count() for role in SERVES}
         self._interval = poll_interval_s
         self._task: asyncio.Task | None = None
-        self._watches: list[asyncio.Task] = []
+        self._watches: dict[str, asyncio.Task] = {}
         self.changed = asyncio.Event()
 
     def _connect(self, address: str, role: str) -> WorkerHandle:
         channel = open_channel(address, self._credentials, CHANNEL_OPTIONS)
         return WorkerHandle(address, role, channel, pb_grpc.WorkerStub(channel),
                             health=health_pb2_grpc.HealthStub(channel))
+
+    def add(self, address: str, role: str) -> WorkerHandle | None:
+        """A new member (None: `address` is one already); routed to once a poll finds it
+        healthy, like the workers it started with."""
+        if role not in SERVES:
+            raise ValueError(f"role {role!r}: one of {', '.join(SERVES)}")
+        if self.get(address) is not None:
+            return None
+        worker = self._connect(address, role)
+        self.workers.append(worker)
+        if self._task is not None:  # started: poll and watch it as the others
+            self._watches[address] = asyncio.get_running_loop().create_task(
+                self._watch(worker))
+        log.info("%s worker %s joined", role, address)
+        self.changed.set()
+        return worker
+
+    async def remove(self, address: str) -> WorkerHandle | None:
+        """Forgets a member at once (drain it first: coordinator/membership.py); its calls
+        still in flight are cancelled, so their requests fail over. None: not a member."""
+        worker = self.get(address)
+        if worker is None:
+            return None
+        self.workers.remove(worker)
+        worker.healthy = False
+        worker.drop_calls()
+        if (watch := self._watches.pop(address, None)) is not None:
+            watch.cancel()
+        await worker.channel.close()
+        log.info("%s worker %s left", worker.role, address)
+        self.changed.set()
+        return worker
 
     def get(self, address: str) -> WorkerHandle | None:
         return next((w for w in self.workers if w.address == address), None)
@@ -122,7 +166,7 @@ class WorkerPool:
             worker.load = load
             if health.status != SERVING:
                 state = "not serving"
-            elif load.draining:
+            elif load.draining or worker.draining:
                 state = "draining"
         except grpc.RpcError:
             reachable, state = False, "unreachable"
@@ -131,6 +175,10 @@ class WorkerPool:
             state = "of the wrong role"
         if not reachable:
             worker.drop_calls()
+            if worker.unreachable_since is None:
+                worker.unreachable_since = time.monotonic()
+        else:
+            worker.unreachable_since = None
         healthy = state == "healthy"
         if healthy != worker.healthy:
             log.log(logging.INFO if healthy else logging.WARNING, "%s worker %s is %s",
@@ -141,7 +189,14 @@ class WorkerPool:
             self.changed.set()
 
     async def refresh(self) -> None:
-        await asyncio.gather(*(self._poll(w) for w in self.workers))
+        await asyncio.gather(*(self._poll(w) for w in list(self.workers)))
+        if self.drop_after_s > 0:
+            now = time.monotonic()
+            for w in [w for w in self.workers if w.unreachable_since is not None
+                      and now - w.unreachable_since > self.drop_after_s]:
+                log.warning("%s worker %s unreachable for %.0f s: dropped", w.role,
+                            w.address, now - (w.unreachable_since or now))
+                await self.remove(w.address)
 
     async def _run(self) -> None:
         while True:
@@ -170,10 +225,10 @@ class WorkerPool:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run())
-        self._watches = [loop.create_task(self._watch(w)) for w in self.workers]
+        self._watches = {w.address: loop.create_task(self._watch(w)) for w in self.workers}
 
     async def close(self) -> None:
-        for task in (self._task, *self._watches):
+        for task in (self._task, *self._watches.values()):
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(w.channel.close() for w in self.workers))

@@ -2,7 +2,8 @@
 
 It only maps: a `Refused` becomes the gRPC status of the same name, and with an API key
 set (`--api-key`) a call without `authorization: Bearer KEY` metadata ends UNAUTHENTICATED
-(the health and reflection services stay open: they are other services).
+(the health and reflection services stay open: they are other services). The membership
+RPCs (AddWorker, RemoveWorker: coordinator/membership.py) are behind the same key.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from contextlib import aclosing
 
 import grpc
 
+from coordinator import membership
 from coordinator.auth import ApiKey
 from coordinator.frontend import Frontend, Refused
 from proto import slos_serve_pb2 as pb
@@ -51,3 +53,16 @@ class CoordinatorService(pb_grpc.SloServeServicer):
     async def ClusterInfo(self, request, context):
         await self._check(context)
         return self.front.cluster_info()
+
+    async def AddWorker(self, request, context):
+        await self._check(context)
+        if not request.address:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "address: required")
+        try:
+            return membership.add(self.front, request.address, request.role)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def RemoveWorker(self, request, context):
+        await self._check(context)
+        return await membership.remove(self.front, request.address, request.drain_timeout_s)

@@ -69,6 +69,7 @@ class InFlight:
     failovers: int = 0  # calls sent again before the request's first token
     resumes: int = 0  # decode streams resumed after tokens were sent
     handoff_at: WorkerHandle | None = None  # the prefill worker holding the hand-off's KV
+    routed: tuple[str, ...] = ()  # the workers first chosen (a drain waits for them too)
 
     def abort(self) -> None:
         self.aborted = True

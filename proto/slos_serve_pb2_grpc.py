@@ -56,6 +56,16 @@ class SloServeStub:
                 request_serializer=proto_dot_slos__serve__pb2.ClusterInfoRequest.SerializeToString,
                 response_deserializer=proto_dot_slos__serve__pb2.ClusterInfoResponse.FromString,
                 _registered_method=True)
+        self.AddWorker = channel.unary_unary(
+                '/slos_serve.v1.SloServe/AddWorker',
+                request_serializer=proto_dot_slos__serve__pb2.AddWorkerRequest.SerializeToString,
+                response_deserializer=proto_dot_slos__serve__pb2.MembershipResponse.FromString,
+                _registered_method=True)
+        self.RemoveWorker = channel.unary_unary(
+                '/slos_serve.v1.SloServe/RemoveWorker',
+                request_serializer=proto_dot_slos__serve__pb2.RemoveWorkerRequest.SerializeToString,
+                response_deserializer=proto_dot_slos__serve__pb2.MembershipResponse.FromString,
+                _registered_method=True)
 
 
 class SloServeServicer:
@@ -88,6 +98,22 @@ class SloServeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddWorker(self, request, context):
+        """Membership at runtime (`slos-serve scale`, workers registering under Ray).
+        AddWorker: routed to once its health polls say so; adding a member again is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveWorker(self, request, context):
+        """RemoveWorker drains first: no new requests go to the worker, its requests in flight
+        finish (or the timeout passes), then it leaves the membership.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SloServeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +136,16 @@ def add_SloServeServicer_to_server(servicer, server):
                     servicer.ClusterInfo,
                     request_deserializer=proto_dot_slos__serve__pb2.ClusterInfoRequest.FromString,
                     response_serializer=proto_dot_slos__serve__pb2.ClusterInfoResponse.SerializeToString,
+            ),
+            'AddWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddWorker,
+                    request_deserializer=proto_dot_slos__serve__pb2.AddWorkerRequest.FromString,
+                    response_serializer=proto_dot_slos__serve__pb2.MembershipResponse.SerializeToString,
+            ),
+            'RemoveWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveWorker,
+                    request_deserializer=proto_dot_slos__serve__pb2.RemoveWorkerRequest.FromString,
+                    response_serializer=proto_dot_slos__serve__pb2.MembershipResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +258,60 @@ class SloServe:
             '/slos_serve.v1.SloServe/ClusterInfo',
             proto_dot_slos__serve__pb2.ClusterInfoRequest.SerializeToString,
             proto_dot_slos__serve__pb2.ClusterInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slos_serve.v1.SloServe/AddWorker',
+            proto_dot_slos__serve__pb2.AddWorkerRequest.SerializeToString,
+            proto_dot_slos__serve__pb2.MembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slos_serve.v1.SloServe/RemoveWorker',
+            proto_dot_slos__serve__pb2.RemoveWorkerRequest.SerializeToString,
+            proto_dot_slos__serve__pb2.MembershipResponse.FromString,
             options,
             channel_credentials,
             insecure,

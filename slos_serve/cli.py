@@ -15,6 +15,8 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("slos_serve.up", "start a local cluster: coordinator + prefill, decode, mixed workers"),
+    "scale": ("slos_serve.scale", "add or drain-and-remove workers of a running cluster "
+              "(with --ray: as Ray actors)"),
     "coordinator": ("coordinator.main", "run the client-facing coordinator"),
     "prefill-worker": ("prefill_worker.main", "run a prefill worker (vLLM or simulated engine)"),
     "decode-worker": ("decode_worker.main", "run a decode worker (vLLM or simulated engine)"),

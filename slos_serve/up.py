@@ -35,8 +35,8 @@ from slos_serve.profile import DEFAULT_OUT, ensure_profile
 from slos_serve.supervise import Child, Supervisor, signal_group, spawn_options, stop_groups
 from slos_serve.worker.main import WorkerConfig
 
-__all__ = ["ClusterSpec", "LocalCluster", "free_port", "signal_group", "spawn_options",
-           "stop_groups"]  # the process-group helpers, for the bench's own processes
+__all__ = ["ClusterSpec", "LocalCluster", "coordinator_argv", "free_port", "signal_group",
+           "spawn_options", "stop_groups", "worker_argv"]  # (process-group helpers: the bench's)
 
 
 # Ports for the cluster come from below Linux's default ephemeral range
@@ -114,6 +114,10 @@ class ClusterSpec(Options):
                               "TLS_DIR/server.pem; clients verify it with TLS_DIR/ca.pem")
     restart: bool = option(True, "do not restart a process that exits once the cluster "
                            "is up: stop the cluster instead", flag="--no-restart")
+    ray: str | None = option(
+        None, "run every process as a Ray actor, placed by resources (needs the `ray` "
+        "extra): auto (the running Ray cluster), local (a Ray started for this run), or a "
+        "Ray address; no restarts in place (`slos-serve scale` replaces)", metavar="ADDRESS")
 
     def counts(self) -> dict[str, int]:
         """Workers per role: --prefill / --decode default to 1 each, or 0 with --mixed."""
@@ -137,6 +141,44 @@ class ClusterSpec(Options):
         if not self.model:
             raise ValueError("a model is needed to measure a profile")
         return str(ensure_profile(self.model, DEFAULT_OUT, quick=True).resolve())
+
+
+def worker_argv(spec: ClusterSpec, role: str, *, host: str, port: int, kv_port: int,
+                cpu: int | None, metrics_port: int, profile: str | None,
+                tls_dir: str | None) -> list[str]:
+    """A worker's command line (after `slos-serve`): LocalCluster's and `up --ray`'s
+    actors' (on their node's address, with ports free there)."""
+    cfg = WorkerConfig(
+        host=host, port=port, engine=spec.engine, model=spec.model, kv_port=kv_port,
+        kv_cache_gib=spec.kv_cache_gib, cpus=None if cpu is None else str(cpu),
+        spec_tokens=spec.spec_tokens, scheduler=spec.scheduler, metrics_port=metrics_port,
+        profile=profile if spec.engine == "vllm" else None, tls_dir=tls_dir,
+    )
+    return [f"{role}-worker", *cfg.to_argv(), *spec.extra_worker_args]
+
+
+def coordinator_argv(spec: ClusterSpec, *, host: str, port: int, metrics_port: int,
+                     http_port: int, profile: str | None, workers: dict[str, list[str]],
+                     tls_dir: str | None, mutual: bool, join: bool = False,
+                     drop_after_s: float = 0.0) -> list[str]:
+    """The coordinator's command line: mutual TLS to the workers with TLS_DIR's node pair
+    (`mutual`), TLS to clients with its server pair (spec.client_tls); `join`: workers
+    register at runtime (AddWorker), `drop_after_s`: an unreachable one leaves then."""
+    assert spec.model  # start() checked
+    policy = {"on_reject": spec.on_reject} if spec.on_reject else {}  # else the coordinator's
+    tls_flags = {"tls_dir": tls_dir} if mutual and tls_dir else {}
+    if spec.client_tls and tls_dir:
+        tls_flags["client_tls_cert"] = str(Path(tls_dir) / tls.SERVER_CERT)
+        tls_flags["client_tls_key"] = str(Path(tls_dir) / tls.SERVER_KEY)
+    cfg = CoordinatorConfig(
+        host=host, port=port, metrics_port=metrics_port, http_port=http_port,
+        request_log=spec.request_log, prefill=workers.get("prefill") or None,
+        decode=workers.get("decode") or None,
+        mixed=workers.get("mixed") or None, layout=spec.layout, model=spec.model,
+        tiers=spec.tiers, scheduler=spec.scheduler, profile=profile, join=join,
+        drop_after_s=drop_after_s, **policy, **tls_flags,
+    )
+    return ["coordinator", *cfg.to_argv()]
 
 
 class LocalCluster:
@@ -166,38 +208,17 @@ class LocalCluster:
         """A worker's command line; `host` (default the spec's) is the address it listens
         on and advertises, its NIXL side channel's too (tests/netns_cluster.py places
         workers on other hosts)."""
-        s = self.spec
-        cfg = WorkerConfig(
-            host=host or s.host, port=port, engine=s.engine, model=s.model,
-            kv_port=kv_port or free_port(),
-            kv_cache_gib=s.kv_cache_gib, cpus=None if cpu is None else str(cpu),
-            spec_tokens=s.spec_tokens, scheduler=s.scheduler, metrics_port=metrics_port,
-            profile=profile if s.engine == "vllm" else None,
-            tls_dir=str(self.tls_dir) if self._node else None,
-        )
-        return [f"{role}-worker", *cfg.to_argv(), *s.extra_worker_args]
+        return worker_argv(self.spec, role, host=host or self.spec.host, port=port,
+                           kv_port=kv_port or free_port(), cpu=cpu, metrics_port=metrics_port,
+                           profile=profile, tls_dir=str(self.tls_dir) if self._node else None)
 
     def _coordinator_argv(self, port: int, metrics_port: int, http_port: int,
                           profile: str | None, workers: dict[str, list[str]]) -> list[str]:
-        s = self.spec
-        assert s.model  # start() checked
-        policy = {"on_reject": s.on_reject} if s.on_reject else {}  # else the coordinator's
-        cfg = CoordinatorConfig(
-            host=s.host, port=port, metrics_port=metrics_port, http_port=http_port,
-            request_log=s.request_log, prefill=workers.get("prefill") or None,
-            decode=workers.get("decode") or None,
-            mixed=workers.get("mixed") or None, layout=s.layout, model=s.model, tiers=s.tiers,
-            scheduler=s.scheduler, profile=profile, **policy, **self._coordinator_tls(),
-        )
-        return ["coordinator", *cfg.to_argv()]
-
-    def _coordinator_tls(self) -> dict[str, str]:
-        """The coordinator's TLS flags: the node pair to the workers, the client-facing pair."""
-        out = {"tls_dir": str(self.tls_dir)} if self._node else {}
-        if self.spec.client_tls and self.tls_dir:
-            out["client_tls_cert"] = str(self.tls_dir / tls.SERVER_CERT)
-            out["client_tls_key"] = str(self.tls_dir / tls.SERVER_KEY)
-        return out
+        return coordinator_argv(self.spec, host=self.spec.host, port=port,
+                                metrics_port=metrics_port, http_port=http_port,
+                                profile=profile, workers=workers,
+                                tls_dir=str(self.tls_dir) if self.tls_dir else None,
+                                mutual=self._node is not None)
 
     def _make_certs(self) -> None:
         """Certificates for mutual TLS (unless --insecure) and client TLS (if asked), made
@@ -367,7 +388,13 @@ def run(args: argparse.Namespace) -> int:
         print("slos-serve up: --model is required (the coordinator loads its tokenizer; "
               "vllm engines the model)", file=sys.stderr)
         return 2
-    cluster = LocalCluster(ClusterSpec.from_args(args))
+    spec = ClusterSpec.from_args(args)
+    if spec.ray:
+        from slos_serve.ray_cluster import RayCluster  # imports Ray when it runs
+
+        cluster: LocalCluster = RayCluster(spec, spec.ray)
+    else:
+        cluster = LocalCluster(spec)
     if cluster.spec.insecure:
         print(f"slos-serve up: --insecure: {tls.PLAINTEXT_WARNING}", file=sys.stderr)
     stop_requested = False
@@ -380,6 +407,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         cluster.start()
+        signal.signal(signal.SIGTERM, request_stop)  # again: ray.init installs its own
         print(f"serving at {cluster.target} (logs in {cluster.log_dir}); Ctrl-C to stop",
               flush=True)
         if cluster.http_url:

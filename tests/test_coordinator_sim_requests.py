@@ -169,6 +169,7 @@ def test_server_reflection_lists_the_service(client: Client) -> None:
     assert "slos_serve.v1.SloServe" in services
     assert "grpc.health.v1.Health" in services
     service = DescriptorPool(db).FindServiceByName("slos_serve.v1.SloServe")
-    assert {m.name for m in service.methods} == {"Generate", "Abort", "ModelInfo", "ClusterInfo"}
+    assert {m.name for m in service.methods} == {"Generate", "Abort", "ModelInfo", "ClusterInfo",
+                                                 "AddWorker", "RemoveWorker"}
     generate = service.methods_by_name["Generate"]
     assert generate.server_streaming and not generate.client_streaming
