@@ -27,8 +27,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from slos_serve.core.perf_model import PerfModel
     from slos_serve.sim.cli import Simulation
+    from slos_serve.sim.core import SimConfig, SimRequest
     from slos_serve.sim.slos_system import SlosSystem
+    from slos_serve.sim.workloads import Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,25 +85,32 @@ def planner_cost(system: SlosSystem, start: float, end: float) -> Cost:
                 max(by_shard.values(), default=0.0) / span)
 
 
+def timed_run(requests: list[Request], system: str, cfg: SimConfig, model: PerfModel,
+              profile: str) -> tuple[SlosSystem, list[SimRequest]]:
+    """Run `requests` through the planner system `system`; the system keeps its plans' cost
+    (SlosSystem.plan_times)."""
+    from slos_serve.sim.core import Cluster
+    from slos_serve.sim.simulator import roles_for
+    from slos_serve.sim.slos_system import SlosSystem
+
+    slos = SlosSystem(system)
+    cluster = Cluster(cfg, model, roles_for(system, cfg.workers, None), slos, profile=profile)
+    return slos, cluster.run(requests)
+
+
 def measure(sim: Simulation, scenario: str, system: str, workers: int, shard: int,
             per_worker: float, window_s: float) -> PlannerPoint:
     """One run of `workers` at per_worker * workers req/s for window_s s of arrivals."""
     from slos_serve.core.perf_model import load_profile
-    from slos_serve.sim.core import Cluster
     from slos_serve.sim.metrics import result, summarize
-    from slos_serve.sim.simulator import roles_for
-    from slos_serve.sim.slos_system import SlosSystem
     from slos_serve.sim.workloads import build_workload
 
     rate = per_worker * workers
     reqs = build_workload(sim.spec(scenario, rate, max(2, round(rate * window_s))))
     cfg = replace(sim.sim_config(), workers=workers, plan_shard=shard)
     model = load_profile(sim.cluster.profile)
-    slos = SlosSystem(system)
-    cluster = Cluster(cfg, model, roles_for(system, workers, None), slos,
-                      profile=sim.cluster.profile)
     t = time.perf_counter()
-    done = cluster.run(reqs)
+    slos, done = timed_run(reqs, system, cfg, model, sim.cluster.profile)
     seconds = time.perf_counter() - t
     end = reqs[-1].arrival
     att = summarize([result(r) for r in done], window_s).attainment
