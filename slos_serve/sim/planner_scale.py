@@ -5,7 +5,8 @@ the live coordinator plans), at `--per-worker` req/s per worker (the capacity pe
 `simulate scaling` finds) for `--window` s of arrivals. The simulated SLOs-Serve system times
 every plan it makes (SlosSystem.plan_times: snapshot, plan(), each worker's share: what the
 coordinator does per plan, with the same planner code); counted are the plans of the second
-half of the arrival window, once the requests in flight reach their steady level:
+half of the arrival window (past the ramp-up; the requests in flight keep growing for tens of
+seconds on chatbot, so a short window undercounts a plan's steady work: docs/scale.md):
 
 - requests per plan: the mean size of a plan's snapshot, the work a plan does (machine-free);
 - ms per admission: a plan's CPU time over the new requests it decided (p50, p99 over plans
