@@ -6,6 +6,7 @@
   slos-serve simulate overhead
   slos-serve simulate make-trace --out bursty.csv --scenario chatbot --rate 5 --burstiness 0.3
   slos-serve simulate scaling --scenarios chatbot,coding --systems slos-colocated,vllm
+  slos-serve simulate planner-scale --sizes 8 64 256 --shards 0 8
 
 `vllm-spec` names a family: at one rate it runs with `--baseline-spec-len` drafts (default 2);
 the capacity search runs every length 1-4 and reports the best per scenario (`capacity_report`).
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from slos_serve.config import Options, option
 from slos_serve.core.perf_model import load_profile
-from slos_serve.sim import overhead, scaling, traces
+from slos_serve.sim import overhead, planner_scale, scaling, traces
 from slos_serve.sim.baselines import SPEC_LENGTHS
 from slos_serve.sim.capacity_report import SPEC_FAMILY, Found, expand, record, report
 from slos_serve.sim.simulator import SYSTEMS, simulate
@@ -75,6 +76,8 @@ class SimulatedCluster(Options):
     kv_bandwidth: float = option(100.0, "GB/s prefill->decode")
     on_reject: str = option("best_effort", "planner systems: serve declined requests best "
                              "effort, or reject them", choices=("best_effort", "reject"))
+    plan_shard: int = option(0, "planner systems: plan each group of this many workers "
+                                "alone (0: one plan over the cluster; docs/scale.md)")
 
     def sim_config(self, seed: int) -> SimConfig:
         from slos_serve.sim.core import SimConfig
@@ -85,7 +88,8 @@ class SimulatedCluster(Options):
             ratio = (p, d)
         return SimConfig(workers=self.workers, pd_ratio=ratio, seed=seed,
                          spec_alpha=self.spec_alpha, max_spec_len=self.max_spec_len,
-                         kv_bandwidth=self.kv_bandwidth * 1e9, on_reject=self.on_reject)
+                         kv_bandwidth=self.kv_bandwidth * 1e9, on_reject=self.on_reject,
+                         plan_shard=self.plan_shard)
 
     def workload(self, wl: WorkloadArgs, scenario: str, rate: float, n: int) -> WorkloadSpec:
         topts = TraceOptions(time_scale=wl.time_scale, max_context=wl.max_context,
@@ -163,7 +167,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     SimulatedCluster.add_arguments(parser)
     WorkloadArgs.add_arguments(parser)
     AttainmentRun.add_arguments(parser)
-    sub = parser.add_subparsers(dest="action", metavar="{capacity,overhead,make-trace,scaling}")
+    sub = parser.add_subparsers(dest="action",
+                                metavar="{capacity,overhead,make-trace,scaling,planner-scale}")
     cap = sub.add_parser("capacity", help="largest rate with attainment >= 90 %% (and 98 %%)")
     SimulatedCluster.add_arguments(cap, shared=True)
     WorkloadArgs.add_arguments(cap, shared=True)
@@ -178,6 +183,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     SimulatedCluster.add_arguments(sc, shared=True)
     WorkloadArgs.add_arguments(sc, shared=True)
     scaling.add_arguments(sc)
+    ps = sub.add_parser("planner-scale", help="planner CPU per admission and per simulated "
+                                              "second at 8 to 256 workers, whole or sharded")
+    SimulatedCluster.add_arguments(ps, shared=True, only={"profile", "spec_alpha",
+                                                          "max_spec_len", "on_reject"})
+    WorkloadArgs.add_arguments(ps, shared=True, only={"seed"})
+    planner_scale.add_arguments(ps)
 
 
 def _systems(text: str) -> list[str]:
@@ -314,4 +325,6 @@ def run(args: argparse.Namespace) -> int:
         return run_make_trace(args)
     if args.action == "scaling":
         return scaling.run(args, Simulation.from_args(args), START)
+    if args.action == "planner-scale":
+        return planner_scale.run(args, Simulation.from_args(args))
     return run_once(args)

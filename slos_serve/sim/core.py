@@ -55,6 +55,7 @@ class SimConfig:
     on_reject: str = "best_effort"  # planner systems: what a declined request asks for
     miss_budget: int | None = None  # stop early once this many requests have missed
     horizon_s: float = 600.0  # stop this long after the last arrival
+    plan_shard: int = 0  # planner systems: workers per planner shard (0: one plan, sim/shards)
 
 
 @dataclass

@@ -33,6 +33,9 @@ for by default ("best_effort" or "reject"; SimConfig.on_reject and `--on-reject`
 
 from __future__ import annotations
 
+import time
+from typing import NamedTuple
+
 from slos_serve.core.planner import (
     Layout,
     Plan,
@@ -44,9 +47,9 @@ from slos_serve.core.planner import (
     plan_request,
 )
 from slos_serve.core.planner.layout import takes_decodes, takes_prompts
-from slos_serve.core.ttft_window import TtftWindow
 from slos_serve.sim.acceptance import AcceptanceCounter
 from slos_serve.sim.core import Batch, Cluster, SimRequest, Worker
+from slos_serve.sim.shards import Shard, make_shards, pick
 from slos_serve.sim.slos_worker import MAX_BATCH_TOKENS, WorkerExecutor
 
 BLOCK = 16  # KV block size the planner counts in
@@ -71,6 +74,18 @@ def _set_pace(r: SimRequest) -> None:
         r.due0 = r.segment_start[r.segment] + st.tpot_slo
 
 
+class PlanTime(NamedTuple):
+    """One plan's cost: snapshot, plan() and each worker's share, timed as a whole."""
+
+    at: float  # simulated time
+    wall: float  # s
+    cpu: float  # s (this thread)
+    decided: int  # new requests it decided
+    shard: int
+    requests: int  # in its snapshot
+    workers: int  # in its snapshot
+
+
 LAYOUTS: dict[str, Layout] = {"slos": "adaptive", "slos-pd": "pd",
                               "slos-colocated": "colocated"}
 
@@ -81,10 +96,9 @@ class SlosSystem:
         self.layout = LAYOUTS[name]
         self.colocated = self.layout == "colocated"
         self.on_reject = on_reject  # None: SimConfig.on_reject
-        self.undecided: dict[int, SimRequest] = {}
-        self.last_plan = -1.0
-        self.dirty = False
-        self.route = 0
+        # one per plan: the planner's own cost (simulate planner-scale; ~1 us a plan)
+        self.plan_times: list[PlanTime] = []
+        self.turn = 0  # round robin among equally loaded shards
 
     # ------------------------------------------------------------ setup and events
 
@@ -100,22 +114,30 @@ class SlosSystem:
         ]
         self.by_name = {w.name: w.idx for w in cluster.workers}
         self.names = [w.name for w in cluster.workers]
-        self.live: dict[int, SimRequest] = {}
         self.acceptance = AcceptanceCounter()  # what the planner's spec_alpha comes from
-        self.ttft = TtftWindow(cluster.model)  # the TTFTs arriving (ttft_outlook)
+        self.shards = make_shards(self.pworkers, cluster.cfg.plan_shard, cluster.model)
+        self.shard_of = [s.index for s in self.shards for _ in s.workers]
+
+    def _shard(self, r: SimRequest) -> Shard:
+        """r's shard (given on arrival; one built by hand, as in tests: the first)."""
+        return self.shards[r.extra.get("shard", 0)]
 
     def role(self, e: WorkerExecutor) -> str:
         """e's role as the planner sees it (under the adaptive layout it follows the load)."""
         return self.pworkers[e.w.idx].role
 
     def on_arrival(self, r: SimRequest) -> None:
-        self.live[r.id] = r
-        self.undecided[r.id] = r
+        s = pick(self.shards, self.turn)
+        self.turn += 1
+        r.extra["shard"] = s.index
+        s.live[r.id] = r
+        s.undecided[r.id] = r
         for st in r.req.segments:  # its later calls' TTFTs too: they will arrive
             if st.ttft_slo is not None:
-                self.ttft.observe(self.c.now, st.ttft_slo, st.prompt_tokens)
-        if any(e.w.batch is None and self.role(e) != "decode" for e in self.ex):
-            self._replan()
+                s.ttft.observe(self.c.now, st.ttft_slo, st.prompt_tokens)
+        if any(self.ex[i].w.batch is None and self.role(self.ex[i]) != "decode"
+               for i in s.workers):
+            self._replan(s)
 
     def on_segment_start(self, r: SimRequest) -> None:
         """A later segment (tool result) needs a prefill: keep r's decision. Fixed layouts:
@@ -124,22 +146,24 @@ class SlosSystem:
         on a tie (then it hands its KV back, or to a decode worker if its own no longer
         decodes): a returning prompt's TTFT is the tightest, and under a changed layout the
         worker holding every decoder would otherwise take every returning prompt too."""
-        self.live[r.id] = r
+        s = self._shard(r)
+        s.live[r.id] = r
         d = r.pinned_decode
         if d is not None and not takes_decodes(self.pworkers[d]):
             d = r.pinned_decode = None
         if d is not None and takes_prompts(self.pworkers[d]) and self.layout != "adaptive":
             idx = d
         else:  # adaptive: the least queued, its own decode worker on a tie (no KV moves)
-            pre = [e for e in self.ex if takes_prompts(self.pworkers[e.w.idx])]
+            pre = [self.ex[i] for i in s.workers if takes_prompts(self.pworkers[i])]
             idx = min(pre, key=lambda e: (e.queued_tokens, e.w.idx != d, e.w.idx)).w.idx
         r.pinned_prefill = idx
         self.ex[idx].add_prompt(r)
-        self.dirty = True
+        s.dirty = True
 
     def on_prefill_done(self, r: SimRequest, w: Worker) -> None:
         e = self.ex[w.idx]
-        self.dirty = True
+        s = self._shard(r)
+        s.dirty = True
         d = r.pinned_decode
         if d == w.idx or (d is None and self.role(e) != "prefill"):
             # local: a mixed worker, or a decode worker recomputing evicted KV
@@ -151,7 +175,8 @@ class SlosSystem:
         r.phase = "kvwait"
         r.extra["kv_tokens"] = r.cur.prompt_tokens
         if r.pinned_decode is None:
-            dec = [x for x in self.ex if x is not e and takes_decodes(self.pworkers[x.w.idx])]
+            dec = [self.ex[i] for i in s.workers
+                   if i != w.idx and takes_decodes(self.pworkers[i])]
             r.pinned_decode = min(dec, key=lambda x: (len(x.decoders), x.w.idx)).w.idx
         d = self.ex[r.pinned_decode]
         d.kvwait.append(r)
@@ -163,13 +188,14 @@ class SlosSystem:
 
     def on_segment_switch(self, r: SimRequest) -> None:
         _set_pace(r)
-        self.dirty = True
+        self._shard(r).dirty = True
 
     def on_leave(self, r: SimRequest, w: Worker | None) -> None:
-        for e in self.ex:
-            e.remove(r)
-        self.live.pop(r.id, None)  # done, or paused until its next segment starts
-        self.dirty = True
+        s = self._shard(r)
+        for i in s.workers:  # a request only ever runs on its shard's workers
+            self.ex[i].remove(r)
+        s.live.pop(r.id, None)  # done, or paused until its next segment starts
+        s.dirty = True
 
     def _pull(self, e: WorkerExecutor) -> None:
         """Start KV transfers to decode worker e for requests whose memory is available."""
@@ -183,7 +209,7 @@ class SlosSystem:
 
     # ------------------------------------------------------------ planning
 
-    def _plan_request(self, r: SimRequest) -> PlanRequest:
+    def _plan_request(self, r: SimRequest, s: Shard) -> PlanRequest:
         st = r.cur
         tail = r.extra.get("tail")
         if tail is None or tail[0] != r.segment:
@@ -191,7 +217,7 @@ class SlosSystem:
             tail = r.extra["tail"] = (r.segment,
                                       sum(s.prompt_tokens + s.output_tokens for s in rest))
         prefilling = r.todo_prefill > 0 and r.phase == "prefill"
-        if r.id in self.undecided:
+        if r.id in s.undecided:
             state = "new"
         else:
             state = "admitted" if r.decision == "admit" else "best_effort"
@@ -215,45 +241,53 @@ class SlosSystem:
             pace_anchor=r.due0 if r.phase == "decode" else None,
         )
 
-    def _replan(self) -> None:
+    def _replan(self, s: Shard) -> None:
+        """Snapshot -> plan() -> each worker's share, for shard s: what the coordinator does
+        per plan (Admission.replan + worker_plans), timed as a whole into plan_times."""
+        wall, cpu = time.perf_counter(), time.thread_time()
         c = self.c
         now = c.now
-        for pw, w in zip(self.pworkers, c.workers, strict=True):
-            pw.busy_until = w.busy_until if w.batch is not None else 0.0
+        for i in s.workers:
+            w = c.workers[i]
+            self.pworkers[i].busy_until = w.busy_until if w.batch is not None else 0.0
         # best-effort requests still queued for prefill reserve nothing and the executor fills
         # leftover room with them: leaving them out keeps a long best-effort backlog from
         # making every plan slower (admission decisions do not depend on them)
-        live = [r for r in self.live.values() if r.phase not in ("done", "gap") and not (
+        live = [r for r in s.live.values() if r.phase not in ("done", "gap") and not (
             r.decision == "best_effort" and r.phase == "prefill" and r.context == 0
-            and r.id not in self.undecided)]
+            and r.id not in s.undecided)]
         alpha, default = self.acceptance.alphas()
         snap = Snapshot(
             now=now,
-            requests=[self._plan_request(r) for r in live],
-            workers=self.pworkers,
+            requests=[self._plan_request(r, s) for r in live],
+            workers=s.pworkers,
             spec_alpha=alpha,
             default_alpha=default,
             max_spec_len=c.cfg.max_spec_len,
-            route_start=self.route,
+            route_start=s.route,
             kv_output_reserve=KV_OUTPUT_RESERVE,
-            ttft_outlook=self.ttft.outlook(now),
+            ttft_outlook=s.ttft.outlook(now),
             adaptive_layout=self.layout == "adaptive",
         )
-        self.route += len(self.undecided)
+        s.route += len(s.undecided)
         p = plan(snap)
-        self.last_plan = now
-        self.dirty = False
-        self._apply(p)
+        s.last_plan = now
+        s.dirty = False
+        decided = len(s.undecided)
+        self._apply(p, s)
+        self.plan_times.append(PlanTime(now, time.perf_counter() - wall,
+                                        time.thread_time() - cpu, decided, s.index,
+                                        len(snap.requests), len(snap.workers)))
 
-    def _apply(self, p: Plan) -> None:
-        new = {str(r.id): r for r in self.undecided.values()}
-        self.undecided = {}
+    def _apply(self, p: Plan, s: Shard) -> None:
+        new = {str(r.id): r for r in s.undecided.values()}
+        s.undecided = {}
         for d in p.verdicts:
             r = new.pop(d.request_id, None)
             if r is None:
                 continue
             if d.action == "reject":
-                self.live.pop(r.id, None)
+                s.live.pop(r.id, None)
                 self.c.reject(r)
                 continue
             r.decision = "admit" if d.action == "admit" else "best_effort"
@@ -261,7 +295,7 @@ class SlosSystem:
                 r.pinned_decode = self.by_name[d.decode_worker]
             pw = d.prefill_worker
             if pw is None:
-                pre = [e for e in self.ex if takes_prompts(self.pworkers[e.w.idx])]
+                pre = [self.ex[i] for i in s.workers if takes_prompts(self.pworkers[i])]
                 idx = min(pre, key=lambda e: (e.queued_tokens, e.w.idx)).w.idx
             else:
                 idx = self.by_name[pw]
@@ -270,12 +304,13 @@ class SlosSystem:
                 r.pinned_decode = idx
             self.ex[idx].add_prompt(r)
         for r in new.values():  # no decision (should not happen): ask again
-            self.undecided[r.id] = r
-        for pw in self.pworkers:
+            s.undecided[r.id] = r
+        for pw in s.pworkers:
             change = p.roles.get(pw.id)
             if change is not None:
                 pw.role, pw.target_role = change.role, change.target
-        for e in self.ex:
+        for i in s.workers:
+            e = self.ex[i]
             e.plan = engine_plan(p, e.w.name, self.role(e), p.now)
 
     # ------------------------------------------------------------ batches
@@ -283,11 +318,12 @@ class SlosSystem:
     def next_batch(self, w: Worker) -> Batch | None:
         now = self.c.now
         self.acceptance.finished(w.idx)
-        if self.undecided and (now - self.last_plan >= NEW_GAP
-                               or self.pworkers[w.idx].role != "decode"):
-            self._replan()
-        elif self.dirty and now - self.last_plan >= PERIOD:
-            self._replan()
+        s = self.shards[self.shard_of[w.idx]]
+        if s.undecided and (now - s.last_plan >= NEW_GAP
+                            or self.pworkers[w.idx].role != "decode"):
+            self._replan(s)
+        elif s.dirty and now - s.last_plan >= PERIOD:
+            self._replan(s)
         e = self.ex[w.idx]
         if not e.changed and e.wake_at is not None and now < e.wake_at:
             return None
@@ -306,7 +342,7 @@ class SlosSystem:
         e.changed = False
         t = e.held_until()
         if t is None or t <= self.c.now:
-            if not self.undecided:
+            if not self.shards[self.shard_of[e.w.idx]].undecided:
                 return
             t = self.c.now + NEW_GAP
         if e.wake_at is not None and self.c.now < e.wake_at <= t:
