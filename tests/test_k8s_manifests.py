@@ -369,7 +369,7 @@ def test_secrets_the_readme_makes_validate(tmp_path: Path) -> None:
 def test_dockerfile_pins_the_projects_ray() -> None:
     """The image's Ray is the one pyproject's `ray` extra pins and the RayCluster declares."""
     pyproject = (ROOT / "pyproject.toml").read_text()  # no tomllib on Python 3.10
-    (version,) = re.findall(r'^ray = \["ray\[default\]==([\d.]+)"\]$', pyproject, re.M)
+    (version,) = re.findall(r'^ray = \["ray==([\d.]+)"\]$', pyproject, re.M)
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
     assert froms == [f"rayproject/ray:{version}-py311-${{FLAVOR}}"]
