@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
 from slos_serve.grpc_util import CHANNEL_OPTIONS, open_channel
+from slos_serve.tls import NODE_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class WorkerPool:
         self.changed = asyncio.Event()
 
     def _connect(self, address: str, role: str) -> WorkerHandle:
-        channel = open_channel(address, self._credentials, CHANNEL_OPTIONS)
+        channel = open_channel(address, self._credentials, [*CHANNEL_OPTIONS, *NODE_OPTIONS])
         return WorkerHandle(address, role, channel, pb_grpc.WorkerStub(channel),
                             health=health_pb2_grpc.HealthStub(channel))
 

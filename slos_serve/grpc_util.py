@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import ModuleType
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -187,7 +188,7 @@ async def serve_until_signal(
 
 
 def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None,
-                 options: list[tuple[str, int]] | None = None) -> grpc.aio.Channel:
+                 options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
     """An asyncio channel to `target`: TLS with `credentials` (slos_serve/tls.py), else
     plaintext. The one place a process of the cluster dials another."""
     if credentials is None:
@@ -196,9 +197,10 @@ def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None
 
 
 async def check_health(target: str, timeout_s: float = 2.0, service: str = "",
-                       credentials: grpc.ChannelCredentials | None = None) -> bool:
+                       credentials: grpc.ChannelCredentials | None = None,
+                       options: list[tuple[str, Any]] | None = None) -> bool:
     """True when `target` answers the standard health check with SERVING."""
-    async with open_channel(target, credentials) as channel:
+    async with open_channel(target, credentials, options) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             request = health_pb2.HealthCheckRequest(service=service)

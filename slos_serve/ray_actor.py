@@ -160,7 +160,7 @@ class ServeProcess:
                 except Exception:  # noqa: BLE001 - not answering yet
                     pass
             elif await check_health(self.address, credentials=(
-                    node.channel_credentials() if node else None)):
+                    node.channel_credentials() if node else None), options=tls.NODE_OPTIONS):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name} not up after {timeout_s:.0f} s (log: "

@@ -44,6 +44,11 @@ def host_names(hosts: Sequence[str]) -> list[SanName]:
     return out
 
 
+def node_names(names: Sequence[SanName]) -> list[SanName]:
+    """The node pair's SAN entries: `names` and NODE_NAME (tls.py)."""
+    return [*names, *([] if tls.NODE_NAME in names else [tls.NODE_NAME])]
+
+
 def _general_names(names: Sequence[SanName]) -> list[x509.GeneralName]:
     return [x509.DNSName(n) if isinstance(n, str) else x509.IPAddress(n) for n in names]
 
@@ -103,7 +108,7 @@ def write_all(directory: Path, names: Sequence[SanName]) -> None:
     """A new CA and both leaf pairs in `directory` (keys 0600; certificates 0644)."""
     ca_key, ca = _ca()
     server, client = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
-    node_key, node = _leaf(ca_key, ca, "slos-serve node", names, [server, client])
+    node_key, node = _leaf(ca_key, ca, "slos-serve node", node_names(names), [server, client])
     srv_key, srv = _leaf(ca_key, ca, "slos-serve", names, [server])
     pem = serialization.Encoding.PEM
     for name, key in ((tls.CA_KEY, ca_key), (tls.NODE_KEY, node_key), (tls.SERVER_KEY, srv_key)):
@@ -150,7 +155,8 @@ def problem(directory: Path, names: Sequence[SanName]) -> str:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         have = [*sans.get_values_for_type(x509.DNSName),
                 *sans.get_values_for_type(x509.IPAddress)]
-        missing = [str(n) for n in names if n not in have]
+        wanted = node_names(names) if name == tls.NODE_CERT else names
+        missing = [str(n) for n in wanted if n not in have]
         if missing:
             return f"{name} does not name {', '.join(missing)}"
     return ""

@@ -250,9 +250,11 @@ class LocalCluster:
         peers dial it: a worker with the cluster's mutual-TLS pair, the coordinator as a
         client does (for tests and tools that talk to one process directly)."""
         address = next(p.address for p in self.procs if p.name == name)
-        creds = (self.client_credentials() if name == "coordinator"
-                 else self.internal_credentials())
-        return (grpc.secure_channel(address, creds) if creds is not None
+        if name == "coordinator":
+            creds, options = self.client_credentials(), None
+        else:
+            creds, options = self.internal_credentials(), tls.NODE_OPTIONS
+        return (grpc.secure_channel(address, creds, options) if creds is not None
                 else grpc.insecure_channel(address))
 
     def start(self, timeout_s: float | None = None, progress: bool = True) -> str:
@@ -301,9 +303,11 @@ class LocalCluster:
         while True:
             if dead := self.exited():
                 raise RuntimeError(f"{dead} during start")
-            healthy = await asyncio.gather(*(check_health(p.address, credentials=(
-                self.client_credentials() if p.name == "coordinator"
-                else self.internal_credentials())) for p in self.procs))
+            healthy = await asyncio.gather(*(
+                check_health(p.address, credentials=self.client_credentials())
+                if p.name == "coordinator" else
+                check_health(p.address, credentials=self.internal_credentials(),
+                             options=tls.NODE_OPTIONS) for p in self.procs))
             elapsed = time.monotonic() - started
             if all(healthy) and await self._coordinator_sees_all_workers():
                 if progress:

@@ -32,6 +32,39 @@ KEYS = (tls.CA_KEY, tls.NODE_KEY, tls.SERVER_KEY)
 # ------------------------------------------------------------------ certs --
 
 
+def test_internal_channels_check_the_node_name_not_the_address(tmp_path: Path) -> None:
+    """A worker reached at an address its certificate does not name (a pod's IP, a Ray
+    node that joined later) is accepted on the node name every node pair carries; a
+    certificate that is not the node pair is still refused."""
+    import asyncio
+
+    from grpc_health.v1.health_pb2 import HealthCheckResponse
+
+    from slos_serve import tls_make
+    from slos_serve.grpc_util import check_health, create_server
+
+    d = tmp_path / "no-hosts"
+    d.mkdir()
+    tls_make.write_all(d, [])  # the node pair names NODE_NAME only, not 127.0.0.1
+    node = tls.NodeTls.load(d)
+
+    async def run() -> tuple[bool, bool]:
+        server, health = create_server([])
+        port = server.add_secure_port("127.0.0.1:0", node.server_credentials())
+        await server.start()
+        await health.set("", HealthCheckResponse.SERVING)
+        try:
+            target, creds = f"127.0.0.1:{port}", node.channel_credentials()
+            by_address = await check_health(target, credentials=creds)
+            by_name = await check_health(target, credentials=creds, options=tls.NODE_OPTIONS)
+            return by_address, by_name
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(run()) == (False, True)
+    assert tls_make.problem(d, []) == ""  # the reuse check asks for the node name too
+
+
 def test_certs_command_writes_private_keys_0600_and_reuses_valid_ones(tmp_path: Path,
                                                                       capsys) -> None:
     d = tmp_path / "certs"

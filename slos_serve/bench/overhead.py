@@ -42,6 +42,7 @@ from slos_serve.bench.workload import (
 )
 from slos_serve.core.stages import StageSpec
 from slos_serve.grpc_util import open_channel
+from slos_serve.tls import NODE_OPTIONS
 
 LOOSE_SCALE = 1000.0  # SLOs play no part in these checks
 
@@ -105,7 +106,7 @@ class DirectDriver:
 
     def __init__(self, prefill: str, decode: str,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
-        self._channels = [open_channel(a, credentials) for a in (prefill, decode)]
+        self._channels = [open_channel(a, credentials, NODE_OPTIONS) for a in (prefill, decode)]
         self.prefill = pb_grpc.WorkerStub(self._channels[0])
         self.decode = pb_grpc.WorkerStub(self._channels[1])
 
