@@ -29,8 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from proto import slos_serve_pb2 as pb
 from proto import slos_serve_pb2_grpc as pb_grpc
-from slos_serve.grpc_util import CHANNEL_OPTIONS, open_channel
-from slos_serve.tls import NODE_OPTIONS
+from slos_serve.grpc_util import CHANNEL_OPTIONS, NODE_OPTIONS, open_channel
 
 log = logging.getLogger(__name__)
 

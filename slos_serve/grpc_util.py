@@ -27,6 +27,14 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 KEEPALIVE_TIME_MS = 500
 KEEPALIVE_TIMEOUT_MS = 1_000
 
+# Every node certificate (slos_serve/tls.py) also names NODE_NAME, and internal channels check
+# that name (NODE_OPTIONS) instead of the address dialled: a worker's address (a pod's IP, a
+# Ray node that joined later) is not known when the certificates are made, and every node
+# holds the same pair anyway, so the address proves nothing a node certificate from the CA
+# does not.
+NODE_NAME = "node.slos-serve.internal"
+NODE_OPTIONS = [("grpc.ssl_target_name_override", NODE_NAME)]
+
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import grpc
 
+from slos_serve.grpc_util import NODE_NAME, NODE_OPTIONS  # noqa: F401 (the pair's name)
+
 log = logging.getLogger(__name__)
 
 CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
@@ -32,12 +34,7 @@ NODE_CERT, NODE_KEY = "node.pem", "node-key.pem"
 SERVER_CERT, SERVER_KEY = "server.pem", "server-key.pem"
 FILES = (CA_CERT, CA_KEY, NODE_CERT, NODE_KEY, SERVER_CERT, SERVER_KEY)
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
-# Every node certificate also names NODE_NAME, and internal channels check that name
-# (NODE_OPTIONS) instead of the address dialled: a worker's address (a pod's IP, a Ray node
-# that joined later) is not known when the certificates are made, and every node holds the
-# same pair anyway, so the address proves nothing a node certificate from the CA does not.
-NODE_NAME = "node.slos-serve.internal"
-NODE_OPTIONS = [("grpc.ssl_target_name_override", NODE_NAME)]
+
 CA_DAYS, LEAF_DAYS = 3650, 825
 PLAINTEXT_WARNING = ("internal channels are PLAINTEXT (no --tls-dir): for trusted networks "
                      "only; `slos-serve certs DIR` makes certificates")
