@@ -214,9 +214,11 @@ def _set_slo(req: pb.GenerateRequest, body: dict, headers: Mapping[str, str],
         n = _get(st, "max_tokens", int)
         stage.max_tokens = n or 0
         stage.until = _get(st, "until", str) or ""
-    on_reject = body.get("on_reject", headers.get(HEADER_ON_REJECT))
+    on_reject = _get(body, "on_reject", str)
+    if on_reject is None:
+        on_reject = headers.get(HEADER_ON_REJECT)
     if on_reject is not None:
-        if not isinstance(on_reject, str) or on_reject not in ON_REJECT:
+        if on_reject not in ON_REJECT:
             raise BadRequest("on_reject", f"must be one of {sorted(ON_REJECT)}, got "
                              f"{on_reject!r}")
         req.on_reject = ON_REJECT[on_reject]

@@ -192,11 +192,13 @@ class WorkerPool:
         await asyncio.gather(*(self._poll(w) for w in list(self.workers)))
         if self.drop_after_s > 0:
             now = time.monotonic()
-            for w in [w for w in self.workers if w.unreachable_since is not None
-                      and now - w.unreachable_since > self.drop_after_s]:
-                log.warning("%s worker %s unreachable for %.0f s: dropped", w.role,
-                            w.address, now - (w.unreachable_since or now))
-                await self.remove(w.address)
+            lost = [(w, now - w.unreachable_since) for w in self.workers
+                    if w.unreachable_since is not None]
+            for w, silent_s in lost:
+                if silent_s > self.drop_after_s:
+                    log.warning("%s worker %s unreachable for %.0f s: dropped", w.role,
+                                w.address, silent_s)
+                    await self.remove(w.address)
 
     async def _run(self) -> None:
         while True:

@@ -99,15 +99,9 @@ class RayCluster(LocalCluster):
         self._reported: set[str] = set()
 
     # ------------------------------------------------------------ start --
-    def _make_certs(self) -> None:
-        """As LocalCluster's, valid for 127.0.0.1 and every node's address."""
-        s = self.spec
-        if s.insecure and not s.client_tls:
-            return
-        self.tls_dir = Path(s.tls_dir or self.log_dir / "tls").resolve()
-        hosts = [h for h in (s.host, *node_ips()) if h not in ("0.0.0.0", "")]
-        tls.make_certs(self.tls_dir, hosts=hosts)
-        self._node = None if s.insecure else tls.NodeTls.load(self.tls_dir)
+    def _cert_hosts(self) -> list[str]:
+        """Every node's address: the coordinator lands on any of them."""
+        return [h for h in (self.spec.host, *node_ips()) if h not in ("0.0.0.0", "")]
 
     def _files(self) -> dict[str, bytes]:
         """The certificates every node gets (not the CA's key: it signs, nobody verifies

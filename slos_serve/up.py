@@ -227,8 +227,12 @@ class LocalCluster:
         if s.insecure and not s.client_tls:
             return
         self.tls_dir = Path(s.tls_dir or self.log_dir / "tls").resolve()
-        tls.make_certs(self.tls_dir, hosts=[s.host])
+        tls.make_certs(self.tls_dir, hosts=self._cert_hosts())
         self._node = None if s.insecure else tls.NodeTls.load(self.tls_dir)
+
+    def _cert_hosts(self) -> list[str]:
+        """The addresses clients may dial the coordinator at (the certificates name them)."""
+        return [self.spec.host]
 
     def internal_credentials(self) -> grpc.ChannelCredentials | None:
         """What a process of the cluster dials a worker with (None: plaintext, --insecure)."""

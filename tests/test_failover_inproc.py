@@ -77,6 +77,12 @@ class _BrokenEngine:
     def load(self):
         return self.sim.load()
 
+    async def start(self) -> None:
+        await self.sim.start()
+
+    async def shutdown(self) -> None:
+        await self.sim.shutdown()
+
     async def abort(self, request_id: str) -> bool:
         return False
 
@@ -115,6 +121,14 @@ async def _prefill_workers(engines: list, role: str = "prefill"
     return servers, addresses, healths
 
 
+async def _stop(pool, servers: list, engines: list) -> None:
+    await pool.close()
+    for server in servers:
+        await server.stop(None)
+    for e in engines:
+        await e.shutdown()
+
+
 @pytest.mark.parametrize("first", ["internal", "invalid", "all-broken"])
 def test_a_prefill_fails_over_whatever_the_status_but_a_client_mistake(first: str) -> None:
     import grpc
@@ -130,7 +144,7 @@ def test_a_prefill_fails_over_whatever_the_status_but_a_client_mistake(first: st
         second = _BrokenEngine(error) if first == "all-broken" else SimEngine()
         engines = [_BrokenEngine(error), second]
         for e in engines:
-            await (e.sim if isinstance(e, _BrokenEngine) else e).start()
+            await e.start()
         servers, addresses, _ = await _prefill_workers(engines)
         pool = WorkerPool(prefill=addresses, decode=[])
         try:
@@ -160,11 +174,7 @@ def test_a_prefill_fails_over_whatever_the_status_but_a_client_mistake(first: st
                     "INTERNAL: RuntimeError: EngineDeadError")
                 assert live.failovers == 1
         finally:
-            await pool.close()
-            for server in servers:
-                await server.stop(None)
-            for e in engines:
-                await (e.sim if isinstance(e, _BrokenEngine) else e).shutdown()
+            await _stop(pool, servers, engines)
 
     asyncio.run(run())
 
@@ -223,11 +233,7 @@ def test_an_engine_error_is_retried_or_resumed_not_a_normal_end(after: int) -> N
             # no token out yet: sent again whole (a failover); after some: resumed
             assert (live.failovers, live.resumes) == ((1, 0) if after == 0 else (0, 1))
         finally:
-            await pool.close()
-            for server in servers:
-                await server.stop(None)
-            for e in engines:
-                await e.shutdown()
+            await _stop(pool, servers, engines)
 
     asyncio.run(run())
 
@@ -257,10 +263,6 @@ def test_a_worker_not_serving_or_draining_gets_no_new_requests() -> None:
             await pool.refresh()
             assert pool.workers[0].healthy  # serving again: back in routing
         finally:
-            await pool.close()
-            for server in servers:
-                await server.stop(None)
-            for e in engines:
-                await e.shutdown()
+            await _stop(pool, servers, engines)
 
     asyncio.run(run())
