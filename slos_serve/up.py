@@ -94,6 +94,9 @@ class ClusterSpec(Options):
                              flag="--no-cpu-bind")
     tiers: str | None = option(None, "SLO tier table JSON for the coordinator")
     log_dir: str | None = option(None, "where process logs go")
+    sim_slowdown: float = option(
+        1.0, "sim engine: every step takes this many times longer (a SIMULATION KNOB: "
+        "a slower machine, many requests in flight at once)")
     extra_worker_args: list[str] = field(default_factory=list)
     scheduler: str = option(
         "slos", "slos: planner admission/routing + SLO-aware engine scheduling (default); "
@@ -153,6 +156,7 @@ def worker_argv(spec: ClusterSpec, role: str, *, host: str, port: int, kv_port: 
         kv_cache_gib=spec.kv_cache_gib, cpus=None if cpu is None else str(cpu),
         spec_tokens=spec.spec_tokens, scheduler=spec.scheduler, metrics_port=metrics_port,
         profile=profile if spec.engine == "vllm" else None, tls_dir=tls_dir,
+        sim_slowdown=spec.sim_slowdown,
     )
     return [f"{role}-worker", *cfg.to_argv(), *spec.extra_worker_args]
 

@@ -123,6 +123,12 @@ class Host:
         """Takes this host's end of the veth up or down (a cable pulled, or put back)."""
         _ip("-n", self.ns, "link", "set", self.ifname, "up" if up else "down")
 
+    def route_default(self) -> None:
+        """A default route out of this host's veth end. Nothing is sent along it; Ray finds
+        a process's own address by routing a UDP socket to a public address, and without a
+        route it falls back to 127.0.0.1 (a driver would not find its node's raylet)."""
+        _ip("-n", self.ns, "route", "replace", "default", "dev", self.ifname)
+
     def rx_tx_bytes(self) -> tuple[int, int]:
         """Bytes this host's veth end received and sent (the kernel's counters)."""
         done = self.run(["cat", f"/sys/class/net/{self.ifname}/statistics/rx_bytes",

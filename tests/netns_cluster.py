@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,31 +109,43 @@ class StaticCluster:
             p.read_text(errors="replace").splitlines()[-15:])
             for p in sorted(self.log_dir.glob("*.log")))
 
-    def run_client(self, phases: list[dict], on_fault=None, timeout_s: float = 300
-                   ) -> list[list[dict]]:
-        """tests/netns_client.py in hosts.a against the coordinator: the streams of each
-        phase as it saw them. `on_fault()` runs when a phase reaches its fault point."""
-        job = self.log_dir / "job.json"
-        out = self.log_dir / "outcomes.json"
-        job.write_text(json.dumps({"workers": len(self.workers), "phases": phases,
-                                   "ready_timeout_s": self.spec.start_timeout_s}))
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + str(ROOT / "tests")}
-        proc = subprocess.Popen(self.hosts.a.argv([sys.executable, str(CLIENT), self.target,
-                                                   str(job), str(out)]),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env)
-        self.hosts.procs.append(proc)
-        assert proc.stdin is not None and proc.stdout is not None
-        for line in proc.stdout:
-            if line == "fault\n":
-                if on_fault is not None:
-                    on_fault()
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-            elif line == "done\n":
-                break
-        code = proc.wait(timeout=timeout_s)
-        stderr = proc.stderr.read() if proc.stderr else ""
-        self.client_stderr = stderr
-        assert code == 0, f"client exited {code}: {stderr[-3000:]}\n{self.logs()}"
-        return json.loads(out.read_text())
+    def run_client(self, phases: list[dict], on_fault: Callable[[], None] | None = None,
+                   timeout_s: float = 300) -> list[list[dict]]:
+        """`run_client` against this cluster's coordinator (its stderr: client_stderr)."""
+        outcomes, self.client_stderr = run_client(
+            self.hosts, self.target, self.log_dir, len(self.workers), phases, on_fault,
+            ready_timeout_s=self.spec.start_timeout_s, timeout_s=timeout_s, logs=self.logs)
+        return outcomes
+
+
+def run_client(hosts: Hosts, target: str, log_dir: Path, workers: int, phases: list[dict],
+               on_fault: Callable[[], None] | None = None, ready_timeout_s: float = 300,
+               timeout_s: float = 300, logs: Callable[[], str] = str
+               ) -> tuple[list[list[dict]], str]:
+    """tests/netns_client.py in hosts.a against the coordinator at `target`, once it reports
+    `workers` healthy workers: the streams of each phase as it saw them, and the client's
+    stderr (its timings). `on_fault()` runs when a phase reaches its fault point; `logs()`
+    goes into a failure's message."""
+    job = log_dir / "job.json"
+    out = log_dir / "outcomes.json"
+    job.write_text(json.dumps({"workers": workers, "phases": phases,
+                               "ready_timeout_s": ready_timeout_s}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + str(ROOT / "tests")}
+    proc = subprocess.Popen(hosts.a.argv([sys.executable, str(CLIENT), target, str(job),
+                                          str(out)]),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    hosts.procs.append(proc)
+    assert proc.stdin is not None and proc.stdout is not None
+    for line in proc.stdout:
+        if line == "fault\n":
+            if on_fault is not None:
+                on_fault()
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        elif line == "done\n":
+            break
+    code = proc.wait(timeout=timeout_s)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert code == 0, f"client exited {code}: {stderr[-3000:]}\n{logs()}"
+    return json.loads(out.read_text()), stderr

@@ -49,7 +49,7 @@ def cluster(model_dir: str, request: pytest.FixtureRequest) -> Iterator:
     scheduler = getattr(request, "param", "slos")
     cluster = LocalCluster(ClusterSpec(model=model_dir, engine="sim", prefill=2, decode=2,
                                        http=False, scheduler=scheduler, restart=False,
-                                       extra_worker_args=["--sim-slowdown", str(SLOWDOWN)]))
+                                       sim_slowdown=SLOWDOWN))
     cluster.start(timeout_s=120, progress=False)
     try:
         with Client(cluster.target, timeout=10) as c:
@@ -289,7 +289,7 @@ def test_with_no_decode_worker_left_a_stream_ends_unavailable_saying_so(model_di
 
     spec = ClusterSpec(model=model_dir, engine="sim", prefill=1, decode=1, http=False,
                        restart=False,  # the victim must stay down (up's restart: its own test)
-                       extra_worker_args=["--sim-slowdown", str(SLOWDOWN)])
+                       sim_slowdown=SLOWDOWN)
     with LocalCluster(spec) as cluster:
         victim = _proc(cluster, "decode-0")
         prompts = [prompt_ids(20, offset=700 + i) for i in range(10)]

@@ -34,7 +34,7 @@ def cluster(model_dir: str):
 
     cluster = LocalCluster(ClusterSpec(model=model_dir, engine="sim", prefill=2, decode=2,
                                        http=False, restart=False, api_key=KEY,
-                                       extra_worker_args=["--sim-slowdown", str(SLOWDOWN)]))
+                                       sim_slowdown=SLOWDOWN))
     cluster.start(timeout_s=120, progress=False)
     try:
         yield cluster
