@@ -36,6 +36,7 @@ from slos_serve.supervise import PARENT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 GCS_PORT = 53900
+OBJECT_STORE = 128 * 1024**2  # per node: nothing big goes through it (Ray's default: 30 % of RAM)
 RAY = str(Path(sys.executable).with_name("ray"))
 
 # A driver on A: the alive nodes (waiting up to a timeout for `want` of them), and what is
@@ -85,28 +86,39 @@ class RayNodes:
 
     def start(self, timeout_s: float = 180) -> None:
         """The head, then the worker node; returns once both are alive in the cluster."""
-        for want, (host, role) in enumerate(((self.hosts.a, ["--head", f"--port={GCS_PORT}"]),
+        head = ["--head", f"--port={GCS_PORT}", "--include-dashboard=false"]
+        for want, (host, role) in enumerate(((self.hosts.a, head),
                                              (self.hosts.b, [f"--address={self.address}"])),
                                             start=1):
             host.route_default()
             cmd = [RAY, "start", "--block", *role, f"--node-ip-address={host.ip}",
                    f"--temp-dir={self._temp_dir(host)}", "--disable-usage-stats",
-                   "--include-dashboard=false", f"--num-cpus={self.cpus[host.ns]}",
+                   f"--num-cpus={self.cpus[host.ns]}", f"--object-store-memory={OBJECT_STORE}",
                    f"--resources={json.dumps(self.resources[host.ns])}"]
             self.procs[host.ns] = self.hosts.spawn(
                 host, cmd, self.log_dir / f"ray-{host.ns[-1]}.log",
                 {**self.auth_env(), **self.env.get(host.ns, {})})
-            nodes = self.probe(want, timeout_s)["nodes"]
+            nodes = self.probe(want, timeout_s, self.procs[host.ns])["nodes"]
             assert host.ip in nodes, f"{host.ip} not a Ray node: {nodes}\n{self.logs()}"
 
-    def probe(self, want_nodes: int = 0, timeout_s: float = 0) -> dict:
+    def probe(self, want_nodes: int = 0, timeout_s: float = 0,
+              node: subprocess.Popen | None = None) -> dict:
         """PROBE's answer (a driver on A), after waiting up to `timeout_s` for the cluster
-        to have `want_nodes` alive nodes."""
-        done = self.hosts.a.run([sys.executable, "-c", PROBE, self.address, str(want_nodes),
-                                 str(timeout_s)], env={**os.environ, **self.auth_env()},
-                                timeout=timeout_s + 120)
-        assert done.returncode == 0, f"probe: {done.stderr[-3000:]}\n{self.logs()}"
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        to have `want_nodes` alive nodes (failing at once if `node`, a `ray start`, exits)."""
+        probe = subprocess.Popen(
+            self.hosts.a.argv([sys.executable, "-c", PROBE, self.address, str(want_nodes),
+                               str(timeout_s)]), env={**os.environ, **self.auth_env()},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout_s + 120
+        while probe.poll() is None:
+            if (node is not None and node.poll() is not None) or time.monotonic() > deadline:
+                probe.kill()
+                probe.wait()
+                raise AssertionError(f"the Ray node exited, or the probe hangs\n{self.logs()}")
+            time.sleep(0.2)
+        out, err = probe.communicate()
+        assert probe.returncode == 0, f"probe: {err[-3000:]}\n{self.logs()}"
+        return json.loads(out.strip().splitlines()[-1])
 
     def status(self) -> str:
         """`ray status` on A (what a user runs to see the cluster's resource usage)."""
