@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import netns
+import netns_kv
 import netns_load
 import pytest
 from netns import Hosts
@@ -30,7 +31,7 @@ from netns_ray import RayNodes, RayUp, project_processes
 
 pytest.importorskip("ray", reason="the `ray` extra is not installed")
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1500)
 
 STATUS_SETTLE_S = 120.0
 
@@ -87,4 +88,29 @@ def test_sim_2_plus_2_over_ray_node_b_lost_mid_load(hosts: Hosts, model_dir: str
     # and decode workers pair up) is Ray's placement's and the start's race: hand-offs may
     # stay on each host (the vLLM test below crosses the veth with every one).
     print(netns_load.check(outcomes, loss, 4, up.tail, min_killed=5, pairs_cross=False))
+    _check_clean_stop(up, nodes, hosts)
+
+
+@pytest.mark.slow
+def test_vllm_prefill_on_a_decode_on_b_over_ray(hosts: Hosts, model_dir: str,
+                                                 prompts: list[list[int]], reference,
+                                                 tmp_path: Path) -> None:
+    """KV crosses the veth over NIXL between actors Ray placed by role resources; each
+    engine's NIXL side channel on its own node's address. `reference` first: its engine has
+    stopped before the cluster's start."""
+    a, b = hosts.a, hosts.b
+    nodes = RayNodes(hosts, tmp_path, {a.ns: {"slos_coordinator": 1, "slos_prefill": 1},
+                                       b.ns: {"slos_decode": 1}}, cpus={a.ns: 3, b.ns: 2},
+                     env={a.ns: netns_kv.ucx_env(a), b.ns: netns_kv.ucx_env(b)})
+    nodes.start()
+    up = RayUp(nodes, ["--model", model_dir, "--engine", "vllm", "--scheduler", "vllm",
+                       "--no-http"])
+    target = up.start(timeout_s=900)
+    # Warm: the coordinator's warm-up hand-off has crossed; count only the test's requests.
+    run_client(hosts, target, tmp_path, 2, [netns_kv.phase(prompts[:1])], logs=up.tail)
+    before = b.rx_tx_bytes()
+    (outcomes,), _ = run_client(hosts, target, tmp_path, 2, [netns_kv.phase(prompts)],
+                                logs=up.tail)
+    received = b.rx_tx_bytes()[0] - before[0]
+    netns_kv.check(outcomes, prompts, reference["greedy"], model_dir, a, b, received, up.tail)
     _check_clean_stop(up, nodes, hosts)
