@@ -23,6 +23,8 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,3 +205,16 @@ class Hosts:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+@contextmanager
+def made_or_skipped() -> Iterator[Hosts]:
+    """A test's two hosts (what stale runs left removed first); the test skips, saying why,
+    where the machine cannot create namespaces."""
+    import pytest
+
+    if reason := skip_reason():
+        pytest.skip(reason)
+    remove_stale()
+    with Hosts.create() as hosts:
+        yield hosts

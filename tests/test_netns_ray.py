@@ -38,10 +38,7 @@ STATUS_SETTLE_S = 120.0
 
 @pytest.fixture
 def hosts() -> Iterator[Hosts]:
-    if reason := netns.skip_reason():
-        pytest.skip(reason)
-    netns.remove_stale()
-    with Hosts.create() as h:
+    with netns.made_or_skipped() as h:
         yield h
 
 

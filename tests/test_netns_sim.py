@@ -26,10 +26,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture
 def hosts() -> Iterator[Hosts]:
-    if reason := netns.skip_reason():
-        pytest.skip(reason)
-    netns.remove_stale()
-    with Hosts.create() as h:
+    with netns.made_or_skipped() as h:
         yield h
 
 

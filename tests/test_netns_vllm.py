@@ -25,10 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[Hosts]:
-    if reason := netns.skip_reason():
-        pytest.skip(reason)
-    netns.remove_stale()
-    with Hosts.create() as h:
+    with netns.made_or_skipped() as h:
         yield h
 
 
