@@ -84,7 +84,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def _owner_alive(ns: str) -> bool:
+def owner_alive(ns: str) -> bool:
     """Whether the process that made namespace `ns` (its pid is in the name) still runs."""
     pid = ns[len(PREFIX):].split("-", 1)[0]
     if not pid.isdigit():
@@ -100,7 +100,7 @@ def remove_stale() -> list[str]:
     """Deletes every PREFIX namespace (and what runs in it) that a run no longer running
     left behind (a killed pytest: its atexit never ran); another live run's are kept."""
     stale = [ns for line in _ip("netns", "list").stdout.splitlines()
-             if (ns := line.split()[0]).startswith(PREFIX) and not _owner_alive(ns)]
+             if (ns := line.split()[0]).startswith(PREFIX) and not owner_alive(ns)]
     for ns in stale:
         kill_all_in(ns)
         _ip("netns", "del", ns, check=False)

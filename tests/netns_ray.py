@@ -30,12 +30,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netns import Host, Hosts, pids_in
+from netns import PREFIX, Host, Hosts, owner_alive, pids_in
 
 from slos_serve.supervise import PARENT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 GCS_PORT = 53900
+TEMP_PREFIX = "/tmp/ray-"
 OBJECT_STORE = 128 * 1024**2  # per node: nothing big goes through it (Ray's default: 30 % of RAM)
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -82,7 +83,7 @@ class RayNodes:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     def _temp_dir(self, host: Host) -> Path:
-        return Path(f"/tmp/ray-{host.ns}")
+        return Path(f"{TEMP_PREFIX}{host.ns}")
 
     def start(self, timeout_s: float = 180) -> None:
         """The head, then the worker node; returns once both are alive in the cluster."""
@@ -197,3 +198,10 @@ def project_processes(ns: str) -> list[str]:
         if any(mark in cmd for mark in ("slos_serve", "ServeProcess", "VLLM", "netns_client")):
             out.append(f"{pid}: {cmd.strip()}")
     return out
+
+
+def remove_stale_temp_dirs() -> None:
+    """Ray's temporary directories that a run no longer running left (a killed pytest)."""
+    for path in Path(TEMP_PREFIX).parent.glob(Path(TEMP_PREFIX).name + PREFIX + "*"):
+        if not owner_alive(path.name[len(Path(TEMP_PREFIX).name):]):
+            shutil.rmtree(path, ignore_errors=True)

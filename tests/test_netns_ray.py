@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import netns
@@ -27,7 +27,7 @@ import netns_load
 import pytest
 from netns import Hosts
 from netns_cluster import run_client
-from netns_ray import RayNodes, RayUp, project_processes
+from netns_ray import RayNodes, RayUp, project_processes, remove_stale_temp_dirs
 
 pytest.importorskip("ray", reason="the `ray` extra is not installed")
 
@@ -40,6 +40,23 @@ STATUS_SETTLE_S = 120.0
 def hosts() -> Iterator[Hosts]:
     with netns.made_or_skipped() as h:
         yield h
+
+
+@pytest.fixture
+def ray_nodes(hosts: Hosts, tmp_path: Path) -> Iterator[Callable[..., RayNodes]]:
+    """Starts RayNodes on `hosts`; stops them (and removes their directories) after the
+    test, passed or failed, before the namespaces go."""
+    remove_stale_temp_dirs()
+    made: list[RayNodes] = []
+
+    def start(**kwargs) -> RayNodes:
+        made.append(nodes := RayNodes(hosts, tmp_path, **kwargs))
+        nodes.start()
+        return nodes
+
+    yield start
+    for nodes in made:
+        nodes.stop()
 
 
 def _in_use(status: str) -> list[str]:
@@ -65,12 +82,11 @@ def _check_clean_stop(up: RayUp, nodes: RayNodes, hosts: Hosts) -> None:
 
 
 def test_sim_2_plus_2_over_ray_node_b_lost_mid_load(hosts: Hosts, model_dir: str,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, ray_nodes) -> None:
     a, b = hosts.a, hosts.b
     per_node = {"slos_prefill": 1, "slos_decode": 1}
-    nodes = RayNodes(hosts, tmp_path, {a.ns: {"slos_coordinator": 1, **per_node},
-                                       b.ns: per_node}, cpus={a.ns: 4, b.ns: 3})
-    nodes.start()
+    nodes = ray_nodes(resources={a.ns: {"slos_coordinator": 1, **per_node}, b.ns: per_node},
+                      cpus={a.ns: 4, b.ns: 3})
     up = RayUp(nodes, ["--model", model_dir, "--engine", "sim", "--prefill", "2",
                        "--decode", "2", "--no-http", "--sim-slowdown",
                        str(netns_load.SLOWDOWN)])
@@ -91,15 +107,14 @@ def test_sim_2_plus_2_over_ray_node_b_lost_mid_load(hosts: Hosts, model_dir: str
 @pytest.mark.slow
 def test_vllm_prefill_on_a_decode_on_b_over_ray(hosts: Hosts, model_dir: str,
                                                  prompts: list[list[int]], reference,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, ray_nodes) -> None:
     """KV crosses the veth over NIXL between actors Ray placed by role resources; each
     engine's NIXL side channel on its own node's address. `reference` first: its engine has
     stopped before the cluster's start."""
     a, b = hosts.a, hosts.b
-    nodes = RayNodes(hosts, tmp_path, {a.ns: {"slos_coordinator": 1, "slos_prefill": 1},
-                                       b.ns: {"slos_decode": 1}}, cpus={a.ns: 3, b.ns: 2},
-                     env={a.ns: netns_kv.ucx_env(a), b.ns: netns_kv.ucx_env(b)})
-    nodes.start()
+    nodes = ray_nodes(resources={a.ns: {"slos_coordinator": 1, "slos_prefill": 1},
+                                 b.ns: {"slos_decode": 1}}, cpus={a.ns: 3, b.ns: 2},
+                      env={a.ns: netns_kv.ucx_env(a), b.ns: netns_kv.ucx_env(b)})
     up = RayUp(nodes, ["--model", model_dir, "--engine", "vllm", "--scheduler", "vllm",
                        "--no-http"])
     target = up.start(timeout_s=900)
