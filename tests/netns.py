@@ -207,6 +207,12 @@ class Hosts:
         self.destroy()
 
 
+def log_tails(paths: list[Path], lines: int = 15) -> str:
+    """Each log's last lines, for a failing assertion's message."""
+    return "\n".join(f"--- {p.name}\n" + "\n".join(
+        p.read_text(errors="replace").splitlines()[-lines:]) for p in sorted(paths))
+
+
 @contextmanager
 def made_or_skipped() -> Iterator[Hosts]:
     """A test's two hosts (what stale runs left removed first); the test skips, saying why,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netns import Host, Hosts
+from netns import Host, Hosts, log_tails
 
 from slos_serve import tls
 from slos_serve.supervise import PARENT_ENV
@@ -105,9 +105,7 @@ class StaticCluster:
 
     def logs(self) -> str:
         """Every process's log's end, for a failing assertion."""
-        return "\n".join(f"--- {p.name}\n" + "\n".join(
-            p.read_text(errors="replace").splitlines()[-15:])
-            for p in sorted(self.log_dir.glob("*.log")))
+        return log_tails(list(self.log_dir.glob("*.log")))
 
     def run_client(self, phases: list[dict], on_fault: Callable[[], None] | None = None,
                    timeout_s: float = 300) -> list[list[dict]]:

@@ -30,13 +30,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netns import PREFIX, Host, Hosts, owner_alive, pids_in
+from netns import PREFIX, Host, Hosts, log_tails, owner_alive, pids_in
 
 from slos_serve.supervise import PARENT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 GCS_PORT = 53900
-TEMP_PREFIX = "/tmp/ray-"
+TEMP_ROOT = Path("/tmp")  # Ray's temporary directory per node: TEMP_ROOT/ray-NAMESPACE
 OBJECT_STORE = 128 * 1024**2  # per node: nothing big goes through it (Ray's default: 30 % of RAM)
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -83,7 +83,7 @@ class RayNodes:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     def _temp_dir(self, host: Host) -> Path:
-        return Path(f"{TEMP_PREFIX}{host.ns}")
+        return TEMP_ROOT / f"ray-{host.ns}"
 
     def start(self, timeout_s: float = 180) -> None:
         """The head, then the worker node; returns once both are alive in the cluster."""
@@ -129,9 +129,7 @@ class RayNodes:
         return done.stdout
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n" + "\n".join(
-            p.read_text(errors="replace").splitlines()[-15:])
-            for p in sorted(self.log_dir.glob("ray-*.log")))
+        return log_tails(list(self.log_dir.glob("ray-*.log")))
 
     def stop(self) -> None:
         """SIGTERM each `ray start --block` (it stops its node's processes), then removes
@@ -202,6 +200,6 @@ def project_processes(ns: str) -> list[str]:
 
 def remove_stale_temp_dirs() -> None:
     """Ray's temporary directories that a run no longer running left (a killed pytest)."""
-    for path in Path(TEMP_PREFIX).parent.glob(Path(TEMP_PREFIX).name + PREFIX + "*"):
-        if not owner_alive(path.name[len(Path(TEMP_PREFIX).name):]):
+    for path in TEMP_ROOT.glob(f"ray-{PREFIX}*"):
+        if not owner_alive(path.name.removeprefix("ray-")):
             shutil.rmtree(path, ignore_errors=True)
